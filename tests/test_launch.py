@@ -17,6 +17,7 @@ def test_one_process_runs_plain_python():
     assert launch_argv(1, "s.py", ["--x", "1"]) == [sys.executable, "s.py", "--x", "1"]
     argv = launch_argv(2, "s.py", ["--x", "1"])
     assert argv[argv.index("--num_processes") + 1] == "2" and argv[-3:] == ["s.py", "--x", "1"]
+    assert argv[argv.index("--main_process_port") + 1] == "0"  # accelerate picks a free port
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """Run a training stage script on one process, or under `accelerate launch` on several.
 
 dvc.yaml calls every training stage through this wrapper so that one param
-(`<group>.num_processes`) scales it out without editing the command:
+(`<stage group>.num_processes`) scales it out without editing the command:
 
     python -m posttrain.launch --num-processes ${pref.rm.num_processes} stages/pref_rm.py --opt ...
 
@@ -9,9 +9,17 @@ With 1 process the script runs as a plain `python` child (no accelerate start-up
 cost). With N > 1 it becomes `accelerate launch --multi_gpu --num_processes N
 script ...`: accelerate's torchrun-based launcher. Despite the flag's name it
 works without CUDA: the processes come up as MULTI_CPU over gloo (its `--cpu`
-route needs MPI instead), and as NCCL DDP where GPUs exist. Across
-machines, set accelerate's own config (`accelerate config`) and keep this
-param at the per-machine process count.
+route needs MPI instead), and as NCCL DDP where GPUs exist. The rendezvous port
+is a free one unless `--port` says otherwise, so two launches (e.g. queued
+`dvc exp run` workers) do not collide on accelerate's fixed default.
+
+This wrapper is single-machine. The stage scripts do not depend on it: across
+machines, run the stage's command under your cluster's own `accelerate launch`
+(config file with `num_machines`, `machine_rank`, main address).
+
+Every rank runs the whole script; a stage writes its outputs and metrics only on
+the main process (`is_main_process`), after the collective steps (training,
+Trainer evaluation) that every rank must join.
 """
 
 from __future__ import annotations
@@ -22,7 +30,18 @@ import sys
 import click
 
 
-def launch_argv(num_processes: int, script: str, args: list[str], port: int | None = None) -> list[str]:
+def world_size() -> int:
+    """Processes in this launch (torchrun sets WORLD_SIZE); 1 for a plain `python` run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (or without a launcher). Read from the environment torchrun
+    sets, so it holds before and after the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def launch_argv(num_processes: int, script: str, args: list[str], port: int | None = 0) -> list[str]:
     if num_processes <= 1:
         return [sys.executable, script, *args]
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
@@ -35,10 +54,10 @@ def launch_argv(num_processes: int, script: str, args: list[str], port: int | No
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--num-processes", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--port", type=int, default=None, help="Rendezvous port for N > 1 (default: accelerate's).")
+@click.option("--port", type=int, default=0, show_default=True, help="Rendezvous port for N > 1 (0: a free one).")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(num_processes: int, port: int | None, script: str, args: tuple[str, ...]) -> None:
+def main(num_processes: int, port: int, script: str, args: tuple[str, ...]) -> None:
     argv = launch_argv(num_processes, script, list(args), port)
     sys.stdout.flush()
     sys.stderr.flush()
