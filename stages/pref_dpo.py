@@ -49,6 +49,8 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density
         max_length=max_length, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_layers=lora_layers, eval_pairs=eval_pairs, seed=seed)
+    if res is None:  # another rank of `accelerate launch`; rank 0 writes
+        return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
     h = res["metrics"]["heldout"]

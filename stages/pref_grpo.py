@@ -41,6 +41,8 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_promp
         max_completion_length=max_completion_length, max_length=max_length, lr=lr,
         temperature=temperature, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_layers=lora_layers, seed=seed)
+    if res is None:  # another rank of `accelerate launch`; rank 0 writes
+        return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
     r = res["metrics"]["eval_reward"]

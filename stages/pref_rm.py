@@ -46,6 +46,8 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
         heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile, max_length=max_length,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r,
         lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed)
+    if res is None:  # another rank of `accelerate launch`; rank 0 writes
+        return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
     h = res["metrics"]["heldout"]

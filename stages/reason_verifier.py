@@ -15,6 +15,7 @@ import click
 
 from posttrain import verifier
 from posttrain.io import write_json, write_jsonl
+from posttrain.launch import is_main_process
 from posttrain.models import save_folder
 
 log = logging.getLogger("reason_verifier")
@@ -71,6 +72,8 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
                              max_length=max_length, seed=seed, warmup_ratio=warmup_ratio,
                              weight_decay=weight_decay, padding=padding, chat_template=chat_template)
     t_train = time.perf_counter() - t0
+    if not is_main_process():  # another rank of `accelerate launch`; rank 0 evaluates and writes
+        return
     scored = verifier.predict(model, tokenizer, heldout, batch_size=eval_batch_size,
                               max_length=max_length, chat_template=chat_template)
     metrics = verifier.summarize(model, train, heldout, scored, history, counts, threshold)

@@ -42,6 +42,8 @@ def main(model_dir, data_dir, out_dir, lora_r, lora_alpha, lora_dropout, target_
                             warmup_steps=warmup_steps, max_train_examples=max_train_examples,
                             max_eval_examples=max_eval_examples, seed=seed, quantization=quantization)
     result = train(model_dir, data_dir, out_dir, settings)
+    if result is None:  # another rank of `accelerate launch`; rank 0 writes
+        return
     write_json(loss_path, result["loss_history"])
     write_json(metrics_path, result["metrics"])
     click.echo(f"rec_finetune: {result['metrics']}", err=True)

@@ -38,7 +38,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
               beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
               lora_layers: int = 0, eval_pairs: int = 0,
               bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4) -> dict:
-    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"}.
+    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"} (None on
+    ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
     must match the reward model's to be evaluated on its held-out prompts; `seed` is training."""
@@ -98,8 +99,13 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
             buckets = [bucket_of(p["density"], thresholds) for p in held]
             heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])
                                   for b in ("rare", "common")}
+        from accelerate.utils import gather_object
+
+        drawn = gather_object(trainer.drawn_indices())  # every rank's share of the weighted draw
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not trainer.is_world_process_zero():
+        return None  # rank 0 saves and reports; evaluation above was collective
 
     def fill(tmp: Path) -> None:
         trainer.model.save_pretrained(tmp)  # the LoRA adapter only
@@ -114,7 +120,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "longer_than_max_length": n_long,
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,
-        "train": {"steps": int(trainer.state.global_step), "draws": len(trainer.drawn_indices()),
+        "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
                   "final_loss": _last(trainer.state.log_history, "loss"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }

@@ -95,7 +95,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
                temperature: float = 1.0, beta: float = 0.0, lora_r: int = 8, lora_alpha: int = 16,
                lora_layers: int = 0,
                seed: int = 0) -> dict:
-    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"}."""
+    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"} (None on
+    ranks other than the main one under `accelerate launch`)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -122,9 +123,14 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
 
+    from .launch import is_main_process
+
+    # The before/after measurement is rank 0's alone (plain forward passes, no collectives);
+    # other ranks go straight to training and wait for it at the first synchronisation.
     eval_msgs = [prefixes[i] for i in eval_ids]
-    before_text = generate(model, tok, eval_msgs, max_completion_length)
-    before = reward_fn.score(eval_msgs, before_text)
+    if is_main_process():
+        before_text = generate(model, tok, eval_msgs, max_completion_length)
+        before = reward_fn.score(eval_msgs, before_text)
 
     scratch = tempfile.mkdtemp(prefix="pref_grpo_trainer_")
     args = GRPOConfig(
@@ -142,6 +148,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
         trainer.train()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not trainer.is_world_process_zero():
+        return None
 
     after_text = generate(trainer.model, tok, eval_msgs, max_completion_length)
     after = reward_fn.score(eval_msgs, after_text)
@@ -161,7 +169,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
         "eval_reward": {"before": float(before.mean()), "after": float(after.mean()),
                         "delta": float(after.mean() - before.mean()),
                         "improved_fraction": float((after > before).mean())},
-        "train": {"steps": int(trainer.state.global_step),
+        "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "first_reward": _first(trainer.state.log_history, "reward"),
                   "last_reward": _last(trainer.state.log_history, "reward"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},

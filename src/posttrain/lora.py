@@ -76,7 +76,8 @@ def _cap(ds, n: int):
 def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
     """Train a LoRA adapter; save it (atomically) to `adapter_dir`.
 
-    Returns {"loss_history": [{"step", "loss"}], "metrics": {...}}.
+    Returns {"loss_history": [{"step", "loss"}], "metrics": {...}} on the main process
+    and None on the other ranks of an `accelerate launch` (they only train).
     """
     import datasets
     import torch
@@ -118,11 +119,14 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
         metrics = {"train_loss": round(float(result.training_loss), 6), "steps": int(trainer.state.global_step),
                    "train_examples": len(train_ds), "trainable_parameters": int(trainable),
                    "total_parameters": int(total), "quantization": s.quantization,
-                   "device": "cuda" if cuda else "cpu", "lora_r": s.r, "lora_alpha": s.alpha}
+                   "device": "cuda" if cuda else "cpu", "world_size": int(args.world_size),
+                   "lora_r": s.r, "lora_alpha": s.alpha}
         if eval_ds is not None and len(eval_ds):
-            ev = trainer.evaluate()
+            ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
             metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)
             metrics["eval_examples"] = len(eval_ds)
+        if not trainer.is_world_process_zero():
+            return None  # rank 0 writes the adapter and metrics
         with atomic_path(adapter_dir, suffix=".tmpdir") as tmp:
             tmp.unlink()
             model.save_pretrained(str(tmp))

@@ -300,7 +300,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                        bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 8) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics.
 
-    Returns {"metrics": {...}, "curve": [...], "split": {...}}; the stage writes them."""
+    Returns {"metrics": {...}, "curve": [...]} for the stage to write; None on ranks other
+    than the main one under `accelerate launch` (they train, then leave the rest to rank 0)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -343,6 +344,13 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    # Draws of every rank: together one weighted draw (collective, so before rank 0 goes on alone).
+    from accelerate.utils import gather_object
+
+    drawn = gather_object(trainer.drawn_indices())
+    if not trainer.is_world_process_zero():
+        return None  # rank 0 evaluates, saves and reports
+
     model = trainer.model
     if lora_r:
         model = model.merge_and_unload()
@@ -355,7 +363,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     heldout = pairwise_report(rc, rr, held, thresholds)
 
     # Spread of weights actually used: draws per pair in the rare vs common buckets.
-    counts = np.bincount(np.asarray(trainer.drawn_indices(), dtype=np.int64), minlength=len(train))
+    counts = np.bincount(np.asarray(drawn, dtype=np.int64), minlength=len(train))
     tb = np.array([bucket_of(p["density"], thresholds) for p in train])
     sw = np.asarray(sample_w, dtype=np.float64)
     spread = draw_spread(counts, tb == "rare", tb == "common")
@@ -391,7 +399,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "train_buckets": {b: train_bucket_counts.get(b, 0) for b in ("rare", "middle", "common")}},
         "heldout": heldout,
         "sampling": spread,
-        "train": {"steps": int(trainer.state.global_step),
+        "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "final_loss": _last(trainer.state.log_history, "loss"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }

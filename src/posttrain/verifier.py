@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .io import DataError, iter_jsonl, read_json
+from .launch import world_size
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,13 @@ def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[i
 def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
           max_length: int, seed: int, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
           padding: str = "longest", chat_template: bool = False, grad_clip: float = 1.0) -> list[dict]:
-    """Regression fine-tuning for `max_steps` optimizer steps; returns the loss log."""
+    """Regression fine-tuning for `max_steps` optimizer steps; returns the loss log.
+
+    The loop runs through accelerate: one process as before, or DDP under `accelerate
+    launch` (each rank takes its own length-grouped batches; the logged loss is the
+    mean over ranks). `model` is trained in place on every rank."""
     import torch
+    from accelerate import Accelerator
     from torch.utils.data import DataLoader
     from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -233,17 +239,20 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
     loader = DataLoader(list(records), batch_sampler=sampler, collate_fn=collator)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # The schedule is not prepared: accelerate would step it once per process per step.
     sched = get_linear_schedule_with_warmup(opt, math.ceil(warmup_ratio * max_steps), max_steps)
-    model.train()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    wrapped, opt, loader = accelerator.prepare(model, opt, loader)
+    wrapped.train()
     history, step, epoch = [], 0, 0
-    bar = tqdm(total=max_steps, desc="verifier", unit="step")
+    bar = tqdm(total=max_steps, desc="verifier", unit="step", disable=not accelerator.is_main_process)
     while step < max_steps:
         sampler.set_epoch(epoch)
         for batch in loader:
-            out = model(**batch)
-            out.loss.backward()
-            loss = float(out.loss.detach())
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            out = wrapped(**batch)
+            accelerator.backward(out.loss)
+            loss = float(accelerator.reduce(out.loss.detach(), reduction="mean"))
+            accelerator.clip_grad_norm_(params, grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -276,7 +285,8 @@ def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_l
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"].to(model.device),
+                           attention_mask=batch["attention_mask"].to(model.device)).logits
             for meta, value in zip(batch["metadata"], logits[:, 0].tolist()):
                 out.append({**meta, "verifier_score": round(value, 6)})
     return sorted(out, key=lambda r: r["id"])
@@ -370,7 +380,7 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
     return {
         "heldout": evaluate(scored, threshold, train_mean),
         "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
-        "train": {"steps": len(history), "final_loss": history[-1]["loss"],
+        "train": {"steps": len(history), "world_size": world_size(), "final_loss": history[-1]["loss"],
                   "mean_loss_last_10": round(sum(h["loss"] for h in last) / len(last), 6),
                   "n_layers": model.config.num_hidden_layers,
                   "n_params": sum(p.numel() for p in model.parameters()),
