@@ -170,3 +170,52 @@ def test_plots_render_offline(project, tmp_path):
          f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom",
          (out / "index.html").as_uri()], capture_output=True, text=True, timeout=180).stdout
     assert dom.count("<canvas") == n_plots, "some plots did not draw"
+
+
+# Training stage -> its params group, which holds `num_processes`.
+TRAINING = {"rec_finetune": "rec.finetune", "pref_rm": "pref.rm", "pref_dpo": "pref.dpo",
+            "pref_grpo": "pref.grpo", "reason_verifier": "reason.verifier"}
+
+
+def test_training_stages_run_under_two_processes(project, tmp_path):
+    """`num_processes: 2` runs every training stage under `accelerate launch` (gloo DDP on
+    CPU) through dvc.yaml's own commands; rank 0 alone writes outputs and metrics.
+    Runs last: it restores the 1-process outputs from the DVC cache afterwards."""
+    import json
+    import shutil
+
+    saved = {name: (project.root / name).read_text(encoding="utf-8") for name in ("params.yaml", "dvc.lock")}
+    shutil.copytree(project.root / "metrics", tmp_path / "metrics")
+    text = saved["params.yaml"]
+    for group in TRAINING.values():
+        text = _set_param(text, f"{group}.num_processes", 2)
+    try:
+        (project.root / "params.yaml").write_text(text, encoding="utf-8")
+        assert project.stale_stages() == set(TRAINING)
+        project.dvc("repro")
+        assert project.stale_stages() == set()
+
+        def metrics(stage: str) -> dict:
+            return json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
+
+        params = yaml.safe_load(text)
+        assert metrics("rec_finetune")["world_size"] == 2
+        assert metrics("reason_verifier")["train"]["world_size"] == 2
+        assert metrics("pref_grpo")["train"]["world_size"] == 2
+        # The weighted sampler's draws of both ranks add up: one draw of steps x batch x 2 pairs.
+        rm, dpo = metrics("pref_rm"), metrics("pref_dpo")
+        assert rm["train"]["world_size"] == dpo["train"]["world_size"] == 2
+        p = params["pref"]
+        assert rm["sampling"]["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2
+        assert dpo["train"]["draws"] == dpo["train"]["steps"] * p["dpo"]["batch_size"] * p["dpo"]["grad_accum"] * 2
+        for out in ("data/rec/adapter/adapter_config.json", "data/pref/rm/split.json",
+                    "data/pref/dpo_adapter/adapter_config.json", "data/pref/grpo_adapter/eval_completions.jsonl",
+                    "data/reason/verifier/config.json", "data/reason/verifier_scores.jsonl"):
+            assert (project.root / out).is_file(), out
+    finally:
+        for name, content in saved.items():
+            (project.root / name).write_text(content, encoding="utf-8")
+        shutil.rmtree(project.root / "metrics")
+        shutil.copytree(tmp_path / "metrics", project.root / "metrics")
+        project.dvc("checkout", "--force")
+    assert project.stale_stages() == set()
