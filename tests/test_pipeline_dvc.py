@@ -2,7 +2,9 @@
 
 One tiny end-to-end `dvc repro` in a temporary copy of the project, then:
 a second repro does nothing; each headline param makes exactly its stage and
-everything downstream stale; data stages are byte-identical on rerun.
+everything downstream stale; data stages are byte-identical on rerun; outputs
+survive push/pull; plots draw offline; and the training stages run under
+`accelerate launch` with 2 CPU processes.
 """
 
 from __future__ import annotations
