@@ -1,6 +1,6 @@
 """Tokenization: our batched single-pass labels vs the guide's per-example two-pass method.
 
-    python bench/tokenize.py [--model data/models/policy] [--data data/rec/eval.json] [-n 2000]
+    python bench/tokenization.py [--model data/models/policy] [--data data/rec/eval.json] [-n 2000]
 
 The guide's method (per example): render prompt and full conversation, tokenize the full
 text, tokenize the prompt again to learn its length, mask that many labels. Ours renders

@@ -1,0 +1,59 @@
+"""One training stage on 1 process vs N under `accelerate launch` (gloo DDP on CPU), the
+same global batch and steps, measured side by side in one run.
+
+The stage is reason_verifier on CHAMP's annotated solutions (needs only the policy
+folder from base_models). Wall time covers the whole command, start-up included,
+since that is what `dvc repro` pays.
+
+    python bench/launch.py [--model data/models/policy] [--num-processes 2] [--steps 20]
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "reason_verifier.py"
+
+
+def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[float, dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "posttrain.launch", "--num-processes", str(n), str(STAGE),
+           "--model", model, "--use-graded", "false", "--champ", "champ", "--max-champ", "200",
+           "--num-layers", "6", "--trainable-layers", "2", "--max-length", "256",
+           "--batch-size", str(global_batch // n), "--max-steps", str(steps),
+           "--out-model", str(out / "model"), "--out-scores", str(out / "scores.jsonl"),
+           "--metrics", str(out / "metrics.json")]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        sys.exit(f"{n} process(es) failed:\n{p.stderr[-3000:]}")
+    return wall, json.loads((out / "metrics.json").read_text())
+
+
+@click.command()
+@click.option("--model", default="data/models/policy", show_default=True, type=click.Path(exists=True))
+@click.option("--num-processes", default=2, show_default=True)
+@click.option("--steps", default=20, show_default=True)
+@click.option("--global-batch", default=4, show_default=True, help="rows per optimizer step over all processes")
+def main(model, num_processes, steps, global_batch):
+    if global_batch % num_processes:
+        sys.exit("--global-batch must be a multiple of --num-processes")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [(n, *_run(n, model, steps, global_batch, Path(tmp) / str(n))) for n in (1, num_processes)]
+    print(f"{'processes':>9} {'wall_s':>8} {'final_loss':>10} {'heldout_mse':>11}")
+    for n, wall, m in rows:
+        print(f"{n:>9} {wall:>8.1f} {m['train']['final_loss']:>10.4f} {m['heldout']['mse']:>11.4f}")
+    print(f"speedup {num_processes} processes vs 1 (same global batch {global_batch}, {steps} steps): "
+          f"{rows[0][1] / rows[1][1]:.2f}x (cpu count {os.cpu_count()})")
+
+
+if __name__ == "__main__":
+    main()
