@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .batching import padded_by_length
 from .io import DataError, iter_jsonl, read_json
 from .pairs import prefix_id
 from .weighted_sampler import WEIGHT_COLUMN, draw_spread, weighted_trainer_class
@@ -157,17 +158,8 @@ def score_ids(model, tokenizer, seqs: list[list[int]], batch_size: int = 8) -> n
 
     model.eval()
     out = np.zeros(len(seqs), dtype=np.float64)
-    pad = tokenizer.pad_token_id
-    order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths batch together
     with torch.no_grad():
-        for start in range(0, len(seqs), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, :len(seqs[i])] = 1
+        for idx, ids, mask in padded_by_length(seqs, batch_size, tokenizer.pad_token_id):
             logits = model(input_ids=ids, attention_mask=mask).logits
             out[idx] = logits[:, 0].float().numpy()
     return out

@@ -8,8 +8,11 @@ of Yes given the choice is Yes or No.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .batching import padded_by_length
 from .tokenization import IGNORE_INDEX, tokenize_records
 
 
@@ -22,23 +25,16 @@ def answer_token_id(tokenizer, answer: str) -> int:
 
 def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int,
                   batch_size: int = 8, desc: str = "score") -> np.ndarray:
-    """P(Yes | Yes or No) per prompt. Prompts are batched by length (right-padded, so the
-    causal model's real positions are unaffected) and returned in input order."""
+    """P(Yes | Yes or No) per prompt, batched by length and returned in input order."""
     import torch
     from tqdm import tqdm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     out = np.zeros(len(prompts), dtype=np.float64)
+    batches = padded_by_length(prompts, batch_size, pad)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=5):
-            idx = order[start:start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, :len(prompts[i])] = torch.tensor(prompts[i])
-                mask[row, :len(prompts[i])] = 1
+        for idx, ids, mask in tqdm(batches, total=math.ceil(len(prompts) / batch_size), desc=desc,
+                                   unit="batch", mininterval=5):
             logits = model(input_ids=ids, attention_mask=mask).logits
             last = logits[torch.arange(len(idx)), mask.sum(1) - 1]
             two = torch.stack([last[:, yes_id], last[:, no_id]], dim=1).float()
