@@ -16,20 +16,12 @@ import logging
 import click
 
 from posttrain.graded import build_pairs, filter_metrics, grade_samples
-from posttrain.io import DataError, iter_jsonl, write_json, write_jsonl
-from posttrain.problems import index, read_problems
+from posttrain.io import write_json, write_jsonl
+from posttrain.problems import index, read_problem_records, read_problems
 
 SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
                  "prompt_tokens", "completion_tokens")
 
-
-def _read_samples(path, problems):
-    samples = []
-    for line, rec in iter_jsonl(path, required=SAMPLE_FIELDS):
-        if rec["problem_id"] not in problems:
-            raise DataError(path, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
-        samples.append(rec)
-    return samples
 
 
 @click.command()
@@ -47,7 +39,7 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
          timeout_s, memory_mb, workers):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = index(read_problems(problems_path))
-    samples = _read_samples(samples_path, problems)
+    samples = read_problem_records(samples_path, problems, SAMPLE_FIELDS)
     graded = grade_samples(samples, problems, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers)
     accepted = [g for g in graded if g["grade"] == 1]
     pairs, pair_stats = build_pairs(graded, problems)

@@ -9,8 +9,8 @@ import logging
 
 import click
 
-from posttrain.io import DataError, iter_jsonl, write_json, write_jsonl
-from posttrain.problems import index, read_problems
+from posttrain.io import write_json, write_jsonl
+from posttrain.problems import index, read_problem_records, read_problems
 from posttrain.sft_format import build_sft, parse_mix
 
 
@@ -28,11 +28,7 @@ def main(problems_path, filtered_path, out, metrics_path, mix, seed):
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--mix") from None
     problems = index(read_problems(problems_path))
-    accepted = []
-    for line, rec in iter_jsonl(filtered_path, required=("id", "problem_id", "domain", "source", "text")):
-        if rec["problem_id"] not in problems:
-            raise DataError(filtered_path, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
-        accepted.append(rec)
+    accepted = read_problem_records(filtered_path, problems, ("id", "problem_id", "domain", "source", "text"))
     examples, metrics = build_sft(accepted, problems, mix, seed)
     write_jsonl(out, examples)
     write_json(metrics_path, metrics)

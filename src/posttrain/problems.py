@@ -470,6 +470,21 @@ def index(problems: Iterable[dict]) -> dict[str, dict]:
     return {p["id"]: p for p in problems}
 
 
+def read_problem_records(path, problems: dict[str, dict], required: Iterable[str]) -> list[dict]:
+    """Records of a JSONL file that name a problem by `problem_id` (samples, graded or
+    accepted solutions): each has the `required` fields (which include `problem_id`) and a
+    problem in `problems`."""
+    required = tuple(required)
+    if "problem_id" not in required:
+        raise ValueError("required fields must include problem_id")
+    out = []
+    for line, rec in iter_jsonl(path, required=required):
+        if rec["problem_id"] not in problems:
+            raise DataError(path, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
+        out.append(rec)
+    return out
+
+
 def read_problems(path) -> list[dict]:
     """problems.jsonl -> records, checked for the contract fields."""
     out = []
