@@ -164,12 +164,7 @@ def load_ml100k_raw(folder) -> pd.DataFrame:
         raise DataError(ipath, f"expected '|'-separated rows (id|title|date|...), got {item.shape[1]} field(s)",
                         line=1, field="title")
     item = item.rename(columns={item.columns[0]: "movie_id", item.columns[1]: "title"})
-    titles = _titles(item, ipath, "movie_id", "title")
-    names = ["user_id", "item_id", "rating", "timestamp"]
-    data = _read_table(dpath, sep="\t", header=False, names=names)
-    _require(data, dpath, names)
-    cols = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
-    return _assemble(dpath, data, cols, titles, "item_id")
+    return _headerless_ratings(dpath, "\t", _titles(item, ipath, "movie_id", "title"))
 
 
 def load_ml1m(folder) -> pd.DataFrame:
@@ -178,12 +173,17 @@ def load_ml1m(folder) -> pd.DataFrame:
     mpath, rpath = folder / "movies.dat", folder / "ratings.dat"
     m = _read_table(mpath, sep="::", header=False, names=["movie_id", "title", "genres"], encoding="latin-1")
     _require(m, mpath, ["movie_id", "title"])
-    titles = _titles(m, mpath, "movie_id", "title")
+    return _headerless_ratings(rpath, "::", _titles(m, mpath, "movie_id", "title"))
+
+
+def _headerless_ratings(path: Path, sep: str, titles: dict[str, str]) -> pd.DataFrame:
+    """GroupLens' header-less ratings files (ml-100k u.data, ml-1m ratings.dat):
+    user, item, rating, timestamp."""
     names = ["user_id", "item_id", "rating", "timestamp"]
-    r = _read_table(rpath, sep="::", header=False, names=names)
-    _require(r, rpath, names)
+    r = _read_table(path, sep=sep, header=False, names=names)
+    _require(r, path, names)
     cols = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
-    return _assemble(rpath, r, cols, titles, "item_id")
+    return _assemble(path, r, cols, titles, "item_id")
 
 
 def _strip_types(df: pd.DataFrame) -> pd.DataFrame:
