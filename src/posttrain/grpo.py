@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import DataError, iter_jsonl, read_json, write_json, write_jsonl
+from .launch import is_main_process
 from .pairs import prefix_id
 from .reward import (_last, curve_from_log, load_reward_model, lora_config, render_ids,
                      save_dir, score_ids, training_device_args)
@@ -122,8 +123,6 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-
-    from .launch import is_main_process
 
     # The before/after measurement is rank 0's alone (plain forward passes, no collectives);
     # other ranks go straight to training and wait for it at the first synchronisation.
