@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-all plots clean-venv
+.PHONY: setup repro test test-all plots clean-venv deps
 
 setup: $(STAMP)
 
@@ -44,4 +44,8 @@ clean-venv:
 
 # Self-contained HTML of all DVC plots (Vega inlined; opens without network).
 plots: setup
-	$(PY) -m posttrain.plots show --out dvc_plots
+	$(PY) -m posttrain.core.plots show --out dvc_plots
+
+# Stage code deps in dvc.yaml are derived from each stage's import closure.
+deps: setup
+	$(PY) -m posttrain.core.deps --write

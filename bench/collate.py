@@ -8,7 +8,7 @@
 
 waste = pad tokens / all tokens when each batch is padded to its longest member
 (`padding='longest'`). Random = shuffled batches; grouped =
-posttrain.batching.LengthGroupedBatchSampler (sorted within shuffled mega-batches).
+posttrain.core.batching.LengthGroupedBatchSampler (sorted within shuffled mega-batches).
 Without rec data, the fallback builds rec-style prompts from ml-latest-small
 (../shared/data beside the repo: last 10 rated movies -> "will the user like X?")
 rendered with the SmolLM2 chat template, or uses CHAMP problems + solutions.
@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from posttrain.batching import LengthGroupedBatchSampler, padding_waste, random_batches
+from posttrain.core.batching import LengthGroupedBatchSampler, padding_waste, random_batches
 
 REPO = Path(__file__).resolve().parents[1]
 REC_TOKENIZED = REPO / "data" / "rec" / "tokenized"
@@ -68,7 +68,7 @@ def _length(x, path, i) -> int:
 
 
 def _tokenizer():
-    from posttrain.models import load_tokenizer
+    from posttrain.core.models import load_tokenizer
 
     policy = REPO / "data" / "models" / "policy"
     return load_tokenizer(str(policy) if policy.is_dir() else "smollm2-135m-instruct")
@@ -107,9 +107,9 @@ def movielens_lengths(root: Path, history_len: int, limit: int, seed: int) -> li
 
 
 def champ_lengths(limit: int) -> list[int]:
-    from posttrain.assets import asset_path
-    from posttrain.collators import verification_text
-    from posttrain.verifier import champ_examples
+    from posttrain.core.assets import asset_path
+    from posttrain.reason.collators import verification_text
+    from posttrain.reason.verifier import champ_examples
 
     recs = champ_examples(asset_path("champ"))
     tok = _tokenizer()

@@ -13,7 +13,7 @@ import time
 import click
 import numpy as np
 
-from posttrain.density import knn_exact, knn_pynndescent, normalize_rows
+from posttrain.pref.density import knn_exact, knn_pynndescent, normalize_rows
 
 
 def clustered(n, dim, seed=0):

@@ -17,8 +17,8 @@ import time
 
 import click
 
-from posttrain.assets import asset_path
-from posttrain.embedding import embed_texts
+from posttrain.core.assets import asset_path
+from posttrain.pref.embedding import embed_texts
 
 
 def champ_texts(limit: int) -> list[str]:

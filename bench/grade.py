@@ -12,8 +12,8 @@ import time
 
 import click
 
-from posttrain.assets import asset_path
-from posttrain.sandbox import SandboxLimits, grade_many, isolation_report
+from posttrain.core.assets import asset_path
+from posttrain.reason.sandbox import SandboxLimits, grade_many, isolation_report
 
 
 def _items(n):

@@ -23,7 +23,7 @@ STAGE = Path(__file__).resolve().parents[1] / "stages" / "reason_verifier.py"
 
 def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[float, dict]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "posttrain.launch", "--num-processes", str(n), str(STAGE),
+    cmd = [sys.executable, "-m", "posttrain.core.launch", "--num-processes", str(n), str(STAGE),
            "--model", model, "--use-graded", "false", "--champ", "champ", "--max-champ", "200",
            "--num-layers", "6", "--trainable-layers", "2", "--max-length", "256",
            "--batch-size", str(global_batch // n), "--max-steps", str(steps),

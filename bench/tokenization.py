@@ -19,9 +19,9 @@ import time  # noqa: E402
 
 import click  # noqa: E402
 
-from posttrain.io import read_json  # noqa: E402
-from posttrain.chat import to_chat_messages
-from posttrain.tokenization import IGNORE_INDEX, render_prompt, tokenize_records  # noqa: E402
+from posttrain.core.io import read_json  # noqa: E402
+from posttrain.core.chat import to_chat_messages
+from posttrain.rec.tokenization import IGNORE_INDEX, render_prompt, tokenize_records  # noqa: E402
 
 
 def guide_method(tokenizer, records, cutoff_len):

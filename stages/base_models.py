@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from posttrain.models import materialize
+from posttrain.core.models import materialize
 
 
 @click.command()

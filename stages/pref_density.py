@@ -13,9 +13,9 @@ import logging
 import click
 import numpy as np
 
-from posttrain.density import METHODS, density_weights, knn_density, weight_histogram, weight_stats
-from posttrain.io import DataError, atomic_path, read_json, read_jsonl, write_json
-from posttrain.projection import projection_records
+from posttrain.pref.density import METHODS, density_weights, knn_density, weight_histogram, weight_stats
+from posttrain.core.io import DataError, atomic_path, read_json, read_jsonl, write_json
+from posttrain.pref.projection import projection_records
 
 
 @click.command()

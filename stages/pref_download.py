@@ -13,8 +13,8 @@ import logging
 
 import click
 
-from posttrain.io import write_json, write_jsonl
-from posttrain.pairs import collect
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.pref.pairs import collect
 
 
 def parse_sources(args: tuple[str, ...]) -> list[tuple[str, int]]:

@@ -8,8 +8,8 @@ import logging
 
 import click
 
-from posttrain.dpo import train_dpo
-from posttrain.io import write_json
+from posttrain.pref.dpo import train_dpo
+from posttrain.core.io import write_json
 
 
 @click.command()

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from posttrain.embedding import TEXT_MODES, embed_texts, prefix_text
-from posttrain.io import atomic_path, read_jsonl, write_json
+from posttrain.pref.embedding import TEXT_MODES, embed_texts, prefix_text
+from posttrain.core.io import atomic_path, read_jsonl, write_json
 
 
 @click.command()

@@ -5,8 +5,8 @@ import logging
 
 import click
 
-from posttrain.grpo import train_grpo
-from posttrain.io import write_json
+from posttrain.pref.grpo import train_grpo
+from posttrain.core.io import write_json
 
 
 @click.command()

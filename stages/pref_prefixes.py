@@ -9,8 +9,8 @@ import logging
 
 import click
 
-from posttrain.io import read_jsonl, write_json, write_jsonl
-from posttrain.prefixes import build_prefixes, write_id_map
+from posttrain.core.io import read_jsonl, write_json, write_jsonl
+from posttrain.pref.prefixes import build_prefixes, write_id_map
 
 
 @click.command()

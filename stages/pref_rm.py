@@ -9,8 +9,8 @@ import logging
 
 import click
 
-from posttrain.io import write_json
-from posttrain.reward import train_reward_model
+from posttrain.core.io import write_json
+from posttrain.pref.reward import train_reward_model
 
 
 @click.command()

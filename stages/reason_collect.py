@@ -14,8 +14,8 @@ import logging
 import click
 import yaml
 
-from posttrain.io import write_json, write_jsonl
-from posttrain.problems import collect, parse_sources
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.reason.problems import collect, parse_sources
 
 
 def _sources_from(params_file: str, key: str):

@@ -15,9 +15,9 @@ import logging
 
 import click
 
-from posttrain.graded import build_pairs, filter_metrics, grade_samples
-from posttrain.io import write_json, write_jsonl
-from posttrain.problems import index, read_problem_records, read_problems
+from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.reason.problems import index, read_problem_records, read_problems
 
 SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
                  "prompt_tokens", "completion_tokens")

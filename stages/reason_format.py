@@ -9,9 +9,9 @@ import logging
 
 import click
 
-from posttrain.io import write_json, write_jsonl
-from posttrain.problems import index, read_problem_records, read_problems
-from posttrain.sft_format import build_sft, parse_mix
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.reason.problems import index, read_problem_records, read_problems
+from posttrain.reason.sft_format import build_sft, parse_mix
 
 
 @click.command()

@@ -9,9 +9,9 @@ import time
 
 import click
 
-from posttrain.generation import SamplingConfig, generate, load_model, summarize
-from posttrain.io import write_json, write_jsonl
-from posttrain.problems import read_problems
+from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.reason.problems import read_problems
 
 
 @click.command()

@@ -5,7 +5,7 @@
         --out-model data/reason/verifier --out-scores data/reason/verifier_scores.jsonl \
         --metrics metrics/reason_verifier.json --loss-plot metrics/reason_verifier_loss.csv
 
-Data sources, score mapping, split and metrics: see posttrain.verifier.
+Data sources, score mapping, split and metrics: see posttrain.reason.verifier.
 """
 
 import logging
@@ -13,10 +13,10 @@ import time
 
 import click
 
-from posttrain import verifier
-from posttrain.io import write_json, write_jsonl
-from posttrain.launch import is_main_process
-from posttrain.models import save_folder
+from posttrain.reason import verifier
+from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.launch import is_main_process
+from posttrain.core.models import save_folder
 
 log = logging.getLogger("reason_verifier")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import click
 
-from posttrain import scoring
-from posttrain.baseline import LikeRateBaseline
-from posttrain.io import read_jsonl, write_json
-from posttrain.lora import load_for_eval
-from posttrain.tokenization import STRATEGIES, tokenize_prompts
+from posttrain.rec import scoring
+from posttrain.rec.baseline import LikeRateBaseline
+from posttrain.core.io import read_jsonl, write_json
+from posttrain.rec.lora import load_for_eval
+from posttrain.rec.tokenization import STRATEGIES, tokenize_prompts
 
 
 @click.command()

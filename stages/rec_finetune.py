@@ -8,8 +8,8 @@ import logging
 
 import click
 
-from posttrain.io import write_json
-from posttrain.lora import QUANTIZATIONS, LoraSettings, train
+from posttrain.core.io import write_json
+from posttrain.rec.lora import QUANTIZATIONS, LoraSettings, train
 
 
 @click.command()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 
-from posttrain import alpaca, movielens
-from posttrain.io import write_json, write_jsonl
+from posttrain.rec import alpaca
+
+from posttrain.rec import movielens
+from posttrain.core.io import write_json, write_jsonl
 
 
 @click.command()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from posttrain import seqlen
-from posttrain.io import atomic_path, read_json, write_json
-from posttrain.tokenization import STRATEGIES, tokenize_dataset
+from posttrain.rec import seqlen
+from posttrain.core.io import atomic_path, read_json, write_json
+from posttrain.rec.tokenization import STRATEGIES, tokenize_dataset
 
 
 @click.command()

@@ -25,7 +25,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer + chat template, converted from the GGUF once per session."""
-    from posttrain.models import load_tokenizer
+    from posttrain.core.models import load_tokenizer
 
     out = tmp_path_factory.mktemp("smollm2-tokenizer")
     load_tokenizer().save_pretrained(out)
@@ -43,7 +43,7 @@ def tokenizer(tokenizer_dir):
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama (2 layers, hidden 64) with the real tokenizer, saved as a folder
     that stages load like the `base_models` output."""
-    from posttrain.models import build_tiny_causal_lm, save_folder
+    from posttrain.core.models import build_tiny_causal_lm, save_folder
 
     out = tmp_path_factory.mktemp("tiny-model") / "policy"
     save_folder(build_tiny_causal_lm(tokenizer), tokenizer, out, {"source": "tiny-random"})

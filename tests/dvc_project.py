@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from posttrain.profiles import apply_profile
+from posttrain.core.profiles import apply_profile
 
 REPO = Path(__file__).resolve().parents[1]
 

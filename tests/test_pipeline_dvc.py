@@ -95,7 +95,7 @@ def test_killed_stage_leaves_nothing_finished(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "base_models"], cwd=proj.root, env=proj.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    # Kill the moment the stage starts writing its temp folder (posttrain.io.atomic_path).
+    # Kill the moment the stage starts writing its temp folder (posttrain.core.io.atomic_path).
     while time.monotonic() < deadline and proc.poll() is None:
         if out.parent.is_dir() and any(p.name.startswith(".policy.") for p in out.parent.iterdir()):
             break
@@ -145,7 +145,7 @@ def test_push_then_pull_into_a_fresh_clone(project, tmp_path):
 
 
 def test_plots_render_offline(project, tmp_path):
-    """`posttrain.plots show` writes HTML with Vega inlined; headless Chromium with no
+    """`posttrain.core.plots show` writes HTML with Vega inlined; headless Chromium with no
     network draws every plot (one canvas per plot)."""
     import re
     import shutil
@@ -157,7 +157,7 @@ def test_plots_render_offline(project, tmp_path):
     if shutil.which("npm") is None:
         pytest.skip("npm is needed once to fetch vega")
     out = tmp_path / "plots"
-    project.run(sys.executable, "-m", "posttrain.plots", "show", "--out", str(out),
+    project.run(sys.executable, "-m", "posttrain.core.plots", "show", "--out", str(out),
                 "--js-dir", str(REPO / ".venv" / "plots-js"))
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "<script src=" not in html and "vegaEmbed" in html

@@ -1,0 +1,127 @@
+"""Base models: materialize a policy model as a plain transformers folder.
+
+The offline default ships as one Q4_1 GGUF file. transformers can read it with
+`gguf_file=`, but that dequantizes on every load (~50 s), so `base_models`
+does it once: weights copied into a fresh model built from the GGUF's config,
+then `save_pretrained` with the tokenizer and its chat template. Every later
+stage loads the folder with plain `from_pretrained(path)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from posttrain.core import assets
+from posttrain.core.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+TINY_PREFIX = "tiny-random"
+DEFAULT_TOKENIZER = "smollm2-135m-instruct"
+
+
+def load_tokenizer(ref: str = DEFAULT_TOKENIZER):
+    """Tokenizer (with chat template) from an asset name, GGUF file, folder or hub id."""
+    from transformers import AutoTokenizer
+
+    src = assets.resolve(ref)
+    if isinstance(src, Path) and src.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    return _fix_special_tokens(tok)
+
+
+def _fix_special_tokens(tokenizer):
+    # SmolLM2 ships pad == eos == <|im_end|>; label code that masks padding by id
+    # would then also mask the real end-of-turn token the model must learn.
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        for cand in ("<|endoftext|>", tokenizer.unk_token):
+            if cand and cand in tokenizer.get_vocab() and cand != tokenizer.eos_token:
+                tokenizer.pad_token = cand
+                break
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.model_max_length > 1_000_000:
+        tokenizer.model_max_length = 8192
+    return tokenizer
+
+
+def build_tiny_causal_lm(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
+    """A tiny random Llama with the real tokenizer's vocabulary: pipeline tests in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_source(ref: str):
+    """(model, tokenizer) from an asset name, a GGUF file, a local folder, a hub id,
+    or `tiny-random[:TOKENIZER_REF]` (a tiny random model for tests and CI)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if ref.startswith(TINY_PREFIX):
+        tok_ref = ref.partition(":")[2] or DEFAULT_TOKENIZER
+        tokenizer = load_tokenizer(tok_ref)
+        return build_tiny_causal_lm(tokenizer), tokenizer
+    src = assets.resolve(ref)
+    if isinstance(src, Path) and src.suffix == ".gguf":
+        folder, name = str(src.parent), src.name
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # A fresh model from the config gives clean module/dtype state; the
+        # GGUF-loaded one carries loader details we do not want to save.
+        config.dtype = torch.float32
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        # Tied embeddings may show as "missing" lm_head; anything else is a bug.
+        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF weights do not match config: missing={missing} unexpected={unexpected}")
+        model.tie_weights()
+        del gguf_model
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    tokenizer = _fix_special_tokens(tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def materialize(ref: str, out_dir, meta: dict | None = None) -> Path:
+    """Write `ref` as a transformers folder at `out_dir`, atomically (temp dir + rename)."""
+    out_dir = Path(out_dir)
+    model, tokenizer = load_source(ref)
+    if not getattr(tokenizer, "chat_template", None):
+        raise RuntimeError(f"{ref}: tokenizer has no chat template; chat stages need one")
+    save_folder(model, tokenizer, out_dir, {"source": ref, **(meta or {})})
+    return out_dir
+
+
+def save_folder(model, tokenizer, out_dir, meta: dict) -> Path:
+    """save_pretrained model + tokenizer into a temp dir, then swap it into place."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
+        tmp.unlink()  # atomic_path makes a file; save_pretrained wants a directory
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "posttrain_source.json", {
+            "n_parameters": sum(p.numel() for p in model.parameters()), **meta})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+    return out_dir

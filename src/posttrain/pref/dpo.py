@@ -1,0 +1,128 @@
+"""DPO with LoRA on the policy, optionally density-aware through the weighted sampler.
+
+Same pairs, weights, held-out split (by prefix) and rarity buckets as the reward
+model (`posttrain.pref.reward`), so DPO's held-out implicit-reward accuracy and margin
+are comparable with the RM's pairwise accuracy. The reference model is the
+policy with the LoRA adapter disabled (peft), so no second copy is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from posttrain.core.io import write_json
+from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
+                     training_device_args)
+from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, weighted_trainer_class
+
+log = logging.getLogger(__name__)
+
+
+def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
+    """Columns in trl's conversational preference format (+ the sampling weight)."""
+    return {
+        "prompt": [p["messages"] for p in pairs],
+        "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
+        "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
+        WEIGHT_COLUMN: [p["density"] if density_aware else 1.0 for p in pairs],
+    }
+
+
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool = True,
+              max_pairs: int = 0, heldout_fraction: float = 0.2, split_seed: int = 0, max_length: int = 512,
+              max_steps: int = 30, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-5,
+              beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
+              lora_layers: int = 0, eval_pairs: int = 0,
+              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4) -> dict:
+    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"} (None on
+    ranks other than the main one under `accelerate launch`).
+
+    `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
+    must match the reward model's to be evaluated on its held-out prompts; `seed` is training."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    if not lora_r:
+        raise ValueError("pref.dpo.lora_r must be > 0: the reference model is the policy without its adapter")
+    set_seed(seed)
+    # Same cap, split function and split seed as pref_rm: the held-out prompts are the same ones.
+    _, pairs, train, held, weights, thresholds = load_split(
+        pairs_path, ids_path, weights_path, max_pairs, heldout_fraction, split_seed, bucket_quantile)
+
+    tok = AutoTokenizer.from_pretrained(str(policy))
+    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+
+    # Over-long pairs are truncated keeping the end (the answers); counted here. trl's default
+    # keep_start would instead silently drop every pair whose prompt alone fills max_length.
+    n_long = sum(len(render_ids(tok, p["messages"], max(p["chosen"], p["rejected"], key=len), 0)[0])
+                 > max_length for p in pairs)
+
+    scratch = tempfile.mkdtemp(prefix="pref_dpo_trainer_")
+    args = DPOConfig(
+        output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size, gradient_accumulation_steps=grad_accum,
+        learning_rate=lr, beta=beta, max_length=max_length, truncation_mode="keep_end",
+        logging_steps=1, save_strategy="no",
+        report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
+        **training_device_args())
+    trainer = weighted_trainer_class(DPOTrainer)(
+        model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
+        processing_class=tok,
+        peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
+                                model=model))
+    if len(trainer.train_dataset) != len(train):  # trl must not drop pairs behind our back
+        raise RuntimeError(f"DPOTrainer kept {len(trainer.train_dataset)} of {len(train)} training pairs")
+    try:
+        trainer.train()
+
+        def evaluate(subset: list[dict]) -> dict:
+            if not subset:
+                return {"n": 0, "reward_accuracy": None, "reward_margin": None}
+            # DPOTrainer.log adds its reward stats to the returned dict as "eval_*" (mean over batches).
+            m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
+            return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
+                    "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}
+
+        # DPO eval costs 4 full forward passes per pair (policy + reference, chosen +
+        # rejected): on CPU a seeded subset of `eval_pairs` held-out pairs (0 = all).
+        subset = cap_pairs(held, eval_pairs, split_seed)
+        heldout = evaluate(subset)
+        heldout["heldout_pairs"] = len(held)
+        if not eval_pairs:
+            buckets = [bucket_of(p["density"], thresholds) for p in held]
+            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])
+                                  for b in ("rare", "common")}
+        from accelerate.utils import gather_object
+
+        drawn = gather_object(trainer.drawn_indices())  # every rank's share of the weighted draw
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not trainer.is_world_process_zero():
+        return None  # rank 0 saves and reports; evaluation above was collective
+
+    def fill(tmp: Path) -> None:
+        trainer.model.save_pretrained(tmp)  # the LoRA adapter only
+        tok.save_pretrained(tmp)
+        write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
+                                                   "density_aware": bool(density_aware)})
+
+    save_dir(out_dir, fill)
+    metrics = {
+        "density_aware": bool(density_aware),
+        "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
+                  "longer_than_max_length": n_long,
+                  "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
+        "heldout": heldout,
+        "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
+                  "final_loss": _last(trainer.state.log_history, "loss"),
+                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+    }
+    curve = curve_from_log(trainer.state.log_history, ("loss", "rewards/accuracies", "rewards/margins"))
+    return {"metrics": metrics, "curve": curve}

@@ -1,0 +1,182 @@
+"""GRPO with LoRA on the policy, rewarded by the trained reward model.
+
+Prompts are the prefixes the reward model held out (its `split.json`), so the RM
+scores answers to prompts it never trained on. Those held-out prefixes are split
+again: GRPO trains on one part and the before/after measurement (greedy
+completions scored by the RM) uses the other, so "after" is not measured on
+prompts GRPO optimized.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
+from posttrain.core.launch import is_main_process
+from posttrain.pref.pairs import prefix_id
+from posttrain.pref.reward import (_last, curve_from_log, load_reward_model, lora_config, render_ids,
+                     save_dir, score_ids, training_device_args)
+
+log = logging.getLogger(__name__)
+
+
+def load_prefixes(path) -> dict[str, list[dict]]:
+    """prefix_id -> prefix messages, from `prefixes_all.jsonl` (ids checked against the md5 rule)."""
+    out = {}
+    for line, rec in iter_jsonl(path, required=("prefix_id", "prefix")):
+        msgs = rec["prefix"].get("messages") if isinstance(rec["prefix"], dict) else None
+        if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user":
+            raise DataError(path, "prefix.messages must be a list ending with a user message",
+                            line=line, field="prefix")
+        if prefix_id(msgs) != rec["prefix_id"]:
+            raise DataError(path, "prefix_id is not md5(first user message)[:16]", line=line,
+                            field="prefix_id")
+        out[rec["prefix_id"]] = msgs
+    return out
+
+
+def split_prompts(heldout_ids: list[str], n_eval: int, max_train: int, seed: int) -> tuple[list, list]:
+    """(train_ids, eval_ids): disjoint, seeded; eval gets at most half of the held-out prefixes."""
+    ids = sorted(heldout_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_eval = min(n_eval, len(ids) // 2)
+    eval_ids = [ids[i] for i in order[:n_eval]]
+    train_ids = [ids[i] for i in order[n_eval:]]
+    return (train_ids[:max_train] if max_train else train_ids), eval_ids
+
+
+class RewardModelScore:
+    """trl reward function: the reward model's scalar for prompt + completion (chat template)."""
+
+    __name__ = "reward_model"  # trl names the logged reward column after the function
+
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 8):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def score(self, prompts: list[list[dict]], answers: list[str]) -> np.ndarray:
+        seqs = [render_ids(self.tokenizer, p, a, self.max_length)[0] for p, a in zip(prompts, answers)]
+        return score_ids(self.model, self.tokenizer, seqs, self.batch_size)
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        answers = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        return self.score(prompts, answers).tolist()
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy completions (deterministic) for chat prompts, left-padded batches."""
+    import torch
+
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in prompts[start:start + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16, max_prompts: int = 64,
+               max_steps: int = 8, batch_size: int = 8, num_generations: int = 4,
+               max_completion_length: int = 48, max_length: int = 512, lr: float = 1e-5,
+               temperature: float = 1.0, beta: float = 0.0, lora_r: int = 8, lora_alpha: int = 16,
+               lora_layers: int = 0,
+               seed: int = 0) -> dict:
+    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"} (None on
+    ranks other than the main one under `accelerate launch`)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    set_seed(seed)
+    prefixes = load_prefixes(prefixes_path)
+    split = read_json(Path(rm_dir) / "split.json")
+    held = split["heldout_prefix_ids"]
+    missing = [i for i in held if i not in prefixes]
+    if missing:
+        raise DataError(prefixes_path, f"{len(missing)} held-out prefix ids of the reward model are "
+                        f"missing (first: {missing[0]}); rerun pref_rm", field="prefix_id")
+    train_ids, eval_ids = split_prompts(held, eval_prompts, max_prompts, seed)
+    if not train_ids or not eval_ids:
+        raise DataError(Path(rm_dir) / "split.json", f"need held-out prefixes for both GRPO training "
+                        f"({len(train_ids)}) and evaluation ({len(eval_ids)})")
+
+    rm, rm_tok = load_reward_model(rm_dir)
+    reward_fn = RewardModelScore(rm, rm_tok, max_length)
+    tok = AutoTokenizer.from_pretrained(str(policy))
+    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+
+    # The before/after measurement is rank 0's alone (plain forward passes, no collectives);
+    # other ranks go straight to training and wait for it at the first synchronisation.
+    eval_msgs = [prefixes[i] for i in eval_ids]
+    if is_main_process():
+        before_text = generate(model, tok, eval_msgs, max_completion_length)
+        before = reward_fn.score(eval_msgs, before_text)
+
+    scratch = tempfile.mkdtemp(prefix="pref_grpo_trainer_")
+    args = GRPOConfig(
+        output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        num_generations=num_generations, max_completion_length=max_completion_length,
+        learning_rate=lr, temperature=temperature, beta=beta, logging_steps=1, save_strategy="no",
+        report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
+        **training_device_args())
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
+        train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
+        peft_config=lora_config(lora_r, lora_alpha, 0.0, "CAUSAL_LM", top_layers=lora_layers,
+                                model=model))
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not trainer.is_world_process_zero():
+        return None
+
+    after_text = generate(trainer.model, tok, eval_msgs, max_completion_length)
+    after = reward_fn.score(eval_msgs, after_text)
+
+    def fill(tmp: Path) -> None:
+        trainer.model.save_pretrained(tmp)  # LoRA adapter
+        tok.save_pretrained(tmp)
+        write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "grpo_lora",
+                                                   "reward_model": "data/pref/rm"})
+        write_jsonl(tmp / "eval_completions.jsonl", (
+            {"prefix_id": i, "before": b, "after": a, "reward_before": float(rb), "reward_after": float(ra)}
+            for i, b, a, rb, ra in zip(eval_ids, before_text, after_text, before, after)))
+
+    save_dir(out_dir, fill)
+    metrics = {
+        "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
+        "eval_reward": {"before": float(before.mean()), "after": float(after.mean()),
+                        "delta": float(after.mean() - before.mean()),
+                        "improved_fraction": float((after > before).mean())},
+        "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
+                  "first_reward": _first(trainer.state.log_history, "reward"),
+                  "last_reward": _last(trainer.state.log_history, "reward"),
+                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+    }
+    curve = curve_from_log(trainer.state.log_history, ("loss", "reward", "reward_std"))
+    return {"metrics": metrics, "curve": curve}
+
+
+def _first(history: list[dict], key: str):
+    vals = [h[key] for h in history if key in h]
+    return float(vals[0]) if vals else None

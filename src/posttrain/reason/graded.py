@@ -1,0 +1,132 @@
+"""Rejection sampling over sampled solutions: grade them, summarize, pair them.
+
+Grading itself lives in `posttrain.reason.grading` (math answers) and `posttrain.reason.sandbox`
+(code run against tests in a sandbox); this module runs them over a samples file,
+keeps every grade and its reason on the sample record, computes the filter metrics,
+and builds preference pairs (correct vs incorrect solution of the same problem).
+
+Pairs use the pref pipeline's normalized pair format, so `pref_download` can take it
+as a source: {id, prefix: {messages}, chosen, rejected, src: "reason"}. The prefix is
+the generation prompt (system + user; the last message is the user's), chosen and
+rejected are the two sampled answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+
+from posttrain.reason import prompts
+from posttrain.reason.sft_format import count_steps
+
+SRC = "reason"
+GRADE_FIELDS = ("grade", "reason", "extracted", "method")
+
+
+def _grade_dict(g) -> dict:
+    """A Grade (dataclass, namedtuple or mapping) -> the fields graded.jsonl keeps."""
+    if is_dataclass(g):
+        d = asdict(g)
+    elif hasattr(g, "_asdict"):
+        d = g._asdict()
+    elif isinstance(g, dict):
+        d = dict(g)
+    else:
+        d = {f: getattr(g, f, None) for f in GRADE_FIELDS}
+    out = {f: d.get(f) for f in GRADE_FIELDS}
+    out["grade"] = 1 if out["grade"] else 0
+    if d.get("detail"):  # why a run failed (assertion, exception, limit): worth keeping
+        out["detail"] = d["detail"]
+    return out
+
+
+def grade_samples(samples: list[dict], problems: dict[str, dict], timeout_s: float = 5.0,
+                  memory_mb: int = 512, workers: int = 2) -> list[dict]:
+    """Grade every sample; returns sample records + grade, reason, extracted, method.
+
+    Math is checked in-process (answer extraction + equivalence); code goes to the
+    sandbox in parallel workers. Sample order is kept."""
+    from posttrain.reason.grading import grade_math
+    from posttrain.reason.sandbox import SandboxLimits, grade_many
+
+    grades: list = [None] * len(samples)
+    code_idx, code_items = [], []
+    for k, s in enumerate(samples):
+        p = problems[s["problem_id"]]
+        if s["domain"] == "math":
+            grades[k] = grade_math(s["text"], p["answer"])
+        else:
+            code_idx.append(k)
+            code_items.append((s["text"], p))
+    if code_items:
+        limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+        for k, g in zip(code_idx, grade_many(code_items, workers=workers, limits=limits)):
+            grades[k] = g
+    return [{**s, **_grade_dict(g)} for s, g in zip(samples, grades)]
+
+
+def _rate(acc: int, n: int) -> float:
+    return round(acc / n, 4) if n else 0.0
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 2) if xs else 0.0
+
+
+def _group(graded: list[dict], key: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name in sorted({g[key] for g in graded}):
+        rows = [g for g in graded if g[key] == name]
+        acc = sum(g["grade"] for g in rows)
+        solved = {g["problem_id"] for g in rows if g["grade"] == 1}
+        reasons: dict[str, int] = {}
+        for g in rows:
+            reasons[g["reason"]] = reasons.get(g["reason"], 0) + 1
+        out[name] = {"n": len(rows), "accepted": acc, "pass_rate": _rate(acc, len(rows)),
+                     "problems": len({g["problem_id"] for g in rows}), "problems_solved": len(solved),
+                     "reasons": dict(sorted(reasons.items()))}
+    return out
+
+
+def filter_metrics(graded: list[dict]) -> dict:
+    """Pass rates per domain and source, reasons, extraction failures, lengths and steps."""
+    acc = [g for g in graded if g["grade"] == 1]
+    no_answer = [g for g in graded if g["reason"] == "no_answer"]
+    steps = {id(g): count_steps(g["text"], g["domain"]) for g in graded}
+    return {
+        "n_samples": len(graded), "n_accepted": len(acc), "pass_rate": _rate(len(acc), len(graded)),
+        "by_domain": _group(graded, "domain"), "by_source": _group(graded, "source"),
+        "answer_extraction_failures": len(no_answer),
+        "answer_extraction_failures_by_domain": {
+            d: sum(1 for g in no_answer if g["domain"] == d) for d in sorted({g["domain"] for g in graded})},
+        "mean_completion_tokens": _mean(g["completion_tokens"] for g in graded),
+        "mean_completion_tokens_accepted": _mean(g["completion_tokens"] for g in acc),
+        "mean_chars": _mean(len(g["text"]) for g in graded),
+        "mean_steps": _mean(steps.values()),
+        "mean_steps_accepted": _mean(steps[id(g)] for g in acc),
+    }
+
+
+def build_pairs(graded: list[dict], problems: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Every incorrect sample of a problem is paired with a correct one of the same
+    problem (cycling through the correct ones). Returns (pairs, stats)."""
+    by_problem: dict[str, list[dict]] = {}
+    for g in graded:
+        by_problem.setdefault(g["problem_id"], []).append(g)
+    pairs, identical, mixed = [], 0, 0
+    for pid in sorted(by_problem):
+        samples = sorted(by_problem[pid], key=lambda g: g["sample_idx"])
+        good = [g for g in samples if g["grade"] == 1]
+        bad = [g for g in samples if g["grade"] != 1]
+        if not good or not bad:
+            continue
+        mixed += 1
+        prefix = {"messages": prompts.messages(problems[pid])}
+        for k, r in enumerate(bad):
+            c = good[k % len(good)]
+            if c["text"] == r["text"]:  # same text graded both ways (flaky run): no signal
+                identical += 1
+                continue
+            pairs.append({"id": f"{SRC}/{pid}/{c['sample_idx']}-{r['sample_idx']}", "prefix": prefix,
+                          "chosen": c["text"], "rejected": r["text"], "src": SRC})
+    return pairs, {"n_pairs": len(pairs), "problems_with_pairs": mixed, "skipped_identical": identical}

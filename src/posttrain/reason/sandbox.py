@@ -1,0 +1,879 @@
+"""Run untrusted (model-written) Python code and grade it against a problem's tests.
+
+Trust model
+-----------
+Trusted: this module, the grader process, the problem (its prompt, tests, stdin/stdout
+cases). Untrusted: the solution code, which may be buggy, lazy or hostile.
+
+Host protection (every run):
+- its own process: a fresh `python -I -S` interpreter (no env vars, no site, no user dirs),
+  in its own session; a scrubbed environment; a throwaway working directory;
+- limits set in the child before any untrusted code runs: RLIMIT_CPU (cpu time), RLIMIT_AS
+  (memory), RLIMIT_NPROC (processes), RLIMIT_FSIZE (file size), RLIMIT_NOFILE, no core
+  files; a wall-clock limit and a stdout/stderr size cap enforced by the grader, which kills
+  the run when either is exceeded;
+- when the grader runs as root: the child enters a new network namespace (no interfaces but
+  a down loopback: no network at all), a new pid namespace (it is init there: it sees only
+  its own processes in a fresh /proc, and when it dies the kernel kills everything it
+  started, however detached), a new mount namespace in which every existing mount is
+  read-only and fresh size-capped tmpfs cover the usual world-writable directories (/tmp,
+  /var/tmp, /dev/shm, /run/lock), with its working directory inside that tmpfs, so nothing
+  outside the sandbox can change (the interpreter's library is bind-mounted there when it
+  lives under a directory the sandbox uid cannot enter), then drops to a fresh uid/gid
+  (random, no supplementary groups) with no_new_privs and dumpable off. A fresh uid makes
+  RLIMIT_NPROC per run (root is exempt from it, and a shared uid would share the count),
+  makes the grader and other runs unsignalable (EPERM) and files outside the sandbox
+  read-only to it. Without a pid namespace the grader kills a run's leftovers with
+  `kill(-1)` issued as that uid. Without root: a user+network namespace where unprivileged
+  namespaces are allowed, the limits, and a session kill; the grader and files are then
+  protected only by ordinary permissions (the code runs as the grader's user), and
+  processes that leave the session can outlive the run. `RunResult.isolation` says what
+  was applied. Not hidden: world-readable host files can be read (with no network to send
+  them anywhere).
+
+Verdict protection (function tests, HumanEval style): the solution runs in a forked child
+process C; the problem's tests run in the trusted harness process P, which never executes
+solution code. P calls the solution through a proxy: arguments are pickled to C, C calls the
+solution, and the return value comes back as a pickle that P loads with an unpickler that only
+rebuilds plain data (numbers, strings, containers, a few stdlib value types). So the
+solution cannot patch the tests' `check`, builtins or modules, cannot hand back objects with
+a rigged `__eq__`, and exiting early (`sys.exit(0)`) only makes its calls fail. P reports
+the verdict on a private pipe (not stdout), tagged with a random per-run nonce that P reads
+from an inherited file descriptor only after C was forked and had closed it, so C never
+holds the nonce and printing or writing a fake success line does not count. Being a
+non-dumpable process (and pid-namespace init, which ignores signals from inside), P cannot be
+ptraced, read or killed by C. C drops its copy of the job (which held the tests) before any
+solution code runs, and an audit hook denies it ctypes, so it cannot dig the expected
+answers out of memory (/proc/self/mem is closed to a non-dumpable process). C can close its
+own pipes or exit, which only fails its own run. What remains: a solution that genuinely
+computes the expected outputs passes, as it should; tests that rely on argument mutation or
+pass functions as arguments cannot cross the process boundary and fail; a solution whose
+verdict depends on timing near the limit may get a different verdict on another run.
+The sandbox runs `python -I -S`: the standard library only, no site-packages.
+
+stdin/stdout tests (APPS style): each case runs the solution as a script with the case input
+on stdin; the grader compares its stdout with the expected output, so there is no verdict
+inside the sandbox to forge.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+
+from posttrain.reason.grading import Grade, grade_math
+
+log = logging.getLogger(__name__)
+
+SANDBOX_UID_BASE = 1_200_000  # fresh uids are drawn above this; no passwd entry needed
+SANDBOX_UID_SPAN = 1 << 20
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 5.0  # wall clock for the whole run; cpu limit is ceil(timeout_s)
+    memory_mb: int = 512  # RLIMIT_AS of every process in the sandbox
+    max_procs: int = 16  # RLIMIT_NPROC of the sandbox uid (harness processes included)
+    max_output_bytes: int = 1 << 20  # stdout + stderr; exceeded -> killed, output_limit
+    max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
+    tmp_mb: int = 64  # size of each private tmpfs (root only)
+    max_open_files: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    """status: ok | failed | timeout | memory | error | output_limit | sandbox_error.
+    For function tests `ok` means every test passed (verified by nonce); `failed` means
+    a test failed (reason in `detail`); `error` means the solution did not load / crashed.
+    For scripts `ok` means exit status 0."""
+
+    status: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    detail: str = ""
+    reason: str = ""  # for function tests: wrong_answer | error | memory | timeout
+    isolation: dict = field(default_factory=dict)
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+# ---------------------------------------------------------------- the in-sandbox harness
+# Runs as `python -I -S -c _HARNESS <job_fd>`. Everything up to running solution code is
+# trusted setup; see the module docstring for why each step is there.
+_HARNESS = r'''
+import os, sys, json, struct, pickle, re, io
+sys.dont_write_bytecode = True
+
+def _fork_into_pidns(libc):
+    # H (outside) forks I (pid 1 inside). When I dies the kernel kills every process of the
+    # namespace, however they detached; when H dies (grader kill), I gets SIGKILL via its
+    # parent-death signal. H only waits and passes I's exit status on.
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: H dies with the grader
+    pid = os.fork()
+    if pid == 0:
+        return
+    while True:
+        try:
+            _, st = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(st):
+        import resource, signal
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        sig = os.WTERMSIG(st)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 1)
+
+_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # get fresh private tmpfs instead
+_KEEP = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+
+def _readonly_mounts(libc, iso):
+    # Every existing mount becomes read-only in our namespace (device nodes such as /dev/null
+    # stay usable): nothing outside the private tmpfs can be changed, even if world-writable.
+    ok = True
+    with open("/proc/self/mountinfo") as f:
+        rows = [line.split() for line in f]
+    for row in rows:
+        mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[4])
+        if mp == "/proc" or mp.startswith("/proc/") or mp in _WRITABLE:
+            continue
+        flags = 32 | 4096 | 1  # MS_REMOUNT|MS_BIND|MS_RDONLY, keeping the mount's other flags
+        for opt in row[5].split(","):
+            flags |= _KEEP.get(opt, 0)
+        if libc.mount(None, mp.encode(), None, flags, None) != 0:
+            ok = False
+    iso["readonly_fs"] = ok
+
+def _setup(job):
+    iso = {"netns": False, "pidns": False, "private_proc": False, "readonly_fs": False, "private_tmp": False,
+           "setuid": False, "no_new_privs": False}
+    uid = job.get("uid")
+    root = os.geteuid() == 0
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+    except Exception:
+        libc = None
+    if libc is not None:
+        if root:
+            iso["netns"] = libc.unshare(0x40000000) == 0  # CLONE_NEWNET
+            if libc.unshare(0x20000000) == 0:  # CLONE_NEWPID: our next child is init of a new pid ns
+                _fork_into_pidns(libc)  # only the child returns
+                iso["pidns"] = True
+            if libc.unshare(0x00020000) == 0 and libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0:
+                ok = True  # CLONE_NEWNS, then MS_REC|MS_PRIVATE so our mounts stay ours
+                if iso.get("pidns"):  # a /proc that shows only this namespace's processes
+                    iso["private_proc"] = libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, None) == 0
+                _readonly_mounts(libc, iso)
+                opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
+                for d in _WRITABLE:
+                    if os.path.isdir(d) and libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:
+                        ok = False  # MS_NOSUID|MS_NODEV
+                iso["private_tmp"] = ok
+                if ok and uid is not None:
+                    # the interpreter's own library may sit under a directory the sandbox uid
+                    # cannot traverse (e.g. /root/.pyenv): bind it where it can, read-only use
+                    paths = []
+                    for i, p in enumerate(sys.path):
+                        if os.path.isdir(p):
+                            q = "/tmp/.pylib%d" % i
+                            os.mkdir(q, 0o755)
+                            if libc.mount(p.encode(), q.encode(), None, 0x1000 | 2 | 4, None) == 0:  # MS_BIND
+                                p = q
+                        paths.append(p)
+                    moved = [(a.rstrip("/") + "/", b + "/") for a, b in zip(sys.path, paths) if a != b]
+                    sys.path[:] = paths
+                    sys.path_importer_cache.clear()
+                    for m in list(sys.modules.values()):  # packages already imported look up submodules here
+                        mp = getattr(m, "__path__", None)
+                        if isinstance(mp, list):
+                            for j, d in enumerate(mp):
+                                for a, b in moved:
+                                    if (d + "/").startswith(a):
+                                        mp[j] = b + d[len(a):]
+        else:
+            iso["netns"] = libc.unshare(0x10000000 | 0x40000000) == 0  # CLONE_NEWUSER|CLONE_NEWNET
+    if iso["private_tmp"]:
+        os.mkdir("/tmp/work", 0o700)
+        if root and uid is not None:
+            os.chown("/tmp/work", uid, uid)
+        os.chdir("/tmp/work")
+    import resource as R
+    lim = job["limits"]
+    def setl(k, soft, hard=None):
+        try:
+            R.setrlimit(k, (soft, soft if hard is None else hard))
+        except (ValueError, OSError):
+            pass
+    setl(R.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
+    setl(R.RLIMIT_AS, lim["memory_mb"] << 20)
+    setl(R.RLIMIT_NPROC, lim["max_procs"])
+    setl(R.RLIMIT_FSIZE, lim["max_file_bytes"])
+    setl(R.RLIMIT_CORE, 0)
+    setl(R.RLIMIT_NOFILE, lim["max_open_files"])
+    if root and uid is not None:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        except OSError as e:  # fail closed: never run solution code as root by accident
+            sys.stderr.write("sandbox: could not drop privileges to uid %d: %s\n" % (uid, e))
+            os._exit(97)
+        iso["setuid"] = os.geteuid() == uid
+    if libc is not None:
+        iso["no_new_privs"] = libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG=SIGKILL (set after setuid, which clears it)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0: same-uid processes cannot ptrace/read us
+    os.umask(0o077)
+    iso["uid"] = os.geteuid()
+    iso["rlimits"] = True
+    return iso, libc
+
+def _send(fd, payload):
+    data = struct.pack(">I", len(payload)) + payload
+    while data:
+        data = data[os.write(fd, data):]
+
+def _readn(fd, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+def _recv(fd, cap):
+    head = _readn(fd, 4)
+    if head is None:
+        return None
+    n = struct.unpack(">I", head)[0]
+    if n > cap:
+        raise OverflowError("message too large")
+    return _readn(fd, n)
+
+_SAFE = {("builtins", n) for n in ("complex", "set", "frozenset", "bytearray", "range", "slice")}
+_SAFE |= {("fractions", "Fraction"), ("decimal", "Decimal"), ("collections", "OrderedDict")}
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError("solution returned a non-plain object %s.%s" % (module, name))
+
+def _child(code, entry, rfd, wfd, libc):
+    # C: the only process that runs solution code.
+    if libc is not None:
+        libc.prctl(1, 9, 0, 0, 0)  # die with P
+    def reply(obj):
+        try:
+            payload = pickle.dumps(obj, protocol=4)
+        except Exception:
+            payload = pickle.dumps(("exc", "TypeError", "unpicklable result of type %s" % type(obj[1]).__name__), protocol=4)
+        _send(wfd, payload)
+    def describe(e):
+        try:
+            return type(e).__name__, str(e)[:300]
+        except BaseException:
+            return "Exception", "<unprintable>"
+    try:
+        ns = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(compile(code, "<solution>", "exec"), ns)
+        fn = ns.get(entry)
+        if not callable(fn):
+            raise NameError("entry point %r is not defined by the solution" % entry)
+    except BaseException as e:  # SystemExit too: leaving while loading means no function
+        reply(("load_error",) + describe(e))
+        os._exit(0)
+    reply(("ready",))
+    while True:
+        req = _recv(rfd, 1 << 30)
+        if req is None:
+            os._exit(0)
+        args, kwargs = pickle.loads(req)
+        try:
+            r = fn(*args, **kwargs)
+            msg = ("ok", r)
+        except BaseException as e:
+            msg = ("exc",) + describe(e)
+        reply(msg)
+
+def _deny_raw_memory(event, args):
+    # ctypes could read freed memory (the job once held the tests); audit hooks cannot be
+    # removed. /proc/self/mem is already closed to us: the process is non-dumpable.
+    if event.startswith("ctypes."):
+        raise RuntimeError("ctypes is not available in the sandbox")
+
+class _Gone(BaseException):
+    # not an Exception: a test's `except Exception` must not swallow a dead solution
+    pass
+
+def _functions(job, res_fd, nonce_fd, libc):
+    cap = job["max_msg_bytes"]
+    c2p_r, c2p_w = os.pipe()
+    p2c_r, p2c_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(res_fd); os.close(nonce_fd); os.close(c2p_r); os.close(p2c_w)
+        code, entry = job["code"], job["entry_point"]
+        job.clear()  # the tests must not be in C's memory: knowing them would let it cheat
+        sys.addaudithook(_deny_raw_memory)
+        _child(code, entry, p2c_r, c2p_w, libc)
+        os._exit(0)
+    os.close(c2p_w); os.close(p2c_r)
+    nonce = os.read(nonce_fd, 256).decode().strip()  # only now: C never held it
+    os.close(nonce_fd)
+    state = {"calls": 0, "memory": False}
+
+    def child_status():
+        try:
+            _, st = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return "error", "solution process vanished"
+        if os.WIFSIGNALED(st):
+            sig = os.WTERMSIG(st)
+            if sig in (24, 9):  # SIGXCPU (cpu limit), SIGKILL (hard cpu limit)
+                return "timeout", "solution killed by signal %d" % sig
+            return "error", "solution killed by signal %d" % sig
+        return "error", "solution exited (status %d) instead of answering" % os.WEXITSTATUS(st)
+
+    def gone(kind, text):
+        if "gone" not in state:  # the first cause is the one to report
+            state["gone"] = (kind, text)
+        return _Gone(*state["gone"])
+
+    def receive():
+        if "gone" in state:
+            raise _Gone(*state["gone"])
+        try:
+            raw = _recv(c2p_r, cap)
+        except OverflowError:
+            raise gone("error", "solution sent an oversized reply")
+        if raw is None:
+            raise gone(*child_status())
+        try:
+            msg = _PlainUnpickler(io.BytesIO(raw)).load()
+        except Exception as e:
+            raise gone("error", "malformed reply from solution: %s" % str(e)[:200])
+        if not (isinstance(msg, tuple) and msg and msg[0] in ("ok", "exc", "ready", "load_error")):
+            raise gone("error", "malformed reply from solution")
+        return msg
+
+    def candidate(*args, **kwargs):
+        state["calls"] += 1
+        payload = pickle.dumps((args, kwargs), protocol=4)  # TypeError for unpicklable args
+        if "gone" not in state:
+            try:
+                _send(p2c_w, payload)
+            except OSError:  # broken pipe: the solution process is gone
+                raise gone(*child_status())
+        msg = receive()
+        if msg[0] == "ok" and len(msg) == 2:
+            return msg[1]
+        if msg[0] == "exc" and len(msg) == 3:
+            name, text = str(msg[1]), str(msg[2])
+            if name == "MemoryError":
+                state["memory"] = True
+            cls = getattr(__builtins__, name, None) if isinstance(__builtins__, type(sys)) else __builtins__.get(name)
+            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                cls = RuntimeError
+            raise cls("%s: %s" % (name, text))
+        raise _Gone("error", "unexpected reply from solution")
+
+    try:
+        first = receive()
+        if first[0] == "load_error":
+            kind = "memory" if first[1] == "MemoryError" else "error"
+            verdict = ("FAIL", kind, "solution failed to load: %s: %s" % (first[1], first[2]))
+        elif first[0] != "ready":
+            verdict = ("FAIL", "error", "solution did not start")
+        else:
+            ns = {"__name__": "__main__", "__builtins__": __builtins__}
+            prompt = job.get("prompt")
+            if prompt:
+                # the prompt (trusted) may define helpers the tests use; a bare signature
+                # without a body still counts as a prompt
+                for src in (prompt, prompt.rstrip() + "\n    pass\n"):
+                    try:
+                        code_obj = compile(src, "<prompt>", "exec")
+                    except SyntaxError:
+                        continue
+                    exec(code_obj, ns)
+                    break
+            ns[job["entry_point"]] = candidate
+            tests = job["tests"]
+            exec(compile(tests, "<tests>", "exec"), ns)
+            if not re.search(r"^check\s*\(", tests, re.M) and callable(ns.get("check")):
+                ns["check"](candidate)
+            if "gone" in state:  # the tests swallowed the failure; it still counts
+                verdict = ("FAIL",) + state["gone"]
+            elif state["calls"] == 0:
+                verdict = ("FAIL", "wrong_answer", "the tests never called the solution")
+            else:
+                verdict = ("PASS",)
+    except _Gone as e:
+        verdict = ("FAIL",) + tuple(e.args)
+    except MemoryError:
+        verdict = ("FAIL", "memory", "MemoryError")
+    except BaseException as e:
+        kind = "memory" if state["memory"] else "wrong_answer"
+        try:
+            text = "%s: %s" % (type(e).__name__, str(e)[:300])
+        except BaseException:
+            text = type(e).__name__
+        verdict = ("FAIL", kind, text)
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+    line = verdict[0] + " " + nonce
+    if len(verdict) > 1:
+        line += " " + verdict[1] + " " + verdict[2].replace("\n", " ")
+    os.write(res_fd, (line + "\n").encode())
+    os._exit(0)
+
+def _main():
+    with os.fdopen(int(sys.argv[1]), "rb") as f:
+        job = json.loads(f.read())
+    res_fd, nonce_fd = job["result_fd"], job["nonce_fd"]
+    iso, libc = _setup(job)
+    os.write(res_fd, ("ISO " + json.dumps(iso) + "\n").encode())
+    if job["mode"] == "functions":
+        _functions(job, res_fd, nonce_fd, libc)
+    os.close(res_fd); os.close(nonce_fd)
+    ns = {"__name__": "__main__", "__builtins__": __builtins__}
+    code = compile(job["code"], "<solution>", "exec")
+    del job
+    exec(code, ns)
+
+_main()
+'''
+
+
+# ---------------------------------------------------------------- running
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _mapped(path: str, lo: int, hi: int) -> bool:
+    """Is [lo, hi) inside one range of a /proc/self/{uid,gid}_map (user namespaces map few ids)?"""
+    try:
+        with open(path) as f:
+            ranges = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except OSError:
+        return True  # no user namespaces in this kernel: every id exists
+    return any(inside <= lo and hi <= inside + n for inside, _, n in ranges)
+
+
+def _fresh_uid() -> int | None:
+    """A random unused uid (= gid) for one run, or None when we cannot switch uids."""
+    if not _is_root():
+        return None
+    lo, hi = SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SPAN
+    if _mapped("/proc/self/uid_map", lo, hi) and _mapped("/proc/self/gid_map", lo, hi):
+        return lo + secrets.randbelow(SANDBOX_UID_SPAN)
+    if _mapped("/proc/self/uid_map", 65534, 65535) and _mapped("/proc/self/gid_map", 65534, 65535):
+        return 65534  # nobody: shared by concurrent runs, so RLIMIT_NPROC is shared too
+    return None
+
+
+def _kill_all(proc: subprocess.Popen, uid: int | None, pidns: bool) -> None:
+    """Kill every process of the run: its process group; with a pid namespace that takes
+    down the namespace's init and so, by the kernel, all of it; else (root) all of its uid."""
+    exited = proc.poll() is not None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if uid is None or (pidns and exited):
+        return  # the harness exits only after its namespace init, which the kernel empties first
+    # Killed early: the namespace dies asynchronously, or (no pid namespace) processes may have
+    # left the session. kill(-1) as the sandbox uid reaches exactly that uid's processes;
+    # repeated until none is alive (forks in flight, namespace teardown).
+    deadline = time.monotonic() + 5
+    while True:
+        if not pidns:
+            try:
+                subprocess.run(["kill", "-KILL", "--", "-1"], user=uid, group=uid, extra_groups=[],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={"PATH": "/usr/bin:/bin"}, timeout=10, check=False)
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("could not kill sandbox uid %s: %s", uid, e)
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        if not _live_pids_of_uid(uid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+def _live_pids_of_uid(uid: int) -> list[int]:
+    """Non-zombie processes owned by `uid` (zombies are dead, only awaiting their reaper)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:  # not stat(): /proc/<pid> of a non-dumpable process is owned by root
+            with open(f"/proc/{name}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+            owner = int(fields[b"Uid"].split()[0])
+            state = fields[b"State"].split()[0]
+        except (OSError, KeyError, ValueError, IndexError):
+            continue
+        if owner == uid and state not in (b"Z", b"X"):
+            pids.append(int(name))
+    return pids
+
+
+def _sandbox_env() -> dict:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunResult, list[str], str]:
+    """Spawn the harness for `job`; returns (result, result-pipe lines, nonce)."""
+    uid = _fresh_uid()
+    nonce = secrets.token_hex(16)
+    workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
+    res_r, res_w = os.pipe()
+    nonce_r, nonce_w = os.pipe()
+    os.write(nonce_w, nonce.encode())  # fits the pipe buffer; closed so the reader sees EOF
+    os.close(nonce_w)
+    jobfile = tempfile.TemporaryFile()
+    stdin_file = tempfile.TemporaryFile() if stdin is not None else None
+    proc = None
+    t0 = time.monotonic()
+    try:
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        job = dict(job, uid=uid, result_fd=res_w, nonce_fd=nonce_r,
+                   limits=dict(limits.to_dict(), cpu_s=max(1, int(-(-limits.timeout_s // 1)))),
+                   max_msg_bytes=max(limits.max_output_bytes, 1 << 20) * 16)
+        jobfile.write(json.dumps(job).encode())
+        jobfile.seek(0)
+        if stdin_file is not None:
+            stdin_file.write(stdin.encode())
+            stdin_file.seek(0)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _HARNESS, str(jobfile.fileno())],
+            stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=_sandbox_env(),
+            pass_fds=(jobfile.fileno(), res_w, nonce_r), start_new_session=True, close_fds=True)
+        os.close(res_w)
+        res_w = None
+        result, lines = _collect(proc, res_r, limits, t0, uid)
+        return result, lines, nonce
+    except OSError as e:
+        return RunResult("sandbox_error", None, "", "", time.monotonic() - t0, detail=f"sandbox failed: {e}"), [], nonce
+    finally:
+        if proc is not None and proc.poll() is None:
+            _kill_all(proc, uid, False)
+            proc.wait()
+        for fd in (res_r, res_w, nonce_r):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        jobfile.close()
+        if stdin_file is not None:
+            stdin_file.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid):
+    """Read stdout/stderr/result until the run ends, enforcing wall time and output size."""
+    sel = selectors.DefaultSelector()
+    bufs = {"out": bytearray(), "err": bytearray(), "res": bytearray()}
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    sel.register(res_fd, selectors.EVENT_READ, "res")
+    deadline = t0 + limits.timeout_s
+    status, detail = None, ""
+    exited_at = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if now > deadline:
+                status, detail = "timeout", f"wall time over {limits.timeout_s:g}s"
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > 0.5:
+                break  # leftover descendants holding the pipes open: done waiting for them
+            for key, _ in sel.select(timeout=min(0.1, max(0.0, deadline - now))):
+                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf = bufs[key.data]
+                if key.data == "res":
+                    if len(buf) < 65536:
+                        buf += chunk
+                    continue
+                buf += chunk
+                if len(bufs["out"]) + len(bufs["err"]) > limits.max_output_bytes:
+                    status, detail = "output_limit", f"more than {limits.max_output_bytes} bytes of output"
+                    break
+            if status:
+                break
+    finally:
+        sel.close()
+    lines = bytes(bufs["res"]).decode("utf-8", "replace").splitlines()
+    iso = {}
+    if lines and lines[0].startswith("ISO "):  # written by the harness before untrusted code ran
+        try:
+            iso = json.loads(lines[0][4:])
+        except ValueError:
+            pass
+    _kill_all(proc, uid, bool(iso.get("pidns")))
+    rc = proc.wait()
+    wall = time.monotonic() - t0
+    cap = limits.max_output_bytes
+    out, err = bytes(bufs["out"]), bytes(bufs["err"])
+    if status is None:
+        if rc in (-signal.SIGXCPU, -signal.SIGKILL) and iso:
+            status, detail = "timeout", f"killed by signal {-rc} (cpu limit)"
+        elif rc == 0:
+            status = "ok"
+        elif b"MemoryError" in err[-4096:]:
+            status, detail = "memory", "MemoryError"
+        else:
+            status, detail = "error", f"exit status {rc}"
+    return RunResult(status, rc, out[:cap].decode("utf-8", "replace"), err[:cap].decode("utf-8", "replace"),
+                     wall, detail=detail, isolation=iso, stdout_truncated=len(out) > cap,
+                     stderr_truncated=len(err) > cap), lines
+
+
+def run_python(code: str, stdin: str | None = None, limits: SandboxLimits | None = None) -> RunResult:
+    """Run `code` as a script in the sandbox. status ok = exit status 0."""
+    result, _, _ = _execute({"mode": "script", "code": code}, limits or SandboxLimits(), stdin)
+    return result
+
+
+def run_function_tests(code: str, tests: str, entry_point: str, prompt: str | None = None,
+                       limits: SandboxLimits | None = None) -> RunResult:
+    """Run HumanEval-style tests (a program defining `check(candidate)`, optionally calling it)
+    against `entry_point` defined by `code`. `prompt` (trusted problem text) is executed on the
+    test side so tests can use its helper functions. status ok = all tests passed, verified."""
+    job = {"mode": "functions", "code": code, "tests": tests, "entry_point": entry_point, "prompt": prompt}
+    result, lines, nonce = _execute(job, limits or SandboxLimits(), None)
+    if result.status in ("timeout", "output_limit", "sandbox_error"):
+        result.reason = result.status
+        return result
+    verdicts = [ln for ln in lines[1:] if ln.startswith(("PASS ", "FAIL "))]
+    if f"PASS {nonce}" in verdicts:
+        result.status, result.reason, result.detail = "ok", "correct", ""
+        return result
+    for ln in verdicts:
+        parts = ln.split(" ", 3)
+        if len(parts) >= 3 and parts[0] == "FAIL" and parts[1] == nonce:
+            reason = parts[2]
+            result.reason = reason
+            result.detail = parts[3] if len(parts) > 3 else ""
+            result.status = {"wrong_answer": "failed", "memory": "memory", "timeout": "timeout"}.get(reason, "error")
+            return result
+    # no authentic verdict: the harness was killed or never finished
+    if result.status == "ok":
+        result.status, result.detail = "error", "no verdict from the test harness"
+    result.reason = result.status if result.status in ("timeout", "memory") else "error"
+    return result
+
+
+# ---------------------------------------------------------------- grading
+
+_FENCE_RE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
+_OPEN_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n", re.I)
+
+
+def extract_code(text: str) -> tuple[str | None, str | None]:
+    """(code, method): the last ```python block (any fence if none is tagged python), the
+    tail after an unclosed fence, or the whole text; (None, None) when there is no code."""
+    if not text or not text.strip():
+        return None, None
+    blocks = list(_FENCE_RE.finditer(text))
+    tagged = [m for m in blocks if m.group(1)]
+    pick = (tagged or blocks)
+    if pick:
+        code = pick[-1].group(2)
+        return (code, "fenced") if code.strip() else (None, None)
+    opens = list(_OPEN_FENCE_RE.finditer(text))
+    if opens:
+        code = text[opens[-1].end():]
+        return (code, "unclosed_fence") if code.strip() else (None, None)
+    return text, "whole_text"
+
+
+def _normalize_output(s: str) -> str:
+    return "\n".join(line.rstrip() for line in s.strip().splitlines())
+
+
+def _as_text(x) -> str:
+    return "\n".join(map(str, x)) if isinstance(x, list) else str(x)  # APPS sometimes lists lines
+
+
+def _stdio_cases(tests) -> list[dict]:
+    if isinstance(tests, dict) and "inputs" in tests:  # APPS input_output layout
+        return [{"input": i, "output": o} for i, o in zip(tests["inputs"], tests["outputs"])]
+    return list(tests)
+
+
+def _call_based_tests(tests: dict) -> str:
+    """APPS call-based problems ({inputs, outputs, fn_name}) as a check(candidate) program;
+    like APPS' own evaluation, a result also matches its expected value wrapped in a list."""
+    cases = json.dumps([[i, o] for i, o in zip(tests["inputs"], tests["outputs"])])
+    return ("import json\n"
+            "def _plain(x):\n"
+            "    if isinstance(x, (list, tuple)):\n"
+            "        return [_plain(v) for v in x]\n"
+            "    if isinstance(x, dict):\n"
+            "        return {str(k): _plain(v) for k, v in x.items()}\n"
+            "    return x\n"
+            "def check(candidate):\n"
+            f"    for args, expected in json.loads({cases!r}):\n"
+            "        got = _plain(candidate(*args))\n"
+            "        assert got == expected or [got] == expected, (args, expected)\n")
+
+
+def _prompt_imports(prompt: str) -> str:
+    """The prompt's top-level import statements (e.g. `from typing import List`)."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        try:
+            tree = ast.parse(prompt.rstrip() + "\n    pass\n")
+        except SyntaxError:
+            return ""
+    lines = [ast.get_source_segment(prompt, node) for node in tree.body
+             if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "".join(f"{line}\n" for line in lines if line)
+
+
+def grade_code(solution_text: str, problem: dict, limits: SandboxLimits | None = None) -> Grade:
+    """Grade a code solution against problem["tests"]: a HumanEval-style test program (with
+    problem["entry_point"], optional problem["prompt"]) or a list of {input, output} cases."""
+    limits = limits or SandboxLimits()
+    code, method = extract_code(solution_text)
+    if code is None:
+        return Grade(0, "no_answer", None, None)
+    tests = problem.get("tests")
+    entry = problem.get("entry_point")
+    if isinstance(tests, str) and tests.lstrip()[:1] in ("{", "["):
+        try:  # APPS keeps its cases as a JSON string; as a "program" it would test nothing
+            parsed = json.loads(tests)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, (dict, list)):
+            tests = parsed
+    if isinstance(tests, dict) and tests.get("fn_name"):
+        tests, entry = _call_based_tests(tests), tests["fn_name"]
+    if isinstance(tests, str):
+        if not entry:
+            return Grade(0, "error", code, method, "problem has a test program but no entry_point")
+        prompt = problem.get("prompt") or None
+        if prompt and not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+            code, method = prompt + code, f"{method}+prompt"  # completion continues the prompt
+        elif prompt:
+            imports = _prompt_imports(prompt)  # a full function often relies on the prompt's imports
+            if imports:
+                code = imports + code
+        r = run_function_tests(code, tests, entry, prompt=prompt, limits=limits)
+        if r.status == "ok":
+            return Grade(1, "correct", code, method)
+        return Grade(0, r.reason or r.status, code, method, r.detail)
+    cases = _stdio_cases(tests or [])
+    if not cases:
+        return Grade(0, "error", code, method, "problem has no tests")
+    for i, case in enumerate(cases):
+        r = run_python(code, stdin=_as_text(case["input"]), limits=limits)
+        if r.status != "ok":
+            return Grade(0, r.status if r.status != "failed" else "error", code, method,
+                         f"case {i}: {r.detail or r.status}")
+        if _normalize_output(r.stdout) != _normalize_output(_as_text(case["output"])):
+            return Grade(0, "wrong_answer", code, method, f"case {i}: output differs")
+    return Grade(1, "correct", code, method)
+
+
+def grade_item(text: str, problem: dict, limits: SandboxLimits | None = None) -> Grade:
+    """Grade one solution of a problem in the problems.jsonl format (domain math or code)."""
+    if problem.get("domain") == "code" or ("tests" in problem and problem.get("domain") != "math"):
+        return grade_code(text, problem, limits)
+    return grade_math(text, str(problem["answer"]))
+
+
+def grade_many(items, workers: int | None = None, limits: SandboxLimits | None = None,
+               progress: bool = True, desc: str = "grading") -> list[Grade]:
+    """Grade (solution_text, problem) pairs; returns grades in input order.
+
+    Code items run in `workers` parallel sandboxes (threads that each wait on a sandbox
+    process); math items are graded on the calling thread meanwhile (cheap, and there
+    math-verify can use its signal-based timeouts)."""
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    workers = max(1, workers or os.cpu_count() or 1)
+    results: list[Grade | None] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, file=sys.stderr)
+    lock = threading.Lock()
+
+    def code_job(i):
+        text, problem = items[i]
+        try:
+            g = grade_code(text, problem, limits)
+        except Exception as e:  # a broken item must not stop the run
+            log.exception("grading item %d failed", i)
+            g = Grade(0, "sandbox_error", None, None, str(e)[:300])
+        results[i] = g
+        with lock:
+            bar.update(1)
+
+    code_idx = [i for i, (_, p) in enumerate(items)
+                if p.get("domain") == "code" or ("tests" in p and p.get("domain") != "math")]
+    code_set = set(code_idx)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(code_job, i) for i in code_idx]
+        for i, (text, problem) in enumerate(items):
+            if i in code_set:
+                continue
+            try:
+                results[i] = grade_math(text, str(problem["answer"]))
+            except Exception as e:  # a broken item must not stop the run
+                log.exception("grading item %d failed", i)
+                results[i] = Grade(0, "error", None, None, str(e)[:300])
+            with lock:
+                bar.update(1)
+        for f in futures:
+            f.result()
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def isolation_report(limits: SandboxLimits | None = None) -> dict:
+    """What isolation the sandbox applies on this machine (runs one trivial program)."""
+    r = run_python("pass", limits=limits or replace(SandboxLimits(), timeout_s=10))
+    return dict(r.isolation, status=r.status)

@@ -1,0 +1,400 @@
+"""Proof verifier: sequence regression on a solution's score, trained through the collators.
+
+Data, as (problem, proof, score) records with an id and a problem id:
+
+- `reason_filter` grades (`data/reason/graded.jsonl` joined to
+  `data/reason/problems.jsonl` on `problem_id`): score = grade (1 correct, 0 not).
+- CHAMP's annotated model solutions (`fws_annotations` of every problem: one
+  model-written solution plus the character span of its first wrong step, or no
+  span when the solution is fully correct). Score mapping:
+      steps  = the solution's non-blank lines, in order
+      k      = index of the step holding the first wrong character (`start_idx`)
+      score  = k / len(steps)      (fraction of steps before the first wrong step)
+      score  = 1.0                 when there is no first wrong step (fully correct)
+  So a solution that goes wrong in its first step scores 0, one that goes wrong
+  half-way scores ~0.5. Unannotated CHAMP conversations carry no grade and are
+  not used.
+
+Model: `AutoModelForSequenceClassification(num_labels=1, problem_type="regression")`
+on the policy folder (a zero-initialized scalar head on the LM's last
+non-pad token; MSE loss), trained with a plain loop over
+`LengthGroupedBatchSampler` batches of `VerificationCollator`. CPU-sized
+defaults: `num_layers` keeps only the bottom N blocks of the policy as the
+backbone, and only the top `trainable_layers` of them (+ final norm + head) are
+trained (-1 trains all).
+
+Evaluation is held out by problem (no problem has solutions on both sides).
+Metrics: MSE against the score, and AUC / accuracy for "fully correct"
+(score == 1) with the prediction thresholded at `threshold`. Held-out scores are
+written through `InferenceCollator`, so each carries its sample's fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from posttrain.core.io import DataError, iter_jsonl, read_json
+from posttrain.core.launch import world_size
+
+log = logging.getLogger(__name__)
+
+
+# -- data -----------------------------------------------------------------------
+
+def solution_steps(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the non-blank lines of `text`."""
+    spans, pos = [], 0
+    for line in text.split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+def first_wrong_step_score(text: str, start_idx: int | None) -> tuple[float, int, int | None]:
+    """(score, n_steps, first_wrong_step_index) under the mapping in the module docstring."""
+    steps = solution_steps(text)
+    if start_idx is None:
+        return 1.0, len(steps), None
+    if not steps:
+        return 0.0, 0, 0
+    k = next((i for i, (_, end) in enumerate(steps) if start_idx < end), len(steps) - 1)
+    return k / len(steps), len(steps), k
+
+
+def champ_examples(path, limit: int | None = None) -> list[dict]:
+    """CHAMP's annotated solutions as verifier records (sorted by id)."""
+    data = read_json(path)
+    problems = data.get("problems") if isinstance(data, dict) else None
+    if not isinstance(problems, dict):
+        raise DataError(path, "expected an object with a 'problems' mapping", field="problems")
+    out = []
+    for pid in sorted(problems):
+        p = problems[pid]
+        problem = p.get("_text")
+        if not isinstance(problem, str):
+            raise DataError(path, f"problem {pid}: missing text", field="_text")
+        for key in sorted(p.get("fws_annotations") or {}):
+            ann = p["fws_annotations"][key]
+            text, start = ann.get("text"), ann.get("start_idx")
+            if not isinstance(text, str) or not (start is None or isinstance(start, int)):
+                raise DataError(path, f"problem {pid}, annotation {key!r}: need text and int|null start_idx",
+                                field="fws_annotations")
+            score, n_steps, k = first_wrong_step_score(text, start)
+            out.append({
+                "id": f"champ/{pid}/{key}", "problem_id": f"champ/{pid}", "source": "champ", "origin": "champ",
+                "domain": "math", "category": p.get("category"), "author": ann.get("author"),
+                "problem": problem, "proof": text, "score": score, "n_steps": n_steps,
+                "first_wrong_step": k,
+            })
+    return _cap(out, limit)
+
+
+def graded_examples(graded_path, problems_path, limit: int | None = None) -> list[dict]:
+    """reason_filter's graded samples joined with their problems (score = grade)."""
+    problems = {}
+    for line, rec in iter_jsonl(problems_path, required=("id",)):
+        text = rec.get("problem") or rec.get("prompt")
+        if not isinstance(text, str):
+            raise DataError(problems_path, "missing problem text", line=line, field="problem")
+        problems[rec["id"]] = text
+    out = []
+    for line, rec in iter_jsonl(graded_path, required=("id", "problem_id", "text", "grade")):
+        if rec["grade"] not in (0, 1) or isinstance(rec["grade"], bool):
+            raise DataError(graded_path, f"grade must be 0 or 1, got {rec['grade']!r}", line=line, field="grade")
+        if rec["problem_id"] not in problems:
+            raise DataError(graded_path, f"problem_id {rec['problem_id']!r} not in {problems_path}",
+                            line=line, field="problem_id")
+        if not isinstance(rec["text"], str):
+            raise DataError(graded_path, "must be a string", line=line, field="text")
+        meta = {k: v for k, v in rec.items() if k not in ("text", "grade")}
+        out.append({**meta, "source": rec.get("source", "reason"), "origin": "graded",
+                    "problem": problems[rec["problem_id"]],
+                    "proof": rec["text"], "score": float(rec["grade"])})
+    out.sort(key=lambda r: r["id"])
+    return _cap(out, limit)
+
+
+def _cap(records: list[dict], limit: int | None) -> list[dict]:
+    """At most `limit` records, whole problems kept together, chosen by a fixed shuffle."""
+    if not limit or len(records) <= limit:
+        return records
+    pids = sorted({r["problem_id"] for r in records})
+    random.Random(0).shuffle(pids)
+    by_pid: dict[str, list[dict]] = {}
+    for r in records:
+        by_pid.setdefault(r["problem_id"], []).append(r)
+    out: list[dict] = []
+    for pid in pids:
+        if len(out) + len(by_pid[pid]) > limit:
+            continue
+        out.extend(by_pid[pid])
+    return sorted(out, key=lambda r: r["id"])
+
+
+def problem_key(record: dict) -> str:
+    """Split key: the whitespace-normalized problem text, so one problem reached through two
+    sources (e.g. a CHAMP problem also collected by reason_collect) lands on one side."""
+    return " ".join(record["problem"].split())
+
+
+def split_by_problem(records: Sequence[dict], heldout_frac: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, heldout): a seeded fraction of problems goes wholly to held-out."""
+    if not 0 < heldout_frac < 1:
+        raise ValueError(f"heldout_frac must be in (0, 1), got {heldout_frac}")
+    pids = sorted({problem_key(r) for r in records})
+    if len(pids) < 2:
+        raise ValueError(f"need solutions of at least 2 problems to hold some out, got {len(pids)}")
+    random.Random(seed).shuffle(pids)
+    n_held = min(len(pids) - 1, max(1, round(heldout_frac * len(pids))))
+    held = set(pids[:n_held])
+    train = [r for r in records if problem_key(r) not in held]
+    heldout = [r for r in records if problem_key(r) in held]
+    return train, heldout
+
+
+# -- model ------------------------------------------------------------------------
+
+def load_regressor(model_dir, trainable_layers: int = -1, seed: int = 0, num_layers: int = 0):
+    """(model, tokenizer): a 1-output regression head on the policy folder's LM.
+
+    `num_layers` > 0 keeps only the bottom `num_layers` transformer blocks (a shallower,
+    much cheaper backbone for CPU runs); 0 keeps them all.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)  # the new head is randomly initialized inside from_pretrained
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{model_dir}: tokenizer has no pad token (the base_models folder sets one)")
+    config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, problem_type="regression")
+    if num_layers and num_layers < config.num_hidden_layers:
+        config.num_hidden_layers = num_layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:num_layers]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), config=config, dtype=torch.float32)
+    # The head pools the last non-pad token, found by pad id.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # A random head on LM hidden states (norm ~50-100) starts with predictions of std ~1-2
+    # on a [0, 1] target and short CPU runs never recover; a zero head starts at 0 and
+    # moves smoothly.
+    torch.nn.init.zeros_(model.score.weight)
+    freeze_lower_layers(model, trainable_layers)
+    return model, tokenizer
+
+
+def freeze_lower_layers(model, trainable_layers: int) -> None:
+    """Train only the top `trainable_layers` blocks, the final norm and the head (-1: all).
+    Backward then stops at the first trainable block, which is what makes CPU runs cheap."""
+    if trainable_layers < 0:
+        return
+    base = getattr(model, model.base_model_prefix)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no .layers to freeze; use trainable_layers=-1")
+    for p in model.parameters():
+        p.requires_grad = False
+    keep = list(layers[len(layers) - trainable_layers:]) if trainable_layers else []
+    for module in keep + [getattr(base, "norm", None), model.score]:
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad = True
+
+
+def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[int]:
+    from posttrain.reason.collators import verification_text
+
+    texts = [verification_text(r["problem"], r["proof"]) for r in records]
+    return [min(len(ids), max_length) for ids in tokenizer(texts)["input_ids"]]
+
+
+def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
+          max_length: int, seed: int, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
+          padding: str = "longest", chat_template: bool = False, grad_clip: float = 1.0) -> list[dict]:
+    """Regression fine-tuning for `max_steps` optimizer steps; returns the loss log.
+
+    The loop runs through accelerate: one process as before, or DDP under `accelerate
+    launch` (each rank takes its own length-grouped batches; the logged loss is the
+    mean over ranks). `model` is trained in place on every rank."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from posttrain.core.batching import LengthGroupedBatchSampler
+    from posttrain.reason.collators import VerificationCollator
+
+    if not records:
+        raise ValueError("no training records")
+    torch.manual_seed(seed)
+    collator = VerificationCollator(tokenizer, padding=padding, max_length=max_length, chat_template=chat_template)
+    sampler = LengthGroupedBatchSampler(token_lengths(tokenizer, records, max_length), batch_size, seed=seed)
+    loader = DataLoader(list(records), batch_sampler=sampler, collate_fn=collator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # The schedule is not prepared: accelerate would step it once per process per step.
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(warmup_ratio * max_steps), max_steps)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    wrapped, opt, loader = accelerator.prepare(model, opt, loader)
+    wrapped.train()
+    history, step, epoch = [], 0, 0
+    bar = tqdm(total=max_steps, desc="verifier", unit="step", disable=not accelerator.is_main_process)
+    while step < max_steps:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            out = wrapped(**batch)
+            accelerator.backward(out.loss)
+            loss = float(accelerator.reduce(out.loss.detach(), reduction="mean"))
+            accelerator.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history.append({"step": step, "epoch": epoch, "loss": round(loss, 6)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if step >= max_steps:
+                break
+        epoch += 1
+    bar.close()
+    model.eval()
+    return history
+
+
+def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,
+            chat_template: bool = False) -> list[dict]:
+    """Each record's fields (via InferenceCollator metadata) + `verifier_score`, sorted by id."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from posttrain.core.batching import LengthGroupedBatchSampler
+    from posttrain.reason.collators import InferenceCollator
+
+    collator = InferenceCollator(tokenizer, max_length=max_length, chat_template=chat_template)
+    sampler = LengthGroupedBatchSampler(token_lengths(tokenizer, records, max_length), batch_size,
+                                        shuffle=False, mega_batch_mult=10**9)
+    loader = DataLoader(list(records), batch_sampler=sampler, collate_fn=collator)
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(input_ids=batch["input_ids"].to(model.device),
+                           attention_mask=batch["attention_mask"].to(model.device)).logits
+            for meta, value in zip(batch["metadata"], logits[:, 0].tolist()):
+                out.append({**meta, "verifier_score": round(value, 6)})
+    return sorted(out, key=lambda r: r["id"])
+
+
+# -- metrics ----------------------------------------------------------------------
+
+def is_correct(score: float) -> bool:
+    return score >= 1.0 - 1e-9
+
+
+def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: float | None = None) -> dict:
+    """MSE vs the score; AUC and accuracy for "fully correct" at `threshold`."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    scored = list(scored)
+    if not scored:
+        return {"n": 0}
+    y = np.array([r["score"] for r in scored], dtype=np.float64)
+    p = np.array([r["verifier_score"] for r in scored], dtype=np.float64)
+    correct = np.array([is_correct(s) for s in y])
+    m = {
+        "n": len(scored),
+        "n_correct": int(correct.sum()),
+        "mse": float(np.mean((p - y) ** 2)),
+        "accuracy": float(np.mean((p >= threshold) == correct)),
+        # Always answering the majority class: the bar accuracy must clear.
+        "baseline_accuracy_majority": float(max(correct.mean(), 1 - correct.mean())),
+        "auc": float(roc_auc_score(correct, p)) if 0 < correct.sum() < len(correct) else None,
+        "mean_score": float(y.mean()),
+        "mean_prediction": float(p.mean()),
+    }
+    if train_mean is not None:
+        # What predicting the training mean would score: the bar a verifier must clear.
+        m["baseline_mse_train_mean"] = float(np.mean((train_mean - y) ** 2))
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
+
+
+def evaluate(scored: Sequence[dict], threshold: float, train_mean: float) -> dict:
+    """Overall metrics plus one block per origin (champ / graded)."""
+    out = score_metrics(scored, threshold, train_mean)
+    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean)
+                        for o in sorted({r["origin"] for r in scored})}
+    return out
+
+
+def score_stats(records: Sequence[dict]) -> dict:
+    scores = [r["score"] for r in records]
+    return {"n": len(records), "n_problems": len({r["problem_id"] for r in records}),
+            "n_correct": sum(is_correct(s) for s in scores),
+            "mean_score": round(sum(scores) / len(scores), 6) if scores else None}
+
+
+def load_records(*, champ: str | None, graded: str | Path | None, problems: str | Path | None,
+                 max_champ: int | None, max_graded: int | None) -> tuple[list[dict], dict]:
+    """All verifier records (CHAMP and/or graded) and a per-source count."""
+    from posttrain.core import assets
+
+    records, counts = [], {}
+    if champ:
+        src = assets.resolve(champ)
+        if not isinstance(src, Path):
+            raise FileNotFoundError(f"CHAMP source {champ!r} is neither an asset nor a local file")
+        recs = champ_examples(src, max_champ)
+        records += recs
+        counts["champ"] = score_stats(recs)
+    if graded:
+        graded, problems = Path(graded), Path(problems) if problems else None
+        for p, what in ((graded, "graded solutions"), (problems, "problems")):
+            if p is None or not p.exists():
+                raise FileNotFoundError(
+                    f"{p}: {what} not found. Run reason_filter first (dvc repro reason_filter), "
+                    "or train on CHAMP only with reason.verifier.use_graded=false.")
+        recs = graded_examples(graded, problems, max_graded)
+        records += recs
+        counts["graded"] = score_stats(recs)
+    if not records:
+        raise ValueError("no verifier data: enable CHAMP and/or graded solutions")
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate record ids across verifier sources")
+    return records, counts
+
+
+def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict], history: list[dict],
+              counts: dict, threshold: float) -> dict:
+    """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
+    train_mean = sum(r["score"] for r in train) / len(train)
+    last = history[-10:]
+    return {
+        "heldout": evaluate(scored, threshold, train_mean),
+        "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
+        "train": {"steps": len(history), "world_size": world_size(), "final_loss": history[-1]["loss"],
+                  "mean_loss_last_10": round(sum(h["loss"] for h in last) / len(last), 6),
+                  "n_layers": model.config.num_hidden_layers,
+                  "n_params": sum(p.numel() for p in model.parameters()),
+                  "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+    }
+
+
+def write_loss_csv(path, history: list[dict]) -> None:
+    """Training loss per step as CSV, the DVC plot of reason_verifier."""
+    import csv
+
+    from posttrain.core.io import atomic_open
+
+    with atomic_open(path) as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["step", "loss"])
+        w.writerows([h["step"], h["loss"]] for h in history)

@@ -1,0 +1,150 @@
+"""LoRA / QLoRA supervised fine-tuning with peft + trl on pre-tokenized, label-masked rows.
+
+The dataset already carries `labels` with every prompt token at -100, so trl's
+own preparation is skipped (`skip_prepare_dataset`) and its collator pads the
+labels with -100: the loss is completion-only by construction.
+`quantization="4bit"` loads the base model with bitsandbytes NF4 (QLoRA) and
+prepares it for k-bit training; on CUDA compute runs in bf16, on CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posttrain.core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("none", "4bit")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    learning_rate: float = 2e-4
+    max_steps: int = 40
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    max_train_examples: int = 0  # 0 = all
+    max_eval_examples: int = 0  # 0 = all
+    seed: int = 13
+    quantization: str = "none"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_base(model_dir, quantization: str = "none"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "none":
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if _cuda() else torch.float32
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=compute)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=compute,
+                                                     device_map="auto" if _cuda() else {"": "cpu"})
+    except Exception as e:  # an unusable bitsandbytes build: say what to do instead
+        raise RuntimeError(f"4-bit loading with bitsandbytes failed ({type(e).__name__}: {e}); "
+                           "use quantization 'none' (plain LoRA) on this machine") from e
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _cap(ds, n: int):
+    # Rows were shuffled with the seed in rec_prepare, so a head is a random sample.
+    return ds.select(range(min(n, len(ds)))) if n and n > 0 else ds
+
+
+def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
+    """Train a LoRA adapter; save it (atomically) to `adapter_dir`.
+
+    Returns {"loss_history": [{"step", "loss"}], "metrics": {...}} on the main process
+    and None on the other ranks of an `accelerate launch` (they only train).
+    """
+    import datasets
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(s.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dd = datasets.load_from_disk(str(tokenized_dir))
+    train_ds = _cap(dd["train"], s.max_train_examples)
+    eval_ds = _cap(dd["eval"], s.max_eval_examples) if "eval" in dd else None
+    model = load_base(model_dir, s.quantization)
+    model.config.use_cache = False
+    peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                             target_modules=list(s.target_modules), bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, peft_config)
+    trainable, total = model.get_nb_trainable_parameters()
+    cuda = _cuda()
+    work = Path(tempfile.mkdtemp(prefix="rec_finetune."))
+    try:
+        args = SFTConfig(
+            output_dir=str(work), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+            per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+            learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_scheduler_type="linear",
+            # 135M params and short batches fit in memory; recomputing activations
+            # (trl's default) would cost a third more time on CPU.
+            gradient_checkpointing=False,
+            logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+            use_cpu=not cuda, bf16=cuda and s.quantization == "4bit", seed=s.seed, data_seed=s.seed,
+            dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+            dataloader_num_workers=0, disable_tqdm=False,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer)
+        result = trainer.train()
+        history = [{"step": int(h["step"]), "loss": round(float(h["loss"]), 6)}
+                   for h in trainer.state.log_history if "loss" in h and "step" in h]
+        metrics = {"train_loss": round(float(result.training_loss), 6), "steps": int(trainer.state.global_step),
+                   "train_examples": len(train_ds), "trainable_parameters": int(trainable),
+                   "total_parameters": int(total), "quantization": s.quantization,
+                   "device": "cuda" if cuda else "cpu", "world_size": int(args.world_size),
+                   "lora_r": s.r, "lora_alpha": s.alpha}
+        if eval_ds is not None and len(eval_ds):
+            ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
+            metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)
+            metrics["eval_examples"] = len(eval_ds)
+        if not trainer.is_world_process_zero():
+            return None  # rank 0 writes the adapter and metrics
+        with atomic_path(adapter_dir, suffix=".tmpdir") as tmp:
+            tmp.unlink()
+            model.save_pretrained(str(tmp))
+            if Path(adapter_dir).exists():
+                shutil.rmtree(adapter_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"loss_history": history, "metrics": metrics}
+
+
+def load_for_eval(model_dir, adapter_dir=None):
+    """Base model (fp32) with the adapter merged in, in eval mode; no adapter -> the base model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return model.eval()

@@ -1,0 +1,63 @@
+"""Yes/No scoring: P(Yes) vs P(No) at the first answer token -> AUC, accuracy, ROC points.
+
+The model reads the generation prompt (the user turn plus the template's assistant
+header); the score is softmax over just the two logits of the first token of
+"Yes" and of "No" as the template renders them as answers, so it is a probability
+of Yes given the choice is Yes or No.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from posttrain.core.batching import padded_by_length
+from posttrain.rec.tokenization import IGNORE_INDEX, tokenize_records
+
+
+def answer_token_id(tokenizer, answer: str) -> int:
+    """First trained token of `answer` rendered as an assistant reply by the chat template."""
+    probe = {"instruction": "?", "input": "", "output": answer, "system": "", "history": []}
+    cols, _ = tokenize_records(tokenizer, [probe], cutoff_len=10**6)
+    return next(t for t in cols["labels"][0] if t != IGNORE_INDEX)
+
+
+def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int,
+                  batch_size: int = 8, desc: str = "score") -> np.ndarray:
+    """P(Yes | Yes or No) per prompt, batched by length and returned in input order."""
+    import torch
+    from tqdm import tqdm
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.zeros(len(prompts), dtype=np.float64)
+    batches = padded_by_length(prompts, batch_size, pad)
+    with torch.inference_mode():
+        for idx, ids, mask in tqdm(batches, total=math.ceil(len(prompts) / batch_size), desc=desc,
+                                   unit="batch", mininterval=5):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            last = logits[torch.arange(len(idx)), mask.sum(1) - 1]
+            two = torch.stack([last[:, yes_id], last[:, no_id]], dim=1).float()
+            p_yes = torch.softmax(two, dim=1)[:, 0].numpy()
+            out[idx] = p_yes
+    return out
+
+
+def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    both = len(set(y.tolist())) == 2
+    return {"n": int(len(y)), "positives": int(y.sum()),
+            "auc": round(float(roc_auc_score(y, s)), 6) if both else None,
+            "accuracy": round(float(((s >= threshold).astype(int) == y).mean()), 6) if len(y) else None}
+
+
+def roc_points(labels, scores) -> list[dict]:
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(labels, dtype=int)
+    if len(set(y.tolist())) < 2:
+        return []
+    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=float))
+    return [{"fpr": round(float(f), 6), "tpr": round(float(t), 6)} for f, t in zip(fpr, tpr)]

@@ -1,0 +1,83 @@
+import gzip
+import os
+
+import pytest
+
+from posttrain.core import io
+
+
+def test_jsonl_round_trip_plain_and_gz(tmp_path):
+    recs = [{"b": 1, "a": "é"}, {"x": [1, 2, {"z": None}]}]
+    for name in ("r.jsonl", "r.jsonl.gz"):
+        p = tmp_path / name
+        assert io.write_jsonl(p, recs) == 2
+        assert io.read_jsonl(p) == recs
+    with gzip.open(tmp_path / "r.jsonl.gz", "rt", encoding="utf-8") as fh:
+        assert fh.readline() == '{"a": "é", "b": 1}\n'  # sorted keys, UTF-8 kept
+
+
+def test_equal_input_gives_byte_identical_files(tmp_path):
+    recs = [{"k": i, "v": {"y": 2, "x": 1}} for i in range(50)]
+    for suffix in (".jsonl", ".jsonl.gz", ".json"):
+        a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+        writer = io.write_json if suffix == ".json" else io.write_jsonl
+        writer(a, recs)
+        writer(b, list(reversed(list(reversed(recs)))))
+        assert a.read_bytes() == b.read_bytes()
+    # gzip header must not carry a timestamp: rewrite later, same bytes
+    before = (tmp_path / "a.jsonl.gz").read_bytes()
+    os.utime(tmp_path / "a.jsonl.gz", (0, 0))
+    io.write_jsonl(tmp_path / "a.jsonl.gz", recs)
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == before
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    target = tmp_path / "out.jsonl"
+
+    def records():
+        yield {"ok": 1}
+        raise RuntimeError("boom mid-write")
+
+    with pytest.raises(RuntimeError):
+        io.write_jsonl(target, records())
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp file left either
+
+
+def test_failed_write_keeps_previous_version(tmp_path):
+    target = tmp_path / "out.json"
+    io.write_json(target, {"v": 1})
+    with pytest.raises(ValueError):
+        io.write_json(target, {"v": float("nan")})  # NaN is not valid JSON: refused
+    assert io.read_json(target) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    p = io.write_json(tmp_path / "m.json", {})
+    assert p.stat().st_mode & 0o044  # group/other readable as with a plain open()
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2\n', encoding="utf-8")
+    with pytest.raises(io.DataError) as e:
+        io.read_jsonl(p)
+    assert "bad.jsonl" in str(e.value) and "line 3" in str(e.value)
+    assert e.value.line == 3
+
+
+def test_missing_required_field_names_field(tmp_path):
+    p = tmp_path / "f.jsonl.gz"
+    io.write_jsonl(p, [{"id": 1, "text": "x"}, {"id": 2}])
+    with pytest.raises(io.DataError) as e:
+        io.read_jsonl(p, required=["id", "text"])
+    assert e.value.line == 2 and e.value.field == "text"
+    assert "f.jsonl.gz, line 2: field 'text'" in str(e.value)
+
+
+def test_non_object_line_is_an_error(tmp_path):
+    p = tmp_path / "l.jsonl"
+    p.write_text('[1, 2]\n', encoding="utf-8")
+    with pytest.raises(io.DataError, match="line 1: expected a JSON object"):
+        io.read_jsonl(p)

@@ -1,0 +1,231 @@
+"""pref training: reward model (uniform / density-aware), DPO, GRPO on tiny models.
+
+Fixtures are small files in the pref data contract formats (pairs_all.jsonl,
+prefixes_all.jsonl, prefix_id_map.tsv, ids.json, density_weights.npy), written
+here because the producing stages live on another branch.
+"""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from posttrain.pref import reward
+from posttrain.core.io import DataError, read_json
+
+
+def _pid(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()[:16]
+
+
+def write_pref_fixture(root, n_common=12, n_rare=6, pairs_per_prefix=2):
+    """A clustered toy set: many near-duplicate 'common' prompts (low density weight)
+    and a few distinct 'rare' ones (high weight); two sources; a multi-turn prefix."""
+    root.mkdir(parents=True, exist_ok=True)
+    prefixes, pairs = [], []
+    texts = [(f"What is {i} plus {i}?", "common", 1.0) for i in range(n_common)]
+    texts += [(f"Describe rare topic number {i} in one line.", "rare", 6.0) for i in range(n_rare)]
+    for k, (text, kind, raw_w) in enumerate(texts):
+        src = "champ" if kind == "common" else "hh-rlhf"
+        msgs = [{"role": "user", "content": text}]
+        if k == 0:  # multi-turn prefix: the id still comes from the *first* user message
+            msgs = msgs + [{"role": "assistant", "content": "Let me think."},
+                           {"role": "user", "content": "Please answer."}]
+        for j in range(pairs_per_prefix):
+            pairs.append({"id": f"p{k}-{j}", "prefix": {"messages": msgs}, "src": src,
+                          "chosen": f"A good, correct answer number {j}.",
+                          "rejected": f"no {j}"})
+        prefixes.append({"prefix_id": _pid(text), "prefix": {"messages": msgs}, "text": text,
+                         "src": src, "n_pairs": pairs_per_prefix, "_w": raw_w})
+    with open(root / "pairs_all.jsonl", "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    with open(root / "prefixes_all.jsonl", "w") as f:
+        for p in prefixes:
+            f.write(json.dumps({k: v for k, v in p.items() if k != "_w"}) + "\n")
+    with open(root / "prefix_id_map.tsv", "w") as f:
+        f.write("pair_id\tprefix_id\n")
+        for p in pairs:
+            f.write(f"{p['id']}\t{_pid(p['prefix']['messages'][0]['content'])}\n")
+    (root / "ids.json").write_text(json.dumps([p["prefix_id"] for p in prefixes]))
+    w = np.array([p["_w"] for p in prefixes], dtype=np.float64)
+    np.save(root / "density_weights.npy", w / w.sum())
+    return root
+
+
+@pytest.fixture(scope="module")
+def pref_dir(tmp_path_factory):
+    return write_pref_fixture(tmp_path_factory.mktemp("pref"))
+
+
+def _paths(d):
+    return d / "pairs_all.jsonl", d / "ids.json", d / "density_weights.npy"
+
+
+# ------------------------------------------------------------------ data helpers
+
+def test_prefix_id_is_md5_of_first_user_message(pref_dir):
+    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
+    tsv = dict(line.split("\t") for line in (pref_dir / "prefix_id_map.tsv").read_text().split("\n")[1:] if line)
+    assert all(p["prefix_id"] == tsv[p["id"]] for p in pairs)
+    multi = [p for p in pairs if len(p["messages"]) == 3][0]
+    assert multi["prefix_id"] == _pid("What is 0 plus 0?")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("frac", [0.1, 0.3, 0.5])
+def test_heldout_split_never_shares_a_prefix(pref_dir, seed, frac):
+    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
+    train, held = reward.split_by_prefix(pairs, frac, seed)
+    assert train and held
+    assert not {p["prefix_id"] for p in train} & {p["prefix_id"] for p in held}
+    assert len(train) + len(held) == len(pairs)
+    n_prefixes = len({p["prefix_id"] for p in pairs})
+    assert len({p["prefix_id"] for p in held}) == int(np.ceil(frac * n_prefixes))
+    assert reward.split_by_prefix(pairs, frac, seed) == (train, held)  # deterministic
+
+
+def test_bad_pairs_raise_with_line_and_field(tmp_path):
+    good = {"id": "a", "prefix": {"messages": [{"role": "user", "content": "hi"}]},
+            "chosen": "x", "rejected": "y", "src": "s"}
+    bad = dict(good, prefix={"messages": [{"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "yo"}]})
+    f = tmp_path / "pairs_all.jsonl"
+    f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError) as e:
+        reward.load_pairs(f)
+    assert "line 2" in str(e.value) or e.value.line == 2
+    assert "prefix.messages" in str(e.value)
+
+
+def test_stale_weights_raise(pref_dir, tmp_path):
+    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
+    weights = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    weights.pop(pairs[0]["prefix_id"])
+    with pytest.raises(DataError, match="no weight"):
+        reward.attach_weights(pairs, weights)
+    (tmp_path / "ids.json").write_text(json.dumps(["a"]))
+    with pytest.raises(DataError, match="weights vs"):
+        reward.load_prefix_weights(tmp_path / "ids.json", pref_dir / "density_weights.npy")
+
+
+def test_rarity_buckets_follow_weights(pref_dir):
+    w = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    th = reward.rarity_thresholds(w.values(), 0.25)
+    assert reward.bucket_of(max(w.values()), th) == "rare"
+    assert reward.bucket_of(min(w.values()), th) == "common"
+
+
+def test_render_keeps_answer_when_truncated(tokenizer):
+    msgs = [{"role": "user", "content": "word " * 300}]
+    ids, truncated = reward.render_ids(tokenizer, msgs, "THE ANSWER", 64)
+    assert truncated and len(ids) == 64
+    assert "THE ANSWER" in tokenizer.decode(ids)
+
+
+# ------------------------------------------------------------------ stages on tiny models
+
+@pytest.fixture(scope="module")
+def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, density_aware=True,
+                                    heldout_fraction=0.3, max_length=64, max_steps=6,
+                                    batch_size=4, lr=1e-3, num_layers=1, trainable_layers=1, seed=0)
+    return out, res
+
+
+def test_reward_model_smoke(trained_rm):
+    out, res = trained_rm
+    m = res["metrics"]
+    assert (out / "config.json").is_file() and (out / "split.json").is_file()
+    assert m["train"]["steps"] == 6
+    assert m["pairs"]["train"] + m["pairs"]["heldout"] == m["pairs"]["used"]
+    h = m["heldout"]
+    assert h["n"] == m["pairs"]["heldout"] and 0.0 <= h["accuracy"] <= 1.0
+    assert sum(v["n"] for v in h["per_source"].values()) == h["n"]
+    assert sum(v["n"] for v in h["buckets"].values()) == h["n"]
+    # The sampler handed out exactly steps * batch indices.
+    assert m["sampling"]["draws"] == 6 * 4
+    assert m["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
+    assert len(res["curve"]) == 6 and all("loss" in r for r in res["curve"])
+    split = read_json(out / "split.json")
+    assert not set(split["heldout_prefix_ids"]) & set(split["train_prefix_ids"])
+    model, tok = reward.load_reward_model(out)
+    assert model.config.num_labels == 1 and model.config.num_hidden_layers == 1
+
+
+def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path):
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm",
+                                    density_aware=False, heldout_fraction=0.3, max_length=64,
+                                    max_steps=2, batch_size=4, seed=0)
+    s = res["metrics"]["sampling"]
+    assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
+    assert s["weight_max_over_min"] == pytest.approx(1.0)
+    assert res["metrics"]["density_aware"] is False
+
+
+def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
+    from posttrain.pref.dpo import train_dpo
+
+    out = tmp_path / "dpo_adapter"
+    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, density_aware=True, heldout_fraction=0.3,
+                    max_length=64, max_steps=3, batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8,
+                    lora_layers=1, seed=0)
+    m = res["metrics"]
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1]  # top 1 of the 2 tiny layers
+    assert m["train"]["steps"] == 3 and m["train"]["draws"] == 3 * 2
+    h = m["heldout"]
+    assert h["n"] == m["pairs"]["heldout"] > 0
+    assert 0.0 <= h["reward_accuracy"] <= 1.0 and np.isfinite(h["reward_margin"])
+    assert h["buckets"]["rare"]["n"] + h["buckets"]["common"]["n"] <= h["n"]
+    assert len(res["curve"]) == 3
+
+
+def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
+    from posttrain.pref.grpo import train_grpo
+
+    rm_dir, _ = trained_rm
+    out = tmp_path / "grpo_adapter"
+    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, eval_prompts=2,
+                     max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
+                     max_length=64, lr=1e-3, lora_r=4, lora_alpha=8, seed=0)
+    m = res["metrics"]
+    assert (out / "adapter_config.json").is_file()
+    held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]
+    assert m["prompts"]["train"] + m["prompts"]["eval"] == len(held)
+    assert m["train"]["steps"] == 2
+    assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
+    rows = [json.loads(x) for x in (out / "eval_completions.jsonl").read_text().splitlines()]
+    assert {r["prefix_id"] for r in rows} <= set(held) and len(rows) == 2
+
+
+def test_grpo_prompt_split_is_disjoint():
+    from posttrain.pref.grpo import split_prompts
+
+    ids = [f"{i:016x}" for i in range(10)]
+    train, ev = split_prompts(ids, 3, 0, seed=1)
+    assert len(ev) == 3 and len(train) == 7 and not set(train) & set(ev)
+    assert split_prompts(ids, 100, 2, seed=1)[0].__len__() == 2  # eval capped at half, train capped
+
+
+def test_reward_function_scores_prompt_plus_completion(trained_rm):
+    from posttrain.pref.grpo import RewardModelScore
+
+    model, tok = reward.load_reward_model(trained_rm[0])
+    fn = RewardModelScore(model, tok, max_length=64)
+    prompts = [[{"role": "user", "content": "hi"}]] * 2
+    r = fn(prompts, [[{"role": "assistant", "content": "A good, correct answer."}],
+                     [{"role": "assistant", "content": "no"}]])
+    assert len(r) == 2 and all(np.isfinite(r)) and r[0] != r[1]
+
+
+def test_shrink_backbone_freezes_all_but_top_layers(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    reward.shrink_backbone(m, num_layers=1, trainable_layers=1)
+    assert len(m.model.layers) == 1 and m.config.num_hidden_layers == 1
+    assert not m.model.embed_tokens.weight.requires_grad
+    assert all(p.requires_grad for p in m.model.layers[0].parameters()) and m.score.weight.requires_grad
