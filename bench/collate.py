@@ -7,8 +7,10 @@
     python bench/collate.py --source champ
 
 waste = pad tokens / all tokens when each batch is padded to its longest member
-(`padding='longest'`). Random = shuffled batches; grouped =
-posttrain.core.batching.LengthGroupedBatchSampler (sorted within shuffled mega-batches).
+(`padding='longest'`). Random = shuffled batches; grouped = the order of transformers'
+`LengthGroupedSampler` (what the Trainer uses with `train_sampling_strategy=
+"group_by_length"`, as the verifier does: sorted within shuffled mega-batches), cut into
+batches.
 Without rec data, the fallback builds rec-style prompts from ml-latest-small
 (../shared/data beside the repo: last 10 rated movies -> "will the user like X?")
 rendered with the SmolLM2 chat template, or uses CHAMP problems + solutions.
@@ -24,7 +26,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from posttrain.core.batching import LengthGroupedBatchSampler, padding_waste, random_batches
 
 REPO = Path(__file__).resolve().parents[1]
 REC_TOKENIZED = REPO / "data" / "rec" / "tokenized"
@@ -32,6 +33,34 @@ REC_TOKENIZED = REPO / "data" / "rec" / "tokenized"
 ML_SMALL = next((d / "shared" / "data" / "ml-latest-small" for d in REPO.parents
                  if (d / "shared" / "data" / "ml-latest-small").is_dir()),
                 REPO.parent / "shared" / "data" / "ml-latest-small")
+
+
+def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Plain shuffled batches: the baseline."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def grouped_batches(lengths, batch_size: int, mega_batch_mult: int | None, seed: int) -> list[list[int]]:
+    """The Trainer's length-grouped order (a seeded draw), cut into batches as its loader does."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(list(lengths), batch_size, mega_batch_mult,
+                                       generator=torch.Generator().manual_seed(seed))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padding_waste(lengths, batches) -> dict:
+    """Pad tokens / all tokens when each batch is padded to its longest member."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    real = padded = 0
+    for b in batches:
+        ls = lengths[list(b)]
+        real += int(ls.sum())
+        padded += int(ls.max()) * len(ls)
+    return {"real_tokens": real, "padded_tokens": padded, "pad_tokens": padded - real,
+            "waste": (padded - real) / padded if padded else 0.0}
 
 
 def lengths_from_path(path: Path, split: str) -> list[int]:
@@ -125,7 +154,8 @@ def champ_lengths(limit: int) -> list[int]:
               help="Without --data: auto = data/rec/tokenized if present, else movielens texts.")
 @click.option("--movielens", "ml_root", type=click.Path(path_type=Path), default=ML_SMALL, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--mega-batch-mult", type=int, default=50, show_default=True)
+@click.option("--mega-batch-mult", type=int, default=0, show_default=True,
+              help="Mega-batch = this many batches (0: transformers' own choice, min(n / 4 batches, 50)).")
 @click.option("--limit", type=int, default=5000, show_default=True, help="Examples for fallback sources.")
 @click.option("--cutoff", type=int, default=0, help="Truncate lengths at this many tokens (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -146,11 +176,11 @@ def main(data, split, source, ml_root, batch_size, mega_batch_mult, limit, cutof
         raise click.UsageError("no examples")
     ls = np.asarray(lengths)
     rnd = padding_waste(lengths, random_batches(len(lengths), batch_size, seed=seed))
-    grp = padding_waste(lengths, LengthGroupedBatchSampler(lengths, batch_size, mega_batch_mult, seed=seed))
+    grp = padding_waste(lengths, grouped_batches(lengths, batch_size, mega_batch_mult or None, seed))
     ratio = grp["waste"] / rnd["waste"] if rnd["waste"] else float("nan")
     print(f"data: {name}: {len(lengths)} examples, tokens min/p50/max "
           f"{ls.min()}/{int(np.median(ls))}/{ls.max()}; batch_size {batch_size}, "
-          f"mega_batch {batch_size * mega_batch_mult}")
+          f"mega_batch_mult {mega_batch_mult or 'transformers default'}")
     print(f"{'batching':<16}{'pad tokens':>12}{'all tokens':>12}{'waste':>9}")
     for label, w in (("random", rnd), ("length-grouped", grp)):
         print(f"{label:<16}{w['pad_tokens']:>12}{w['padded_tokens']:>12}{w['waste']:>9.2%}")

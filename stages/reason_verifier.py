@@ -3,7 +3,7 @@
     python stages/reason_verifier.py --model data/models/policy \
         --graded data/reason/graded.jsonl --problems data/reason/problems.jsonl --champ champ \
         --out-model data/reason/verifier --out-scores data/reason/verifier_scores.jsonl \
-        --metrics metrics/reason_verifier.json --loss-plot metrics/reason_verifier_loss.csv
+        --metrics metrics/reason_verifier.json --live dvclive/reason_verifier
 
 Data sources, score mapping, split and metrics: see posttrain.reason.verifier.
 """
@@ -54,10 +54,11 @@ log = logging.getLogger("reason_verifier")
 @click.option("--out-model", required=True, type=click.Path(file_okay=False))
 @click.option("--out-scores", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--loss-plot", default=None, type=click.Path(dir_okay=False))
+@click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
+              help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, heldout_frac, seed,
          max_length, padding, chat_template, batch_size, eval_batch_size, max_steps, lr, warmup_ratio,
-         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, loss_plot):
+         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, live_dir):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     records, counts = verifier.load_records(
@@ -70,7 +71,8 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
     model, tokenizer = verifier.load_regressor(model_dir, trainable_layers, seed, num_layers)
     history = verifier.train(model, tokenizer, train, max_steps=max_steps, batch_size=batch_size, lr=lr,
                              max_length=max_length, seed=seed, warmup_ratio=warmup_ratio,
-                             weight_decay=weight_decay, padding=padding, chat_template=chat_template)
+                             weight_decay=weight_decay, padding=padding, chat_template=chat_template,
+                             live_dir=live_dir)
     t_train = time.perf_counter() - t0
     if not is_main_process():  # another rank of `accelerate launch`; rank 0 evaluates and writes
         return
@@ -80,8 +82,6 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
 
     save_folder(model, tokenizer, out_model, {"source": str(model_dir), "task": "verifier-regression"})
     write_jsonl(out_scores, scored)
-    if loss_plot:
-        verifier.write_loss_csv(loss_plot, history)
     write_json(metrics_path, metrics)
     # Wall time goes to the log, not the metrics: outputs stay byte-identical across runs.
     log.info("train %.1fs, total %.1fs; held-out %s", t_train, time.perf_counter() - t0,

@@ -1,10 +1,9 @@
-"""Collators (exact text formats, shapes, truncation, metadata), the length-grouped
-sampler and the batch-memory estimate."""
+"""Collators (exact text formats, shapes, truncation, metadata), the Trainer's length
+grouping against random batches and the batch-memory estimate."""
 
 import pytest
 import torch
 
-from posttrain.core.batching import LengthGroupedBatchSampler, padding_waste, random_batches
 from posttrain.reason.collators import (
     COLLATORS, GenerationCollator, InferenceCollator, MetaVerificationCollator,
     VerificationCollator, get_collator,
@@ -156,63 +155,41 @@ def test_bad_examples_are_named(tokenizer):
         c([{"problem": "p", "proof": "q", "score": "high"}])
 
 
-# -- length-grouped sampler --------------------------------------------------
+# -- length grouping (the Trainer's sampler, as bench/collate.py measures it) ------
+
+def _bench_collate():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "collate.py"
+    spec = importlib.util.spec_from_file_location("bench_collate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 
 def _lengths(n=1000, seed=1):
     import numpy as np
     return np.random.default_rng(seed).integers(5, 500, size=n).tolist()
 
 
-def test_sampler_covers_every_index_once():
-    lengths = _lengths(1003)
-    s = LengthGroupedBatchSampler(lengths, batch_size=8, mega_batch_mult=10, seed=3)
-    batches = list(s)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(1003))
-    assert len(batches) == len(s) == 126
-    assert sum(len(b) < 8 for b in batches) == 1
-    dropped = LengthGroupedBatchSampler(lengths, batch_size=8, mega_batch_mult=10, seed=3, drop_last=True)
-    assert len(list(dropped)) == len(dropped) == 125
-    assert all(len(b) == 8 for b in dropped)
-
-
-def test_sampler_groups_lengths_and_beats_random():
+def test_trainer_length_grouping_beats_random_batches():
+    bench = _bench_collate()
     lengths = _lengths()
-    grouped = list(LengthGroupedBatchSampler(lengths, batch_size=16, mega_batch_mult=20, seed=0))
-    # Inside a mega-batch the batch is a contiguous run of the sorted lengths: tight spread.
-    spreads = sorted(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in grouped)
-    assert spreads[len(spreads) // 2] < 30  # random batches of 16 from U(5,500) spread ~440
+    grouped = bench.grouped_batches(lengths, 16, None, seed=0)
+    assert sorted(i for b in grouped for i in b) == list(range(len(lengths)))  # each index once
     assert max(lengths[i] for i in grouped[0]) == max(lengths)  # longest batch first
-    g = padding_waste(lengths, grouped)["waste"]
-    r = padding_waste(lengths, random_batches(len(lengths), 16, seed=0))["waste"]
+    # Random batches of 16 from U(5, 500) waste ~45% on padding; grouped ones a few percent.
+    g = bench.padding_waste(lengths, grouped)["waste"]
+    r = bench.padding_waste(lengths, bench.random_batches(len(lengths), 16, seed=0))["waste"]
     assert g < r / 3
-
-
-def test_sampler_deterministic_per_seed_and_epoch():
-    lengths = _lengths(300)
-    a = list(LengthGroupedBatchSampler(lengths, 4, mega_batch_mult=8, seed=7))
-    b = list(LengthGroupedBatchSampler(lengths, 4, mega_batch_mult=8, seed=7))
-    c = list(LengthGroupedBatchSampler(lengths, 4, mega_batch_mult=8, seed=8))
-    assert a == b and a != c
-    s = LengthGroupedBatchSampler(lengths, 4, mega_batch_mult=8, seed=7)
-    s.set_epoch(1)
-    assert list(s) != a
-
-
-def test_sampler_as_torch_batch_sampler(tokenizer):
-    from torch.utils.data import DataLoader
-
-    data = [dict(EXAMPLES[i % 2], id=str(i)) for i in range(10)]
-    lengths = [len(tokenizer(d["problem"] + d["proof"])["input_ids"]) for d in data]
-    loader = DataLoader(data, batch_sampler=LengthGroupedBatchSampler(lengths, 3, seed=0),
-                        collate_fn=InferenceCollator(tokenizer))
-    ids = sorted(m["id"] for batch in loader for m in batch["metadata"])
-    assert ids == sorted(str(i) for i in range(10))
+    assert bench.grouped_batches(lengths, 16, None, seed=0) == grouped
+    assert bench.grouped_batches(lengths, 16, None, seed=1) != grouped
 
 
 def test_padding_waste_hand_computed():
     # batch [3, 5] -> padded 10, real 8; batch [4] -> padded 4, real 4 => 2 / 14.
-    w = padding_waste([3, 5, 4], [[0, 1], [2]])
+    w = _bench_collate().padding_waste([3, 5, 4], [[0, 1], [2]])
     assert (w["pad_tokens"], w["padded_tokens"]) == (2, 14)
     assert w["waste"] == pytest.approx(2 / 14)
 

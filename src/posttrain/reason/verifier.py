@@ -17,8 +17,8 @@ Data, as (problem, proof, score) records with an id and a problem id:
 
 Model: `AutoModelForSequenceClassification(num_labels=1, problem_type="regression")`
 on the policy folder (a zero-initialized scalar head on the LM's last
-non-pad token; MSE loss), trained with a plain loop over
-`LengthGroupedBatchSampler` batches of `VerificationCollator`. CPU-sized
+non-pad token; MSE loss), trained with transformers' `Trainer`
+on length-grouped batches of `VerificationCollator`. CPU-sized
 defaults: `num_layers` keeps only the bottom N blocks of the policy as the
 backbone, and only the top `trainable_layers` of them (+ final norm + head) are
 trained (-1 trains all).
@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -215,57 +217,49 @@ def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[i
 
 
 def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
-          max_length: int, seed: int, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
-          padding: str = "longest", chat_template: bool = False, grad_clip: float = 1.0) -> list[dict]:
-    """Regression fine-tuning for `max_steps` optimizer steps; returns the loss log.
+          max_length: int, seed: int, warmup_ratio: float, weight_decay: float, padding: str,
+          chat_template: bool, live_dir, grad_clip: float = 1.0) -> list[dict]:
+    """Regression fine-tuning for `max_steps` optimizer steps with transformers' Trainer;
+    returns the loss log ([{step, epoch, loss}]) and writes the curves to `live_dir` (dvclive).
 
-    The loop runs through accelerate: one process as before, or DDP under `accelerate
-    launch` (each rank takes its own length-grouped batches; the logged loss is the
-    mean over ranks). `model` is trained in place on every rank."""
+    Batches come from the Trainer's length-grouped sampler (`train_sampling_strategy=
+    "group_by_length"` on a precomputed `length` column) through `VerificationCollator`.
+    One process, or DDP under `accelerate launch` (each rank takes its own share of the
+    batches; the logged loss is the mean over ranks). `model` is trained in place on
+    every rank."""
     import torch
-    from accelerate import Accelerator
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
 
-    from posttrain.core.batching import LengthGroupedBatchSampler
+    from posttrain.core.live import callback
     from posttrain.reason.collators import VerificationCollator
 
     if not records:
         raise ValueError("no training records")
-    torch.manual_seed(seed)
     collator = VerificationCollator(tokenizer, padding=padding, max_length=max_length, chat_template=chat_template)
-    sampler = LengthGroupedBatchSampler(token_lengths(tokenizer, records, max_length), batch_size, seed=seed)
-    loader = DataLoader(list(records), batch_sampler=sampler, collate_fn=collator)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    # The schedule is not prepared: accelerate would step it once per process per step.
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(warmup_ratio * max_steps), max_steps)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    wrapped, opt, loader = accelerator.prepare(model, opt, loader)
-    wrapped.train()
-    history, step, epoch = [], 0, 0
-    bar = tqdm(total=max_steps, desc="verifier", unit="step", disable=not accelerator.is_main_process)
-    while step < max_steps:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            out = wrapped(**batch)
-            accelerator.backward(out.loss)
-            loss = float(accelerator.reduce(out.loss.detach(), reduction="mean"))
-            accelerator.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            history.append({"step": step, "epoch": epoch, "loss": round(loss, 6)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if step >= max_steps:
-                break
-        epoch += 1
-    bar.close()
+    # Only the collator's fields: records carry metadata of mixed types that Arrow would refuse.
+    ds = Dataset.from_dict({"problem": [r["problem"] for r in records], "proof": [r["proof"] for r in records],
+                            "score": [float(r["score"]) for r in records],
+                            "length": token_lengths(tokenizer, records, max_length)})
+    scratch = tempfile.mkdtemp(prefix="reason_verifier_trainer_")  # nothing is saved there
+    args = TrainingArguments(
+        output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        learning_rate=lr, weight_decay=weight_decay, lr_scheduler_type="linear",
+        warmup_steps=math.ceil(warmup_ratio * max_steps), max_grad_norm=grad_clip,
+        train_sampling_strategy="group_by_length", length_column_name="length",
+        # The collator needs the raw text columns, which the model's forward does not take.
+        remove_unused_columns=False,
+        logging_steps=1, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+                      callbacks=[callback(live_dir)])
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model.eval()
-    return history
+    return [{"step": int(h["step"]), "epoch": float(h["epoch"]), "loss": round(float(h["loss"]), 6)}
+            for h in trainer.state.log_history if "loss" in h]
 
 
 def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,
@@ -274,13 +268,13 @@ def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_l
     import torch
     from torch.utils.data import DataLoader
 
-    from posttrain.core.batching import LengthGroupedBatchSampler
     from posttrain.reason.collators import InferenceCollator
 
     collator = InferenceCollator(tokenizer, max_length=max_length, chat_template=chat_template)
-    sampler = LengthGroupedBatchSampler(token_lengths(tokenizer, records, max_length), batch_size,
-                                        shuffle=False, mega_batch_mult=10**9)
-    loader = DataLoader(list(records), batch_sampler=sampler, collate_fn=collator)
+    # Batches of similar lengths (little padding), longest first: any out-of-memory shows at once.
+    lengths = token_lengths(tokenizer, records, max_length)
+    order = sorted(range(len(records)), key=lambda i: -lengths[i])
+    loader = DataLoader([records[i] for i in order], batch_size=batch_size, collate_fn=collator)
     out = []
     model.eval()
     with torch.no_grad():
@@ -386,15 +380,3 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
                   "n_params": sum(p.numel() for p in model.parameters()),
                   "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
     }
-
-
-def write_loss_csv(path, history: list[dict]) -> None:
-    """Training loss per step as CSV, the DVC plot of reason_verifier."""
-    import csv
-
-    from posttrain.core.io import atomic_open
-
-    with atomic_open(path) as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["step", "loss"])
-        w.writerows([h["step"], h["loss"]] for h in history)

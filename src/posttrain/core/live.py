@@ -1,0 +1,53 @@
+"""Training curves through dvclive: the one Trainer callback every training stage uses.
+
+`callback(dir)` returns transformers' `DVCLiveCallback` writing to `dir`
+(`metrics.json` with the last value of every logged key, `plots/metrics/<key>.tsv`
+per key). dvc.yaml declares those as the stage's `metrics:` / `plots:` (cache: false),
+so `dvc exp show` and `dvc plots` read them, and they grow step by step while
+`dvc repro` / `dvc exp run` is running.
+
+Inside a stage dvclive must not act as its own experiment tracker: the Live is made
+with `save_dvc_exp=False` (no experiment of its own) and `dvcyaml=None` (no dvc.yaml
+of its own; the project's dvc.yaml declares the files). Only rank 0 makes a Live:
+`Live()` clears its folder, and one writer is what DVC expects.
+
+The files are byte-stable for a seeded run: no timestamps (dvclive's default), the
+dvclive step is the Trainer's global step, the Trainer's wall-time keys
+(`train_runtime`, `*_per_second`) are not logged, and neither are the TrainingArguments
+(`params.yaml` of dvclive would hold the scratch output_dir, a fresh temp name per run;
+DVC already records the stage's params from the project's params.yaml).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.core.launch import is_main_process
+
+
+def is_wall_time(key: str) -> bool:
+    """Trainer log keys that measure elapsed time: different on every run."""
+    return key.endswith("_runtime") or key.endswith("_per_second")
+
+
+def callback(live_dir):
+    """A `transformers.integrations.DVCLiveCallback` writing to `live_dir` on rank 0."""
+    from transformers.integrations import DVCLiveCallback
+
+    class StableDVCLiveCallback(DVCLiveCallback):
+        def setup(self, args, state, model):
+            self._initialized = True  # no log_params: see the module docstring
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if self.live is not None:
+                self.live.step = state.global_step
+            logs = {k: v for k, v in (logs or {}).items() if not is_wall_time(k)}
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    live = None
+    if is_main_process():
+        from dvclive import Live
+
+        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    return StableDVCLiveCallback(live=live)
