@@ -19,7 +19,8 @@ from posttrain.core.io import write_json
 @click.option("--policy", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
+              help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--density-aware", type=bool, default=True, show_default=True)
 @click.option("--split-max-pairs", type=int, default=0, show_default=True)
 @click.option("--split-heldout-fraction", type=float, default=0.2, show_default=True)
@@ -39,7 +40,7 @@ from posttrain.core.io import write_json
 @click.option("--eval-pairs", type=int, default=0, show_default=True,
               help="held-out pairs evaluated (seeded subset; 0 = all, plus rare/common buckets)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density_aware,
+def main(pairs, ids, weights, policy, out_dir, metrics_path, live_dir, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
          batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, eval_pairs, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -48,11 +49,10 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density
         heldout_fraction=split_heldout_fraction, split_seed=split_seed, bucket_quantile=bucket_quantile,
         max_length=max_length, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_layers=lora_layers, eval_pairs=eval_pairs, seed=seed)
+        lora_layers=lora_layers, eval_pairs=eval_pairs, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])
-    write_json(curve_path, res["curve"])
     h = res["metrics"]["heldout"]
     click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']:.3f}, "
                f"margin {h['reward_margin']:.4f} on {h['n']} pairs", err=True)

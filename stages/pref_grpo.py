@@ -15,7 +15,8 @@ from posttrain.core.io import write_json
 @click.option("--rm", "rm_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
+              help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--eval-prompts", type=int, default=16, show_default=True)
 @click.option("--max-prompts", type=int, default=64, show_default=True, help="GRPO training prompts cap (0 = all)")
 @click.option("--max-steps", type=int, default=8, show_default=True)
@@ -31,7 +32,7 @@ from posttrain.core.io import write_json
 @click.option("--lora-layers", type=int, default=0, show_default=True,
               help="LoRA only on the top N decoder layers (0 = all)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_prompts, max_prompts,
+def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, eval_prompts, max_prompts,
          max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -40,11 +41,10 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_promp
         max_steps=max_steps, batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, max_length=max_length, lr=lr,
         temperature=temperature, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_layers=lora_layers, seed=seed)
+        lora_layers=lora_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])
-    write_json(curve_path, res["curve"])
     r = res["metrics"]["eval_reward"]
     click.echo(f"pref_grpo: mean RM reward on eval prompts {r['before']:.4f} -> {r['after']:.4f}", err=True)
 

@@ -2,7 +2,7 @@
 
     python stages/pref_rm.py --pairs data/pref/pairs_all.jsonl --ids data/pref/ids.json \
         --weights data/pref/density_weights.npy --backbone data/models/policy --out data/pref/rm \
-        --metrics metrics/pref_rm.json --curve metrics/pref_rm_curve.json --density-aware true ...
+        --metrics metrics/pref_rm.json --live dvclive/pref_rm --density-aware true ...
 """
 
 import logging
@@ -20,7 +20,8 @@ from posttrain.pref.reward import train_reward_model
 @click.option("--backbone", required=True, help="Model folder or hub id; a sequence-classification head is added.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
+              help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--density-aware", type=bool, default=True, show_default=True)
 @click.option("--max-pairs", type=int, default=0, show_default=True, help="0 = all pairs")
 @click.option("--heldout-fraction", type=float, default=0.2, show_default=True)
@@ -37,7 +38,7 @@ from posttrain.pref.reward import train_reward_model
 @click.option("--trainable-layers", type=int, default=0, show_default=True,
               help="train only the top N kept layers + head (0 = all)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, density_aware, max_pairs,
+def main(pairs, ids, weights, backbone, out_dir, metrics_path, live_dir, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -45,11 +46,10 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
         pairs, ids, weights, backbone, out_dir, density_aware=density_aware, max_pairs=max_pairs,
         heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile, max_length=max_length,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r,
-        lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed)
+        lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])
-    write_json(curve_path, res["curve"])
     h = res["metrics"]["heldout"]
     click.echo(f"pref_rm: held-out accuracy {h['accuracy']:.3f} on {h['n']} pairs "
                f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",

@@ -31,20 +31,20 @@ from posttrain.rec.lora import QUANTIZATIONS, LoraSettings, train
 @click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none", show_default=True)
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/rec_finetune.json", show_default=True)
-@click.option("--loss-plot", "loss_path", default="metrics/rec_finetune_loss.json", show_default=True)
+@click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
+              help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 def main(model_dir, data_dir, out_dir, lora_r, lora_alpha, lora_dropout, target_modules, lr, max_steps,
          batch_size, grad_accum, warmup_steps, max_train_examples, max_eval_examples, quantization, seed,
-         metrics_path, loss_path):
+         metrics_path, live_dir):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     modules = "all-linear" if target_modules == "all-linear" else [m for m in target_modules.split(",") if m]
     settings = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=modules,
                             learning_rate=lr, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                             warmup_steps=warmup_steps, max_train_examples=max_train_examples,
                             max_eval_examples=max_eval_examples, seed=seed, quantization=quantization)
-    result = train(model_dir, data_dir, out_dir, settings)
+    result = train(model_dir, data_dir, out_dir, settings, live_dir=live_dir)
     if result is None:  # another rank of `accelerate launch`; rank 0 writes
         return
-    write_json(loss_path, result["loss_history"])
     write_json(metrics_path, result["metrics"])
     click.echo(f"rec_finetune: {result['metrics']}", err=True)
 

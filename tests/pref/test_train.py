@@ -126,12 +126,20 @@ def test_render_keeps_answer_when_truncated(tokenizer):
 
 # ------------------------------------------------------------------ stages on tiny models
 
+def live_steps(live_dir, key):
+    """Steps of one dvclive curve (plots/metrics/<key>.tsv: `step<TAB>key` rows, no timestamp)."""
+    rows = (live_dir / "plots" / "metrics" / f"{key}.tsv").read_text().splitlines()
+    assert rows[0] == f"step\t{key.rsplit('/', 1)[-1]}"
+    return [int(r.split("\t")[0]) for r in rows[1:]]
+
+
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rm"
     res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, density_aware=True,
                                     heldout_fraction=0.3, max_length=64, max_steps=6,
-                                    batch_size=4, lr=1e-3, num_layers=1, trainable_layers=1, seed=0)
+                                    batch_size=4, lr=1e-3, num_layers=1, trainable_layers=1, seed=0,
+                                    live_dir=out.parent / "dvclive")
     return out, res
 
 
@@ -148,7 +156,7 @@ def test_reward_model_smoke(trained_rm):
     # The sampler handed out exactly steps * batch indices.
     assert m["sampling"]["draws"] == 6 * 4
     assert m["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
-    assert len(res["curve"]) == 6 and all("loss" in r for r in res["curve"])
+    assert live_steps(out.parent / "dvclive", "loss") == [1, 2, 3, 4, 5, 6]
     split = read_json(out / "split.json")
     assert not set(split["heldout_prefix_ids"]) & set(split["train_prefix_ids"])
     model, tok = reward.load_reward_model(out)
@@ -158,7 +166,7 @@ def test_reward_model_smoke(trained_rm):
 def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path):
     res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm",
                                     density_aware=False, heldout_fraction=0.3, max_length=64,
-                                    max_steps=2, batch_size=4, seed=0)
+                                    max_steps=2, batch_size=4, seed=0, live_dir=tmp_path / "dvclive")
     s = res["metrics"]["sampling"]
     assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
     assert s["weight_max_over_min"] == pytest.approx(1.0)
@@ -171,7 +179,7 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "dpo_adapter"
     res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, density_aware=True, heldout_fraction=0.3,
                     max_length=64, max_steps=3, batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8,
-                    lora_layers=1, seed=0)
+                    lora_layers=1, seed=0, live_dir=tmp_path / "dvclive")
     m = res["metrics"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # top 1 of the 2 tiny layers
@@ -180,7 +188,9 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     assert h["n"] == m["pairs"]["heldout"] > 0
     assert 0.0 <= h["reward_accuracy"] <= 1.0 and np.isfinite(h["reward_margin"])
     assert h["buckets"]["rare"]["n"] + h["buckets"]["common"]["n"] <= h["n"]
-    assert len(res["curve"]) == 3
+    assert live_steps(tmp_path / "dvclive", "loss") == [1, 2, 3]
+    # Held-out evaluation after training lands in the same dvclive summary.
+    assert "loss" in read_json(tmp_path / "dvclive" / "metrics.json")["eval"]
 
 
 def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
@@ -190,12 +200,13 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     out = tmp_path / "grpo_adapter"
     res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, eval_prompts=2,
                      max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
-                     max_length=64, lr=1e-3, lora_r=4, lora_alpha=8, seed=0)
+                     max_length=64, lr=1e-3, lora_r=4, lora_alpha=8, seed=0, live_dir=tmp_path / "dvclive")
     m = res["metrics"]
     assert (out / "adapter_config.json").is_file()
     held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]
     assert m["prompts"]["train"] + m["prompts"]["eval"] == len(held)
     assert m["train"]["steps"] == 2
+    assert live_steps(tmp_path / "dvclive", "reward") == [1, 2]
     assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
     rows = [json.loads(x) for x in (out / "eval_completions.jsonl").read_text().splitlines()]
     assert {r["prefix_id"] for r in rows} <= set(held) and len(rows) == 2

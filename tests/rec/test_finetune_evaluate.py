@@ -47,11 +47,13 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
 
     run("rec_finetune", ["--model", tiny_model_dir, "--data", data / "tokenized", "--out", data / "adapter",
                          "--max-train-examples", 8, "--max-eval-examples", 4, "--max-steps", 2,
-                         "--batch-size", 2, "--metrics", met / "ft.json", "--loss-plot", met / "loss.json"])
+                         "--batch-size", 2, "--metrics", met / "ft.json", "--live", met / "dvclive"])
     assert (data / "adapter" / "adapter_config.json").is_file()
     ft = read_json(met / "ft.json")
     assert ft["steps"] == 2 and ft["train_examples"] == 8 and "eval_loss" in ft
-    assert [p["step"] for p in read_json(met / "loss.json")] == [1, 2]
+    loss_rows = (met / "dvclive" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in loss_rows] == ["step", "1", "2"]
+    assert read_json(met / "dvclive" / "metrics.json")["eval"]["loss"] == pytest.approx(ft["eval_loss"], abs=1e-6)
 
     run("rec_evaluate", ["--model", tiny_model_dir, "--adapter", data / "adapter", "--data-dir", data,
                          "--max-test-examples", 12, "--cutoff-len", 128, "--truncation", "history",

@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from posttrain.core.io import write_json
-from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
+from posttrain.core.live import callback
+from posttrain.pref.reward import (_last, bucket_of, cap_pairs, load_split, lora_config, render_ids, save_dir,
                      training_device_args)
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, weighted_trainer_class
 
@@ -37,8 +38,9 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
               max_steps: int = 30, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-5,
               beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
               lora_layers: int = 0, eval_pairs: int = 0,
-              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4) -> dict:
-    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"} (None on
+              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4, live_dir) -> dict:
+    """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
+    {"metrics"} (None on
     ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
@@ -76,7 +78,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
         processing_class=tok,
         peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
-                                model=model))
+                                model=model),
+        callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train):  # trl must not drop pairs behind our back
         raise RuntimeError(f"DPOTrainer kept {len(trainer.train_dataset)} of {len(train)} training pairs")
     try:
@@ -124,5 +127,4 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "final_loss": _last(trainer.state.log_history, "loss"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
-    curve = curve_from_log(trainer.state.log_history, ("loss", "rewards/accuracies", "rewards/margins"))
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics}

@@ -18,8 +18,9 @@ import numpy as np
 
 from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
+from posttrain.core.live import callback
 from posttrain.pref.pairs import prefix_id
-from posttrain.pref.reward import (_last, curve_from_log, load_reward_model, lora_config, render_ids,
+from posttrain.pref.reward import (_last, load_reward_model, lora_config, render_ids,
                      save_dir, score_ids, training_device_args)
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
                max_completion_length: int = 48, max_length: int = 512, lr: float = 1e-5,
                temperature: float = 1.0, beta: float = 0.0, lora_r: int = 8, lora_alpha: int = 16,
                lora_layers: int = 0,
-               seed: int = 0) -> dict:
-    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"} (None on
+               seed: int = 0, live_dir) -> dict:
+    """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
+    {"metrics"} (None on
     ranks other than the main one under `accelerate launch`)."""
     import torch
     from datasets import Dataset
@@ -142,7 +144,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
         model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
         peft_config=lora_config(lora_r, lora_alpha, 0.0, "CAUSAL_LM", top_layers=lora_layers,
-                                model=model))
+                                model=model),
+        callbacks=[callback(live_dir)])
     try:
         trainer.train()
     finally:
@@ -173,8 +176,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
                   "last_reward": _last(trainer.state.log_history, "reward"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
-    curve = curve_from_log(trainer.state.log_history, ("loss", "reward", "reward_std"))
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics}
 
 
 def _first(history: list[dict], key: str):

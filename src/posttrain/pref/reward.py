@@ -29,6 +29,7 @@ import numpy as np
 
 from posttrain.core.batching import padded_by_length
 from posttrain.core.io import DataError, iter_jsonl, read_json
+from posttrain.core.live import callback
 from posttrain.pref.pairs import prefix_id
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, draw_spread, weighted_trainer_class
 
@@ -206,16 +207,6 @@ def training_device_args() -> dict:
     return {"use_cpu": True, "bf16": False}
 
 
-def curve_from_log(log_history: list[dict], keys: tuple[str, ...]) -> list[dict]:
-    """Training log -> DVC plot rows ({step, key...}), only rows that have a loss."""
-    rows = []
-    for entry in log_history:
-        if "loss" in entry and "step" in entry:
-            rows.append({"step": int(entry["step"]),
-                         **{k.replace("/", "_"): float(entry[k]) for k in keys if k in entry}})
-    return rows
-
-
 def lora_config(r: int, alpha: int, dropout: float, task_type: str, modules_to_save=None,
                 top_layers: int = 0, model=None):
     """peft LoRA on all linear layers (of the top `top_layers` of `n_layers` decoder layers
@@ -289,10 +280,11 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                        max_length: int = 512, max_steps: int = 40, batch_size: int = 4,
                        grad_accum: int = 1, lr: float = 5e-5, lora_r: int = 0, lora_alpha: int = 32,
                        num_layers: int = 0, trainable_layers: int = 0,
-                       bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 8) -> dict:
-    """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics.
+                       bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 8, live_dir) -> dict:
+    """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics;
+    the training curves go to `live_dir` (dvclive).
 
-    Returns {"metrics": {...}, "curve": [...]} for the stage to write; None on ranks other
+    Returns {"metrics": {...}} for the stage to write; None on ranks other
     than the main one under `accelerate launch` (they train, then leave the rest to rank 0)."""
     import torch
     from datasets import Dataset
@@ -328,7 +320,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     trainer_cls = weighted_trainer_class(RewardTrainer)
     peft = lora_config(lora_r, lora_alpha, 0.0, "SEQ_CLS")
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=tok,
-                          peft_config=peft)
+                          peft_config=peft, callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train_ds):
         raise RuntimeError("RewardTrainer dropped pairs despite pre-truncation")
     try:
@@ -395,8 +387,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "final_loss": _last(trainer.state.log_history, "loss"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
-    curve = curve_from_log(trainer.state.log_history, ("loss", "accuracy", "margin"))
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics}
 
 
 def save_dir(out_dir, fill) -> Path:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posttrain.core.io import atomic_path
+from posttrain.core.live import callback
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,10 @@ def _cap(ds, n: int):
     return ds.select(range(min(n, len(ds)))) if n and n > 0 else ds
 
 
-def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
-    """Train a LoRA adapter; save it (atomically) to `adapter_dir`.
+def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -> dict:
+    """Train a LoRA adapter; save it (atomically) to `adapter_dir`, curves to `live_dir` (dvclive).
 
-    Returns {"loss_history": [{"step", "loss"}], "metrics": {...}} on the main process
+    Returns {"metrics": {...}} on the main process
     and None on the other ranks of an `accelerate launch` (they only train).
     """
     import datasets
@@ -112,10 +113,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
             dataloader_num_workers=0, disable_tqdm=False,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer)
+                             processing_class=tokenizer, callbacks=[callback(live_dir)])
         result = trainer.train()
-        history = [{"step": int(h["step"]), "loss": round(float(h["loss"]), 6)}
-                   for h in trainer.state.log_history if "loss" in h and "step" in h]
         metrics = {"train_loss": round(float(result.training_loss), 6), "steps": int(trainer.state.global_step),
                    "train_examples": len(train_ds), "trainable_parameters": int(trainable),
                    "total_parameters": int(total), "quantization": s.quantization,
@@ -134,7 +133,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
                 shutil.rmtree(adapter_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"loss_history": history, "metrics": metrics}
+    return {"metrics": metrics}
 
 
 def load_for_eval(model_dir, adapter_dir=None):
