@@ -102,3 +102,52 @@ def test_4bit_quantization_loads_or_says_why(tiny_model_dir):
         assert "quantization 'none'" in str(e)
         pytest.skip(f"bitsandbytes 4-bit unavailable here: {e}")
     assert getattr(model, "is_loaded_in_4bit", False) or getattr(model, "quantization_method", None)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_adapter_bytes_do_not_depend_on_the_hash_seed(tmp_path, tiny_model_dir):
+    """Two identical LoRA trainings in fresh processes with different PYTHONHASHSEED write
+    byte-identical adapters (weights and config: peft stores target_modules as a set) and
+    dvclive files. Without posttrain.core.adapters' sorting the config bytes differ."""
+    import os
+    import subprocess
+    import sys
+
+    import datasets
+
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        ids = [rng.integers(10, 200, size=int(rng.integers(12, 20))).tolist() for _ in range(n)]
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                "labels": [[-100] * (len(x) - 2) + x[-2:] for x in ids]}
+
+    tokenized = tmp_path / "tokenized"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows(8)),
+                          "eval": datasets.Dataset.from_dict(rows(4))}).save_to_disk(str(tokenized))
+
+    def train(name, hash_seed):
+        out = tmp_path / name
+        env = {**os.environ, "PYTHONHASHSEED": str(hash_seed),
+               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, str(REPO / "stages" / "rec_finetune.py"), "--model", str(tiny_model_dir),
+               "--data", str(tokenized), "--out", str(out / "adapter"), "--max-train-examples", "8",
+               "--max-eval-examples", "4", "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3",
+               "--lora-dropout", "0.0", "--target-modules", "q_proj,k_proj,v_proj,o_proj",
+               "--seed", "0", "--metrics", str(out / "metrics.json"), "--live", str(out / "dvclive")]
+        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return out
+
+    a, b = train("a", 1), train("b", 2)
+    cfg = read_json(a / "adapter" / "adapter_config.json")
+    assert cfg["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    for sub in ("adapter", "dvclive"):
+        ta, tb = _tree_bytes(a / sub), _tree_bytes(b / sub)
+        assert sorted(ta) == sorted(tb) and ta, sub
+        assert [f for f in ta if ta[f] != tb[f]] == [], sub
+    assert "adapter_model.safetensors" in _tree_bytes(a / "adapter")
+    assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()

@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from posttrain.core.adapters import save_adapter
 from posttrain.core.io import write_json
 from posttrain.core.live import callback
 from posttrain.pref.reward import (_last, bucket_of, cap_pairs, load_split, lora_config, render_ids, save_dir,
@@ -111,7 +112,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         return None  # rank 0 saves and reports; evaluation above was collective
 
     def fill(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)  # the LoRA adapter only
+        save_adapter(trainer.model, tmp)  # the LoRA adapter only
         tok.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
                                                    "density_aware": bool(density_aware)})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain.core.adapters import save_adapter
 from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.core.live import callback
@@ -157,7 +158,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
     after = reward_fn.score(eval_msgs, after_text)
 
     def fill(tmp: Path) -> None:
-        trainer.model.save_pretrained(tmp)  # LoRA adapter
+        save_adapter(trainer.model, tmp)  # LoRA adapter
         tok.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "grpo_lora",
                                                    "reward_model": "data/pref/rm"})

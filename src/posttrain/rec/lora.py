@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path
 from posttrain.core.live import callback
 
@@ -128,7 +129,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
             return None  # rank 0 writes the adapter and metrics
         with atomic_path(adapter_dir, suffix=".tmpdir") as tmp:
             tmp.unlink()
-            model.save_pretrained(str(tmp))
+            save_adapter(model, tmp)
             if Path(adapter_dir).exists():
                 shutil.rmtree(adapter_dir)
     finally:
