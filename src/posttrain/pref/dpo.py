@@ -41,8 +41,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
               lora_layers: int = 0, eval_pairs: int = 0,
               bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4, live_dir) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
-    {"metrics"} (None on
-    ranks other than the main one under `accelerate launch`).
+    {"metrics"} (None on ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
     must match the reward model's to be evaluated on its held-out prompts; `seed` is training."""

@@ -99,8 +99,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
                lora_layers: int = 0,
                seed: int = 0, live_dir) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
-    {"metrics"} (None on
-    ranks other than the main one under `accelerate launch`)."""
+    {"metrics"} (None on ranks other than the main one under `accelerate launch`)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
