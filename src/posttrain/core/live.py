@@ -12,9 +12,9 @@ of its own; the project's dvc.yaml declares the files). Only rank 0 makes a Live
 `Live()` clears its folder, and one writer is what DVC expects.
 
 The files are byte-stable for a seeded run: no timestamps (dvclive's default), the
-dvclive step is the Trainer's global step, the Trainer's wall-time keys
-(`train_runtime`, `*_per_second`) are not logged, and neither are the TrainingArguments
-(`params.yaml` of dvclive would hold the scratch output_dir, a fresh temp name per run;
+dvclive step is the Trainer's global step, the wall-time keys (`train_runtime`,
+`*_per_second`, GRPO's `step_time`) are not logged, and neither are the TrainingArguments
+(dvclive's `params.yaml` would hold the scratch output_dir, a fresh temp name per run;
 DVC already records the stage's params from the project's params.yaml).
 """
 
@@ -26,8 +26,9 @@ from posttrain.core.launch import is_main_process
 
 
 def is_wall_time(key: str) -> bool:
-    """Trainer log keys that measure elapsed time: different on every run."""
-    return key.endswith("_runtime") or key.endswith("_per_second")
+    """Log keys that measure elapsed time, different on every run: the Trainer's
+    `train_runtime` / `*_per_second`, trl GRPO's `step_time`."""
+    return key.endswith(("_runtime", "_per_second", "step_time"))
 
 
 def callback(live_dir):
