@@ -9,7 +9,7 @@ import logging
 import click
 
 from posttrain.pref.dpo import train_dpo
-from posttrain.core.io import write_json
+from posttrain.core.io import write_json, write_jsonl
 
 
 @click.command()
@@ -20,6 +20,8 @@ from posttrain.core.io import write_json
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per evaluated pair implicit rewards (jsonl) for `posttrain compare`.")
 @click.option("--density-aware", type=bool, default=True, show_default=True)
 @click.option("--split-max-pairs", type=int, default=0, show_default=True)
 @click.option("--split-heldout-fraction", type=float, default=0.2, show_default=True)
@@ -39,7 +41,7 @@ from posttrain.core.io import write_json
 @click.option("--eval-pairs", type=int, default=0, show_default=True,
               help="held-out pairs evaluated (seeded subset; 0 = all, plus rare/common buckets)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density_aware,
+def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, predictions_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
          batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, eval_pairs, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -53,9 +55,10 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density
         return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
+    write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
-    click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']:.3f}, "
-               f"margin {h['reward_margin']:.4f} on {h['n']} pairs", err=True)
+    click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']}, "
+               f"margin {h['reward_margin']} on {h['n']} pairs", err=True)
 
 
 if __name__ == "__main__":

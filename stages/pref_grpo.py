@@ -6,7 +6,7 @@ import logging
 import click
 
 from posttrain.pref.grpo import train_grpo
-from posttrain.core.io import write_json
+from posttrain.core.io import write_json, write_jsonl
 
 
 @click.command()
@@ -16,6 +16,8 @@ from posttrain.core.io import write_json
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per eval prompt RM reward before/after (jsonl) for `posttrain compare`.")
 @click.option("--eval-prompts", type=int, default=16, show_default=True)
 @click.option("--max-prompts", type=int, default=64, show_default=True, help="GRPO training prompts cap (0 = all)")
 @click.option("--max-steps", type=int, default=8, show_default=True)
@@ -31,7 +33,7 @@ from posttrain.core.io import write_json
 @click.option("--lora-layers", type=int, default=0, show_default=True,
               help="LoRA only on the top N decoder layers (0 = all)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_prompts, max_prompts,
+def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, predictions_path, eval_prompts, max_prompts,
          max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -45,6 +47,7 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_promp
         return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
+    write_jsonl(predictions_path, res["predictions"])
     r = res["metrics"]["eval_reward"]
     click.echo(f"pref_grpo: mean RM reward on eval prompts {r['before']:.4f} -> {r['after']:.4f}", err=True)
 

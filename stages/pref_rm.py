@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from posttrain.core.io import write_json
+from posttrain.core.io import write_json, write_jsonl
 from posttrain.pref.reward import train_reward_model
 
 
@@ -21,6 +21,8 @@ from posttrain.pref.reward import train_reward_model
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per held-out pair scores (jsonl) for `posttrain compare`.")
 @click.option("--density-aware", type=bool, default=True, show_default=True)
 @click.option("--max-pairs", type=int, default=0, show_default=True, help="0 = all pairs")
 @click.option("--heldout-fraction", type=float, default=0.2, show_default=True)
@@ -37,7 +39,7 @@ from posttrain.pref.reward import train_reward_model
 @click.option("--trainable-layers", type=int, default=0, show_default=True,
               help="train only the top N kept layers + head (0 = all)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, density_aware, max_pairs,
+def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, predictions_path, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -50,8 +52,9 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
         return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
+    write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
-    click.echo(f"pref_rm: held-out accuracy {h['accuracy']:.3f} on {h['n']} pairs "
+    click.echo(f"pref_rm: held-out accuracy {h['accuracy']} on {h['n']} pairs "
                f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",
                err=True)
 

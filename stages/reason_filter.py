@@ -15,7 +15,7 @@ import logging
 
 import click
 
-from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
+from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples, prediction_rows
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
 
@@ -35,8 +35,11 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
               help="Wall-time limit per code run.")
 @click.option("--memory-mb", type=click.IntRange(min=16), default=512, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--seed", type=int, required=True, help="Seed of the bootstrap CIs on the pass rates.")
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per sample grades (jsonl) for `posttrain compare`.")
 def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, metrics_path,
-         timeout_s, memory_mb, workers):
+         timeout_s, memory_mb, workers, seed, predictions_path):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = index(read_problems(problems_path))
     samples = read_problem_records(samples_path, problems, SAMPLE_FIELDS)
@@ -46,8 +49,9 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
     write_jsonl(graded_path, graded)
     write_jsonl(filtered_path, accepted)
     write_jsonl(pairs_path, pairs)
-    metrics = {**filter_metrics(graded), "pairs": pair_stats}
+    metrics = {**filter_metrics(graded, seed=seed), "pairs": pair_stats}
     write_json(metrics_path, metrics)
+    write_jsonl(predictions_path, prediction_rows(graded))
     click.echo(f"reason_filter: {len(accepted)}/{len(graded)} accepted, {len(pairs)} pairs", err=True)
 
 

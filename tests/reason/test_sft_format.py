@@ -129,9 +129,12 @@ def test_filter_metrics():
               sample(MATH_P["id"], 2, "no idea", 0, "no_answer"),
               sample(CODE_P["id"], 0, CODE_OK, 1, "correct"),
               sample(CODE_P["id"], 1, "while True: pass", 0, "timeout")]
-    m = G.filter_metrics(graded)
+    m = G.filter_metrics(graded, seed=0)
     assert m["n_samples"] == 5 and m["n_accepted"] == 2 and m["pass_rate"] == 0.4
-    assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 4)
+    assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
+    # Two problems: the CI resamples problems, so it spans the two problems' rates (1/3 and 1/2).
+    assert m["n_clusters"] == 2 and m["pass_rate_ci_low"] == round(1 / 3, 6) and m["pass_rate_ci_high"] == 0.5
+    assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
     assert m["by_domain"]["code"]["reasons"] == {"correct": 1, "timeout": 1}
     assert m["by_source"]["gsm8k-test"]["problems_solved"] == 1
     assert m["answer_extraction_failures"] == 1
