@@ -200,7 +200,8 @@ def test_filter_and_format_stages_with_stand_in_graders(tmp_path, fake_grading):
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "graded.jsonl"), "--filtered", str(d / "filtered.jsonl"),
         "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "mf.json"),
-        "--timeout-s", "3", "--memory-mb", "128", "--workers", "2"])
+        "--timeout-s", "3", "--memory-mb", "128", "--workers", "2", "--seed", "0",
+        "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code == 0, res.output
     assert fake_grading["workers"] == 2 and fake_grading["n"] == 2
     assert fake_grading["limits"].timeout_s == 3 and fake_grading["limits"].memory_mb == 128
@@ -232,7 +233,7 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "g.jsonl"), "--filtered", str(d / "f.jsonl"), "--pairs", str(d / "p.jsonl"),
-        "--metrics", str(d / "m.json")])
+        "--metrics", str(d / "m.json"), "--seed", "0", "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)
     assert not (d / "g.jsonl").exists()
