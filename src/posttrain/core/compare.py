@@ -110,8 +110,7 @@ def compare_rows(spec: Spec, a: dict[str, dict], b: dict[str, dict], *, seed: in
             cb = [_column(sb, f, where) for f in fields]
             d = stats.difference(metric, cb, ca, clusters, seed=seed, name="diff")
             out.append({"metric": name, "group": group,
-                        "a": stats.estimate(metric, ca, seed=seed)[metric],
-                        "b": stats.estimate(metric, cb, seed=seed)[metric], **d})
+                        "a": _round(stats.point(metric, ca)), "b": _round(stats.point(metric, cb)), **d})
     return out
 
 
@@ -129,6 +128,10 @@ def compare(rev_a: str | None, rev_b: str | None, *, repo: str | None = None, st
         result["stages"][stage] = {"n_a": len(a), "n_b": len(b), "n_shared": len(set(a) & set(b)),
                                    "rows": rows}
     return result
+
+
+def _round(x):
+    return None if x is None else round(x, stats.DIGITS)
 
 
 def _fmt(x) -> str:

@@ -115,13 +115,13 @@ def _round(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), DIGITS)
 
 
-def _interval(values: np.ndarray, name: str, point, k: int, count_skipped: bool) -> dict:
+def _interval(values: np.ndarray, name: str, value, k: int, count_skipped: bool) -> dict:
     ok = values[np.isfinite(values)]
     lo = hi = None
-    if point is not None and k > 1 and ok.size:
+    if value is not None and k > 1 and ok.size:
         alpha = (1 - CONFIDENCE) / 2
         lo, hi = np.quantile(ok, [alpha, 1 - alpha])
-    out = {name: _round(point), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
+    out = {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
     if count_skipped:
         out[f"{name}_skipped"] = int(values.size - ok.size)
     return out
@@ -135,7 +135,9 @@ def _columns(cols: Sequence, n: int | None = None) -> list[np.ndarray]:
     return arrs
 
 
-def _point(metric: str, cols: list[np.ndarray]) -> float | None:
+def point(metric: str, cols: Sequence) -> float | None:
+    """The metric on all items (no resampling); None when undefined (no items, one class)."""
+    cols = _columns(cols)
     n = len(cols[0])
     if not n:
         return None
@@ -153,10 +155,10 @@ def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str
     n = len(cols[0])
     k = len(set(_cluster_codes(clusters, n).tolist()))
     name = name or metric
-    point = _point(metric, cols)
+    value = point(metric, cols)
     vals = METRICS[metric](resample_weights(clusters, n, seed=seed, n_resamples=n_resamples), *cols) \
-        if n and point is not None and k > 1 else np.full(n_resamples, np.nan)
-    return {**_interval(vals, name, point, k, metric == "auc"), "n": n, "n_clusters": k}
+        if n and value is not None and k > 1 else np.full(n_resamples, np.nan)
+    return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
 
 
 def difference(metric: str, new: Sequence, old: Sequence, clusters=None, *, seed: int,
@@ -168,14 +170,14 @@ def difference(metric: str, new: Sequence, old: Sequence, clusters=None, *, seed
     n = len(new[0])
     k = len(set(_cluster_codes(clusters, n).tolist()))
     name = name or f"{metric}_diff"
-    a, b = _point(metric, new), _point(metric, old)
-    point = a - b if a is not None and b is not None else None
-    if n and point is not None and k > 1:
+    a, b = point(metric, new), point(metric, old)
+    value = a - b if a is not None and b is not None else None
+    if n and value is not None and k > 1:
         w = resample_weights(clusters, n, seed=seed, n_resamples=n_resamples)
         vals = METRICS[metric](w, *new) - METRICS[metric](w, *old)
     else:
         vals = np.full(n_resamples, np.nan)
-    return {**_interval(vals, name, point, k, metric == "auc"), "n": n, "n_clusters": k}
+    return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
 
 
 def report(specs: dict[str, tuple], clusters=None, *, seed: int) -> dict:
