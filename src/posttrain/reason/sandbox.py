@@ -118,6 +118,7 @@ class RunResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     oom_killed: bool = False  # the kernel killed a process of the run for the memory budget
+    memory_peak_bytes: int | None = None  # of the whole run (cgroup), when there is one
 
 
 # ---------------------------------------------------------------- running
@@ -362,24 +363,33 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget
     oom = budget is not None and budget.oom_killed()
     if iso:
         iso["cgroup"] = bool(iso.get("cgroup")) and budget is not None
+    cpu = (ru.ru_utime + ru.ru_stime) if ru is not None else 0.0
+    exit_line = next((ln for ln in lines[1:] if ln.startswith("EXIT ")), None)
+    if exit_line is not None:  # script mode: how the script itself ended, from the trusted reaper
+        try:
+            ex = json.loads(exit_line[5:])
+            rc = -int(ex["signal"]) if ex.get("signal") else int(ex["status"])
+            cpu = float(ex["cpu_s"])
+        except (ValueError, KeyError, TypeError):
+            pass
     if status is None:
-        status, detail = _exit_verdict(rc, err, oom, ru, limits)
+        status, detail = _exit_verdict(rc, err, oom, cpu, limits)
     return RunResult(status, rc, out[:cap].decode("utf-8", "replace"), err[:cap].decode("utf-8", "replace"),
                      wall, detail=detail, isolation=iso, stdout_truncated=len(out) > cap,
-                     stderr_truncated=len(err) > cap, oom_killed=oom), lines
+                     stderr_truncated=len(err) > cap, oom_killed=oom,
+                     memory_peak_bytes=budget.peak_bytes() if budget is not None else None), lines
 
 
-def _exit_verdict(rc: int | None, err: bytes, oom: bool, ru, limits: SandboxLimits) -> tuple[str, str]:
+def _exit_verdict(rc: int | None, err: bytes, oom: bool, cpu: float, limits: SandboxLimits) -> tuple[str, str]:
     """(status, detail) of a run that ended by itself: the real cause, not just "error"."""
+    if oom:  # even if the script itself exited 0: part of the run was killed for memory
+        return "memory", "killed by the kernel: the run's memory budget (cgroup) was exceeded"
     if rc == 0:
         return "ok", ""
-    if oom:
-        return "memory", "killed by the kernel: the run's memory budget (cgroup) was exceeded"
     if b"MemoryError" in err[-4096:]:
         return "memory", "MemoryError"
     if rc is not None and rc < 0:
         sig = -rc
-        cpu = (ru.ru_utime + ru.ru_stime) if ru is not None else 0.0
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= _cpu_s(limits)):
             return "timeout", f"killed by signal {sig} (cpu limit)"
         return "killed", f"killed by signal {sig}"

@@ -558,13 +558,37 @@ def main(argv):
     os.write(res_fd, ("ISO " + json.dumps(iso) + "\n").encode())
     if job["mode"] == "functions":
         run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src)
-    for fd in (res_fd, nonce_fd):
-        os.close(fd)
+    run_script(job, res_fd, nonce_fd)
+
+
+def run_script(job, res_fd, nonce_fd):
+    """Run the solution as a script in a child S and report how S ended ("EXIT ..." line).
+    S is not the namespace's init, so signals it sends itself work as usual."""
     code = compile(job["code"], "<solution>", "exec")
-    del job, libc, src
-    install_guards()
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(code, ns)
+    cpu_limit = job["limits"]["cpu_s"]
+    del job
+    pid = os.fork()
+    if pid == 0:
+        os.close(res_fd)
+        os.close(nonce_fd)
+        install_guards()
+        ns = {"__name__": "__main__", "__builtins__": __builtins__}
+        exec(code, ns)
+        return  # normal interpreter exit: atexit handlers, flushed stdio, SystemExit codes
+    os.close(nonce_fd)
+    for fd in (0, 1, 2):  # the grader sees EOF on stdout/stderr when S and its children are done
+        os.close(fd)
+    while True:
+        try:
+            _, st, ru = os.wait4(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else None
+    status = os.WEXITSTATUS(st) if os.WIFEXITED(st) else None
+    report = {"signal": sig, "status": status, "cpu_s": round(_cpu_s(ru), 3), "cpu_limit_s": cpu_limit}
+    os.write(res_fd, ("EXIT " + json.dumps(report) + "\n").encode())
+    os._exit(status if status is not None else 128 + sig)
 
 
 if __name__ == "__main__":
