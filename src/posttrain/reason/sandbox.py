@@ -610,3 +610,18 @@ def isolation_report(limits: SandboxLimits | None = None) -> dict:
     """What isolation the sandbox applies on this machine (runs one trivial program)."""
     r = run_python("pass", limits=limits or replace(SandboxLimits(), timeout_s=10))
     return dict(r.isolation, status=r.status)
+
+
+PROTECTIONS = ("cgroup", "seccomp", "ipc_ns", "netns", "pidns", "private_proc", "readonly_fs", "private_tmp",
+               "setuid", "no_new_privs", "audit_hook", "rlimits")
+
+
+def protections(limits: SandboxLimits | None = None) -> dict[str, bool]:
+    """Which protections are active on this host, e.g. {"seccomp": True, "cgroup": False, ...}
+    (for a stage's metrics); the missing ones are logged."""
+    iso = isolation_report(limits)
+    out = {k: bool(iso.get(k)) for k in PROTECTIONS}
+    missing = [k for k, v in out.items() if not v]
+    if missing:
+        log.warning("sandbox: not active on this host: %s", ", ".join(missing))
+    return out

@@ -100,9 +100,8 @@ class Budget:
                         b.remove()
                         _layout = cand
                         break
-                if not _layout:
-                    log.warning("sandbox: no usable cgroup here (needs root and cgroup memory+pids "
-                                "controllers); memory and process limits stay per process")
+                if not _layout:  # the sandbox says so once in the log
+                    log.debug("no usable cgroup (needs root and the memory + pids controllers)")
         return cls._make(_layout, memory_bytes, pids) if _layout else None
 
     @classmethod
