@@ -434,3 +434,10 @@ def test_the_memory_thief_works_where_memory_is_readable():
     prog = f"tests = {SECRET_TESTS!r} * 1\ndel tests\n" + MEMORY_THIEF + "\nprint(steal())\n"
     out = subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == SECRET, out.stderr[-500:]
+
+
+def test_benign_subprocess_of_the_interpreter_works():
+    # sys.executable inside is an interpreter the sandbox uid can run (multiprocessing needs it)
+    r = run_python("import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'print(6 * 7)'],"
+                   " capture_output=True, text=True).stdout.strip())\n", limits=L)
+    assert (r.status, _lines(r)) == ("ok", ["42"]), r

@@ -3,62 +3,66 @@
 Trust model
 -----------
 Trusted: this module, the grader process, the problem (its prompt, tests, stdin/stdout
-cases). Untrusted: the solution code, which may be buggy, lazy or hostile.
+cases). Untrusted: the solution code, which may be buggy, lazy or hostile. The in-sandbox
+side is the module `posttrain.reason.sandbox_harness`, run as a fresh `python -I -S`
+interpreter (standard library only: no env vars, no site, no user dirs).
 
 Host protection (every run):
-- its own process: a fresh `python -I -S` interpreter (no env vars, no site, no user dirs),
-  in its own session; a scrubbed environment; a throwaway working directory;
-- limits set in the child before any untrusted code runs: RLIMIT_CPU (cpu time), RLIMIT_AS
-  (memory), RLIMIT_NPROC (processes), RLIMIT_FSIZE (file size), RLIMIT_NOFILE, no core
-  files; a wall-clock limit and a stdout/stderr size cap enforced by the grader, which kills
-  the run when either is exceeded;
-- when the grader runs as root: the child enters a new network namespace (no interfaces but
-  a down loopback: no network at all), a new pid namespace (it is init there: it sees only
-  its own processes in a fresh /proc, and when it dies the kernel kills everything it
-  started, however detached), a new mount namespace in which every existing mount is
-  read-only and fresh size-capped tmpfs cover the usual world-writable directories (/tmp,
-  /var/tmp, /dev/shm, /run/lock), with its working directory inside that tmpfs, so nothing
-  outside the sandbox can change (the interpreter's library is bind-mounted there when it
-  lives under a directory the sandbox uid cannot enter), then drops to a fresh uid/gid
-  (random, no supplementary groups) with no_new_privs and dumpable off. A fresh uid makes
-  RLIMIT_NPROC per run (root is exempt from it, and a shared uid would share the count),
-  makes the grader and other runs unsignalable (EPERM) and files outside the sandbox
-  read-only to it. Without a pid namespace the grader kills a run's leftovers with
-  `kill(-1)` issued as that uid. Without root: a user+network namespace where unprivileged
-  namespaces are allowed, the limits, and a session kill; the grader and files are then
-  protected only by ordinary permissions (the code runs as the grader's user), and
-  processes that leave the session can outlive the run. `RunResult.isolation` says what
-  was applied. Not hidden: world-readable host files can be read (with no network to send
-  them anywhere).
+- its own processes, in their own session, a scrubbed environment, a throwaway working
+  directory; limits set before any untrusted code runs: RLIMIT_CPU, RLIMIT_AS (per process),
+  RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files; a wall-clock limit and a
+  stdout/stderr size cap enforced by the grader, which kills the run when either is exceeded;
+- one memory and pids budget for the whole run (`sandbox_cgroup`): a cgroup (v2, or the v1
+  memory + pids hierarchies) with `memory_mb` and `max_procs`, counting every child and the
+  private tmpfs pages. Where the host gives none (not root, no controllers), only the
+  per-process limits apply and the log says so once;
+- as root: new network (no interfaces but a down loopback), IPC (SysV segments, semaphores and
+  message queues die with the run) and pid namespaces (the run's init dies -> the kernel
+  kills all of it, however detached; a fresh /proc), a mount namespace in which every
+  existing mount is read-only and fresh size-capped tmpfs cover /tmp, /var/tmp, /dev/shm,
+  /run/lock (the working directory is inside), then a fresh random uid/gid with no
+  supplementary groups, no_new_privs and dumpable off (the grader and other runs cannot be
+  signalled, ptraced or read; host files are read-only to it). The interpreter is
+  bind-mounted where that uid can reach it when it lives under e.g. /root;
+- a seccomp filter (pyseccomp over libseccomp): no socket() of any family (so no path-based
+  AF_UNIX, which the network namespace does not cover, no AF_VSOCK, ...), no connect/bind;
+  only AF_UNIX stream socketpairs; no ptrace, process_vm_*, io_uring, keyrings, bpf,
+  perf_event_open, userfaultfd, mount or namespace calls;
+- an audit hook in every process that runs solution code: no ctypes, no code objects built at
+  run time (`code.__new__`, `code.replace`: an out-of-range LOAD_CONST reads arbitrary
+  memory), no marshal (imports compile from source instead), no /proc/*/mem.
+Without root: a user+network(+IPC) namespace where unprivileged namespaces are allowed, the
+limits, the filter and the hook, and a session kill; files are then protected only by
+ordinary permissions. `RunResult.isolation` (and `protections()`) say what was applied.
+Not hidden: world-readable host files can be read (with nowhere to send them).
 
-Verdict protection (function tests, HumanEval style): the solution runs in a forked child
-process C; the problem's tests run in the trusted harness process P, which never executes
-solution code. P calls the solution through a proxy: arguments are pickled to C, C calls the
-solution, and the return value comes back as a pickle that P loads with an unpickler that only
-rebuilds plain data (numbers, strings, containers, a few stdlib value types). So the
-solution cannot patch the tests' `check`, builtins or modules, cannot hand back objects with
-a rigged `__eq__`, and exiting early (`sys.exit(0)`) only makes its calls fail. P reports
-the verdict on a private pipe (not stdout), tagged with a random per-run nonce that P reads
-from an inherited file descriptor only after C was forked and had closed it, so C never
-holds the nonce and printing or writing a fake success line does not count. Being a
-non-dumpable process (and pid-namespace init, which ignores signals from inside), P cannot be
-ptraced, read or killed by C. C drops its copy of the job (which held the tests) before any
-solution code runs, and an audit hook denies it ctypes, so it cannot dig the expected
-answers out of memory (/proc/self/mem is closed to a non-dumpable process). C can close its
-own pipes or exit, which only fails its own run. What remains: a solution that genuinely
-computes the expected outputs passes, as it should; tests that rely on argument mutation or
-pass functions as arguments cannot cross the process boundary and fail; a solution whose
-verdict depends on timing near the limit may get a different verdict on another run.
-The sandbox runs `python -I -S`: the standard library only, no site-packages.
+Verdict protection (function tests, HumanEval style): the problem's tests run in the trusted
+test runner P, which never executes solution code. P forks the solution process C, which
+immediately execs a fresh interpreter and gets its code over a pipe: C never shares memory
+with a process that held the tests, and P reads the tests (from their own descriptor) only
+after C exists. P calls the solution through a proxy: arguments are pickled to C, C calls
+the solution, and the return value comes back as a pickle that P loads with an unpickler
+that only rebuilds plain data. So the solution cannot patch the tests' `check`, builtins or
+modules, cannot hand back objects with a rigged `__eq__`, and exiting early only makes its
+calls fail. P reports the verdict on a private pipe (not stdout), tagged with a random
+per-run nonce that P reads only after C was started, so C never holds it. What remains: a
+solution that genuinely computes the expected outputs passes, as it should; tests that rely
+on argument mutation or pass functions as arguments cannot cross the process boundary and
+fail; a solution whose verdict depends on timing near the limit may differ between runs.
 
-stdin/stdout tests (APPS style): each case runs the solution as a script with the case input
-on stdin; the grader compares its stdout with the expected output, so there is no verdict
-inside the sandbox to forge.
+stdin/stdout tests (APPS style): each case runs the solution as a script (a child of the
+run's trusted reaper, which reports how it ended) with the case input on stdin; the grader
+compares its stdout with the expected output, so there is no verdict inside to forge.
+
+Verdicts name the cause: ok, failed (wrong answer), timeout (wall clock or cpu limit),
+memory (MemoryError or the run's budget: the kernel killed part of it), killed (another
+signal), output_limit, error (crash, bad exit status), sandbox_error.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import json
 import logging
@@ -89,8 +93,8 @@ SANDBOX_UID_SPAN = 1 << 20
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 5.0  # wall clock for the whole run; cpu limit is ceil(timeout_s)
-    memory_mb: int = 512  # RLIMIT_AS of every process in the sandbox
-    max_procs: int = 16  # RLIMIT_NPROC of the sandbox uid (harness processes included)
+    memory_mb: int = 512  # the whole run's budget (cgroup, tmpfs included) and each process's RLIMIT_AS
+    max_procs: int = 16  # the run's pids budget and RLIMIT_NPROC of the sandbox uid (harness included)
     max_output_bytes: int = 1 << 20  # stdout + stderr; exceeded -> killed, output_limit
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     tmp_mb: int = 64  # size of each private tmpfs (root only)
@@ -102,7 +106,7 @@ class SandboxLimits:
 
 @dataclass
 class RunResult:
-    """status: ok | failed | timeout | memory | error | output_limit | sandbox_error.
+    """status: ok | failed | timeout | memory | killed | error | output_limit | sandbox_error.
     For function tests `ok` means every test passed (verified by nonce); `failed` means
     a test failed (reason in `detail`); `error` means the solution did not load / crashed.
     For scripts `ok` means exit status 0."""
@@ -113,7 +117,7 @@ class RunResult:
     stderr: str
     wall_s: float
     detail: str = ""
-    reason: str = ""  # for function tests: wrong_answer | error | memory | timeout
+    reason: str = ""  # for function tests: correct | wrong_answer | error | memory | timeout | killed
     isolation: dict = field(default_factory=dict)
     stdout_truncated: bool = False
     stderr_truncated: bool = False
@@ -210,6 +214,13 @@ def _seccomp_path() -> str | None:
     return os.path.dirname(spec.origin) if spec and spec.origin else None
 
 
+@functools.lru_cache(maxsize=1)
+def _seccomp_libs() -> dict:
+    """libc and libseccomp as pyseccomp looks them up, located once instead of in every run."""
+    import ctypes.util
+    return {name: path for name in ("c", "seccomp") if (path := ctypes.util.find_library(name))}
+
+
 def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunResult, list[str], str]:
     """Spawn the harness for `job`; returns (result, result-pipe lines, nonce)."""
     uid = _fresh_uid()
@@ -235,7 +246,8 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
         job = dict(job, uid=uid, result_fd=res_w, nonce_fd=nonce_r,
                    limits=dict(limits.to_dict(), cpu_s=_cpu_s(limits)),
                    max_msg_bytes=max(limits.max_output_bytes, 1 << 20) * 16,
-                   cgroup_procs=budget.procs_files if budget else [], seccomp_path=_seccomp_path())
+                   cgroup_procs=budget.procs_files if budget else [], seccomp_path=_seccomp_path(),
+                   seccomp_libs=_seccomp_libs())
         if testsfile is not None:
             testsfile.write(job.pop("tests").encode())
             testsfile.seek(0)
@@ -352,6 +364,7 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget
             iso = json.loads(lines[0][4:])
         except ValueError:
             pass
+    _reap(proc, block=False)  # before _kill_all, whose poll() would reap it without its rusage
     _kill_all(proc, uid, bool(iso.get("pidns")))
     ru = _reap(proc)
     rc = proc.returncode
