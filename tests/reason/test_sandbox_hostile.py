@@ -212,7 +212,7 @@ def test_datagram_socketpair_is_denied_but_stream_socketpair_works(iso):
 def test_many_children_each_under_the_limit_share_one_budget(iso):
     need(iso, "cgroup")
     code = ("import os, time\npids = []\nfor _ in range(4):\n    p = os.fork()\n    if p == 0:\n"
-            "        blob = bytearray(b'x') * (150 << 20)\n        time.sleep(2)\n        os._exit(0)\n"
+            "        blob = bytearray(b'x') * (150 << 20)\n        time.sleep(1)\n        os._exit(0)\n"
             "    pids.append(p)\nfor p in pids:\n    os.waitpid(p, 0)\n")
     r = run_python(code, limits=L)
     assert (r.status, r.oom_killed) == ("memory", True), r
