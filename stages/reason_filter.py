@@ -13,10 +13,10 @@ incorrect solutions of the same problem in the pref pair format.
 
 import click
 
+from posttrain.core.cli import finite, run
 from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
-from posttrain.core.cli import finite, run
 
 SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
                  "prompt_tokens", "completion_tokens")
