@@ -80,3 +80,5 @@ def test_filter_stage_end_to_end(tmp_path):
     assert [(p["id"], p["grade"]) for p in pred] == [(v[0], v[1]) for v in verdicts]
     assert m["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
     assert m["answer_extraction_failures"] == 1
+    from posttrain.reason.sandbox import PROTECTIONS
+    assert sorted(m["sandbox"]) == sorted(PROTECTIONS) and m["sandbox"]["audit_hook"] is True

@@ -174,6 +174,7 @@ def fake_grading(monkeypatch):
                 for t, _ in items]
 
     sandbox.SandboxLimits, sandbox.grade_many = SandboxLimits, grade_many
+    sandbox.protections = lambda limits=None: {}  # reason_filter reports the host's isolation
     monkeypatch.setitem(sys.modules, "posttrain.reason.grading", grading)
     monkeypatch.setitem(sys.modules, "posttrain.reason.sandbox", sandbox)
     return seen
@@ -233,7 +234,8 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "g.jsonl"), "--filtered", str(d / "f.jsonl"), "--pairs", str(d / "p.jsonl"),
-        "--metrics", str(d / "m.json"), "--seed", "0", "--predictions", str(d / "pred.jsonl")])
+        "--metrics", str(d / "m.json"), "--timeout-s", "5", "--memory-mb", "512", "--workers", "1",
+        "--seed", "0", "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)
     assert not (d / "g.jsonl").exists()

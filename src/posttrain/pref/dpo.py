@@ -20,7 +20,7 @@ from posttrain.core import stats
 from posttrain.core.io import write_json
 from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
                      training_device_args)
-from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, weighted_trainer_class
+from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
         "prompt": [p["messages"] for p in pairs],
         "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
-        WEIGHT_COLUMN: [p["density"] if density_aware else 1.0 for p in pairs],
+        WEIGHT_COLUMN: pair_sampling_weights(pairs, density_aware),
     }
 
 
@@ -69,12 +69,12 @@ def pair_rows(chosen_rewards, rejected_rewards, pairs: list[dict], thresholds) -
     return sorted(rows, key=lambda x: x["id"])
 
 
-def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool = True,
-              max_pairs: int = 0, heldout_fraction: float = 0.2, split_seed: int = 0, max_length: int = 512,
-              max_steps: int = 30, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-5,
-              beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
-              lora_layers: int = 0, eval_pairs: int = 0,
-              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4) -> dict:
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
+              max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
+              max_steps: int, batch_size: int, grad_accum: int, lr: float,
+              beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
+              lora_layers: int, eval_pairs: int,
+              bucket_quantile: float, seed: int, eval_batch_size: int = 4) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve", "predictions"} (None on
     ranks other than the main one under `accelerate launch`).
 

@@ -31,7 +31,8 @@ from posttrain.core import stats
 from posttrain.core.batching import padded_by_length
 from posttrain.core.io import DataError, iter_jsonl, read_json
 from posttrain.pref.pairs import prefix_id
-from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, draw_spread, weighted_trainer_class
+from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
+                                             weighted_trainer_class)
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +299,11 @@ def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fract
 
 
 def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
-                       density_aware: bool = True, max_pairs: int = 0, heldout_fraction: float = 0.2,
-                       max_length: int = 512, max_steps: int = 40, batch_size: int = 4,
-                       grad_accum: int = 1, lr: float = 5e-5, lora_r: int = 0, lora_alpha: int = 32,
-                       num_layers: int = 0, trainable_layers: int = 0,
-                       bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 8) -> dict:
+                       density_aware: bool, max_pairs: int, heldout_fraction: float,
+                       max_length: int, max_steps: int, batch_size: int,
+                       grad_accum: int, lr: float, lora_r: int, lora_alpha: int,
+                       num_layers: int, trainable_layers: int,
+                       bucket_quantile: float, seed: int, eval_batch_size: int = 8) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics.
 
     Returns {"metrics": {...}, "curve": [...], "predictions": [...]} for the stage to write; None on ranks other
@@ -327,7 +328,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     shrink_backbone(model, num_layers, trainable_layers)
 
     cols, n_trunc_train = tokenize_pairs(tok, train, max_length)
-    sample_w = [p["density"] if density_aware else 1.0 for p in train]
+    sample_w = pair_sampling_weights(train, density_aware)
     train_ds = Dataset.from_dict({**cols, WEIGHT_COLUMN: sample_w})
 
     scratch = tempfile.mkdtemp(prefix="pref_rm_trainer_")  # nothing is saved there (save_strategy=no)

@@ -24,8 +24,8 @@ def answer_token_id(tokenizer, answer: str) -> int:
     return next(t for t in cols["labels"][0] if t != IGNORE_INDEX)
 
 
-def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int,
-                  batch_size: int = 8, desc: str = "score") -> np.ndarray:
+def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int, *,
+                  batch_size: int, desc: str = "score") -> np.ndarray:
     """P(Yes | Yes or No) per prompt, batched by length and returned in input order."""
     import torch
     from tqdm import tqdm
@@ -36,9 +36,13 @@ def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id
     with torch.inference_mode():
         for idx, ids, mask in tqdm(batches, total=math.ceil(len(prompts) / batch_size), desc=desc,
                                    unit="batch", mininterval=5):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            last = logits[torch.arange(len(idx)), mask.sum(1) - 1]
-            two = torch.stack([last[:, yes_id], last[:, no_id]], dim=1).float()
+            # Only the last real position's Yes/No logits are needed: run the decoder, then
+            # the LM head on one hidden state per row and two vocab rows (not seq x vocab).
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = hidden[torch.arange(len(idx)), mask.sum(1) - 1]
+            head = model.get_output_embeddings()
+            w = head.weight[[yes_id, no_id]]
+            two = (last @ w.T + (head.bias[[yes_id, no_id]] if head.bias is not None else 0)).float()
             p_yes = torch.softmax(two, dim=1)[:, 0].numpy()
             out[idx] = p_yes
     return out
