@@ -3,7 +3,8 @@
     python stages/reason_filter.py --problems data/reason/problems.jsonl --samples data/reason/samples.jsonl \
         --graded data/reason/graded.jsonl --filtered data/reason/filtered.jsonl \
         --pairs data/reason/graded_pairs.jsonl --metrics metrics/reason_filter.json \
-        --timeout-s 5 --memory-mb 512 --workers 2
+        --timeout-s 5 --memory-mb 512 --workers 2 --seed 0 \
+        --predictions metrics/reason_filter_predictions.jsonl
 
 Math: final answer extracted and compared with the gold answer; code: last Python
 block run against the tests in the sandbox. graded.jsonl keeps every sample with its
