@@ -103,12 +103,29 @@ def _cluster_codes(clusters, n: int) -> np.ndarray:
 def resample_weights(clusters, n: int, *, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
     """(n_resamples, n) item weights: how often each item's cluster was drawn when drawing
     as many clusters as there are, with replacement. Row order is fixed by `seed`."""
+    return np.concatenate(list(_weight_blocks(clusters, n, seed, n_resamples)) or [np.zeros((0, n))])
+
+
+def _weight_blocks(clusters, n: int, seed: int, n_resamples: int):
+    """`resample_weights` in blocks of about 2M weights (16 MB): the whole (resamples x items)
+    matrix of a 100k-item test set would take 800 MB, and AUC makes a few more of its size."""
+    block = max(1, min(256, 2_000_000 // max(n, 1)))
     codes = _cluster_codes(clusters, n)
     k = int(codes.max()) + 1 if n else 0
-    if not k:
-        return np.zeros((n_resamples, 0))
-    counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=n_resamples)
-    return counts[:, codes].astype(np.float64)
+    counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=n_resamples) if k \
+        else np.zeros((n_resamples, 0), dtype=np.int64)
+    for lo in range(0, n_resamples, block):
+        yield counts[lo:lo + block][:, codes].astype(np.float64)
+
+
+def _resampled(metric: str, clusters, n: int, seed: int, n_resamples: int, *sides) -> np.ndarray:
+    """The metric on every resample: of one side's columns, or side 0 minus side 1 (paired)."""
+    fn = METRICS[metric]
+    out = []
+    for w in _weight_blocks(clusters, n, seed, n_resamples):
+        vals = [fn(w, *cols) for cols in sides]
+        out.append(vals[0] if len(vals) == 1 else vals[0] - vals[1])
+    return np.concatenate(out)
 
 
 def _round(x) -> float | None:
@@ -156,7 +173,7 @@ def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str
     k = len(set(_cluster_codes(clusters, n).tolist()))
     name = name or metric
     value = point(metric, cols)
-    vals = METRICS[metric](resample_weights(clusters, n, seed=seed, n_resamples=n_resamples), *cols) \
+    vals = _resampled(metric, clusters, n, seed, n_resamples, cols) \
         if n and value is not None and k > 1 else np.full(n_resamples, np.nan)
     return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
 
@@ -173,8 +190,7 @@ def difference(metric: str, new: Sequence, old: Sequence, clusters=None, *, seed
     a, b = point(metric, new), point(metric, old)
     value = a - b if a is not None and b is not None else None
     if n and value is not None and k > 1:
-        w = resample_weights(clusters, n, seed=seed, n_resamples=n_resamples)
-        vals = METRICS[metric](w, *new) - METRICS[metric](w, *old)
+        vals = _resampled(metric, clusters, n, seed, n_resamples, new, old)
     else:
         vals = np.full(n_resamples, np.nan)
     return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
