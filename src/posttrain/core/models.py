@@ -10,7 +10,6 @@ stage loads the folder with plain `from_pretrained(path)`.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from posttrain.core import assets
@@ -116,12 +115,9 @@ def materialize(ref: str, out_dir, meta: dict | None = None) -> Path:
 def save_folder(model, tokenizer, out_dir, meta: dict) -> Path:
     """save_pretrained model + tokenizer into a temp dir, then swap it into place."""
     out_dir = Path(out_dir)
-    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
-        tmp.unlink()  # atomic_path makes a file; save_pretrained wants a directory
+    with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {
             "n_parameters": sum(p.numel() for p in model.parameters()), **meta})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
     return out_dir
