@@ -47,6 +47,20 @@ def test_exact_excludes_self_among_many_copies():
     assert (same[:, 0] < same[:, 1]).all()  # equal similarities in index order
 
 
+def test_exact_weights_do_not_depend_on_the_thread_count():
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(4).normal(size=(3000, 64)).astype(np.float32)  # big enough for faiss' BLAS path
+    before = faiss.omp_get_max_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            out.append(knn_density(x, 10, method="exact")[0].tobytes())
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert out[0] == out[1]
+
+
 def test_edge_cases():
     d, info = knn_density(np.zeros((0, 5)), 3)
     assert d.shape == (0,) and density_weights(d, 0.01).shape == (0,) and info["k_effective"] == 0

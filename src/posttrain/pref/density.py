@@ -59,7 +59,14 @@ def knn_faiss(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    sim, idx = index.search(x, ke + 1)  # one extra for the row itself
+    # One thread: faiss' threaded search changes the last bits of the similarities with the
+    # thread count, and the weights must be byte-identical on any machine.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        sim, idx = index.search(x, ke + 1)  # one extra for the row itself
+    finally:
+        faiss.omp_set_num_threads(threads)
     # Drop the row itself by index; when identical copies crowd it out of the k + 1, drop
     # the last one instead (same similarity, so the same density).
     keep = idx != np.arange(n)[:, None]
