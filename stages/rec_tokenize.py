@@ -44,16 +44,11 @@ def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, his
     for i in range(min(show_examples, len(splits["train"]))):
         row = splits["train"][i]
         click.echo(seqlen.render_example(tokenizer, row["input_ids"], row["labels"]), err=True)
-    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
-        tmp.unlink()
+    with atomic_path(out_dir, directory=True) as tmp:
         # An explicit shard count: datasets writes no shard at all for an empty split
         # (then cannot load it back); ~500 MB per shard otherwise, as datasets does.
         shards = {k: 1 + ds.data.nbytes // 500_000_000 for k, ds in splits.items()}
         datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards)
-        if Path(out_dir).exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
     write_json(metrics_path, metrics)
     write_json(hist_path, seqlen.histogram(all_lengths))
     click.echo(f"rec_tokenize: train {len(splits['train'])}, eval {len(splits['eval'])}; "
