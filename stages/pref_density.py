@@ -8,14 +8,13 @@
         --hist metrics/pref_density_hist.json
 """
 
-import logging
-
 import click
 import numpy as np
 
 from posttrain.pref.density import METHODS, density_weights, knn_density, weight_histogram, weight_stats
 from posttrain.core.io import DataError, atomic_path, read_json, read_jsonl, write_json
 from posttrain.pref.projection import projection_records
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -23,12 +22,12 @@ from posttrain.pref.projection import projection_records
 @click.option("--ids", "ids_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--info", "info_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--prefixes", "prefixes_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", required=True, type=int)
-@click.option("--eps", required=True, type=float)
-@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
-@click.option("--auto-threshold", default=20000, show_default=True,
+@click.option("--k", required=True, type=click.IntRange(min=1))
+@click.option("--eps", required=True, type=finite(0, min_open=True))
+@click.option("--method", required=True, type=click.Choice(METHODS))
+@click.option("--auto-threshold", "--auto_threshold", required=True, type=click.IntRange(min=0),
               help="auto: exact search up to this many prefixes, pynndescent above.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 @click.option("--weights", "weights_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metadata", "meta_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--projection", "proj_path", required=True, type=click.Path(dir_okay=False))
@@ -36,13 +35,12 @@ from posttrain.pref.projection import projection_records
 @click.option("--hist", "hist_path", required=True, type=click.Path(dir_okay=False))
 def main(emb_path, ids_path, info_path, prefixes_path, k, eps, method, auto_threshold, seed,
          weights_path, meta_path, proj_path, metrics_path, hist_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     emb = np.load(emb_path)
     ids = read_json(ids_path)
     if len(ids) != len(emb):
         raise DataError(ids_path, f"{len(ids)} ids for {len(emb)} embedding rows in {emb_path}")
     texts = {p["prefix_id"]: p["text"] for p in read_jsonl(prefixes_path, required=("prefix_id", "text"))}
-    density, info = knn_density(emb, k, method, auto_threshold, seed)
+    density, info = knn_density(emb, k=k, method=method, auto_threshold=auto_threshold, seed=seed)
     w = density_weights(density, eps)
     with atomic_path(weights_path, suffix=".npy") as tmp:
         np.save(tmp, w)
@@ -52,7 +50,7 @@ def main(emb_path, ids_path, info_path, prefixes_path, k, eps, method, auto_thre
     meta = {"embedding": read_json(info_path), "density": {**info, "eps": eps, "seed": seed,
             "auto_threshold": auto_threshold, "similarity": "cosine", "stats": dens}, "weights": stats}
     write_json(meta_path, meta)
-    write_json(proj_path, projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed))
+    write_json(proj_path, projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed=seed))
     write_json(metrics_path, {**info, "eps": eps, "density_mean": dens.get("mean"), **stats})
     write_json(hist_path, weight_histogram(w))
     click.echo(f"pref_density: n={info['n']} method={info['method']} k_eff={info['k_effective']} "
@@ -60,4 +58,4 @@ def main(emb_path, ids_path, info_path, prefixes_path, k, eps, method, auto_thre
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

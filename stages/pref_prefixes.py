@@ -5,12 +5,11 @@
         --metrics metrics/pref_prefixes.json
 """
 
-import logging
-
 import click
 
 from posttrain.core.io import read_jsonl, write_json, write_jsonl
 from posttrain.pref.prefixes import build_prefixes, write_id_map
+from posttrain.core.cli import run
 
 
 @click.command()
@@ -19,7 +18,6 @@ from posttrain.pref.prefixes import build_prefixes, write_id_map
 @click.option("--id-map", "id_map_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(pairs_path, prefixes_path, id_map_path, metrics_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pairs = read_jsonl(pairs_path, required=("id", "prefix", "chosen", "rejected", "src"))
     prefixes, id_map, stats = build_prefixes(pairs)
     write_jsonl(prefixes_path, prefixes)
@@ -29,4 +27,4 @@ def main(pairs_path, prefixes_path, id_map_path, metrics_path):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

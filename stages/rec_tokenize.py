@@ -5,7 +5,6 @@
         --hist metrics/rec_tokenize_hist.json [--show-examples 3]
 """
 
-import logging
 from pathlib import Path
 
 import click
@@ -13,22 +12,21 @@ import click
 from posttrain.rec import seqlen
 from posttrain.core.io import atomic_path, read_json, write_json
 from posttrain.rec.tokenization import STRATEGIES, tokenize_dataset
+from posttrain.core.cli import run
 
 
 @click.command()
 @click.option("--model", "model_dir", default="data/models/policy", show_default=True,
               help="Folder whose tokenizer and chat template are used.")
 @click.option("--data-dir", default="data/rec", show_default=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--cutoff-len", type=int, default=1024, show_default=True)
-@click.option("--truncation", type=click.Choice(STRATEGIES), default="left", show_default=True)
-@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--cutoff-len", "--cutoff_len", required=True, type=click.IntRange(min=1))
+@click.option("--truncation", required=True, type=click.Choice(STRATEGIES))
 @click.option("--out", "out_dir", default="data/rec/tokenized", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/rec_tokenize.json", show_default=True)
 @click.option("--hist", "hist_path", default="metrics/rec_tokenize_hist.json", show_default=True)
-@click.option("--show-examples", type=int, default=0, show_default=True,
-              help="Print N rendered train examples with their label masks to stderr.")
-def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metrics_path, hist_path, show_examples):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+@click.option("--show-examples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Dev only: print N rendered train examples with their label masks to stderr.")
+def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, hist_path, show_examples):
     import datasets
     from transformers import AutoTokenizer
 
@@ -36,7 +34,7 @@ def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metri
     splits, metrics, all_lengths = {}, {"cutoff_len": cutoff_len, "truncation": truncation}, []
     for name in ("train", "eval"):
         records = read_json(Path(data_dir) / f"{name}.json")
-        ds, stats = tokenize_dataset(tokenizer, records, cutoff_len, truncation, batch_size, desc=name)
+        ds, stats = tokenize_dataset(tokenizer, records, cutoff_len=cutoff_len, strategy=truncation, desc=name)
         splits[name] = ds
         metrics[name] = seqlen.length_report(stats, *seqlen.mask_counts(ds), cutoff_len)
         all_lengths += stats.full_len
@@ -46,16 +44,11 @@ def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metri
     for i in range(min(show_examples, len(splits["train"]))):
         row = splits["train"][i]
         click.echo(seqlen.render_example(tokenizer, row["input_ids"], row["labels"]), err=True)
-    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
-        tmp.unlink()
+    with atomic_path(out_dir, directory=True) as tmp:
         # An explicit shard count: datasets writes no shard at all for an empty split
         # (then cannot load it back); ~500 MB per shard otherwise, as datasets does.
         shards = {k: 1 + ds.data.nbytes // 500_000_000 for k, ds in splits.items()}
         datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards)
-        if Path(out_dir).exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
     write_json(metrics_path, metrics)
     write_json(hist_path, seqlen.histogram(all_lengths))
     click.echo(f"rec_tokenize: train {len(splits['train'])}, eval {len(splits['eval'])}; "
@@ -64,4 +57,4 @@ def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metri
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,12 +1,17 @@
-"""pref_density: exact k-NN vs a brute-force reference, edge cases, weights, pynndescent
-agreement, 3-D projection."""
+"""pref_density: exact (faiss) k-NN vs a brute-force reference, edge cases, weights,
+pynndescent agreement, 3-D projection."""
 
 import numpy as np
 import pytest
 
-from posttrain.pref.density import (choose_method, density_weights, knn_density, knn_exact, knn_pynndescent,
-                               weight_histogram, weight_stats)
+from posttrain.pref.density import (choose_method, density_weights, knn_density, knn_faiss, knn_pynndescent,
+                                    weight_histogram, weight_stats)
 from posttrain.pref.projection import projection_records
+
+
+def knn(x, k, method="auto"):
+    """knn_density with the auto threshold and seed of params.yaml (pref.density, pref.seed)."""
+    return knn_density(x, k=k, method=method, auto_threshold=20000, seed=0)
 
 
 def brute_force_density(x, k):
@@ -25,43 +30,69 @@ def clustered(n_dense=200, n_rare=10, dim=32, seed=0):
     return np.vstack([dense, rare]).astype(np.float32), n_dense
 
 
-def test_exact_matches_brute_force_with_tiny_blocks():
+def test_exact_matches_brute_force():
     x = np.random.default_rng(1).normal(size=(157, 24)).astype(np.float32)
-    idx, sim = knn_exact(x, 7, block_bytes=4 * 157 * 10)  # 10 rows per block
-    d, info = knn_density(x, 7, method="exact")
+    idx, sim = knn_faiss(x, 7)
+    d, info = knn(x, 7, method="exact")
     assert np.allclose(d, brute_force_density(x, 7), atol=1e-6)
     assert (idx != np.arange(157)[:, None]).all()  # never self
     assert (np.diff(sim, axis=1) <= 1e-7).all()  # most similar first
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(sim, np.einsum("nd,nkd->nk", xn, xn[idx]), atol=1e-6)  # the indices go with the sims
     assert info == {"method": "exact", "method_requested": "exact", "k": 7, "k_effective": 7, "n": 157}
 
 
+def test_exact_excludes_self_among_many_copies():
+    # 6 identical rows, k = 2: the search's k + 1 may not hold the row itself; still never self
+    x = np.vstack([np.tile([[1.0, 2.0, 3.0]], (6, 1)), np.eye(3)]).astype(np.float32)
+    idx, sim = knn_faiss(x, 2)
+    assert (idx != np.arange(len(x))[:, None]).all()
+    assert np.allclose(sim[:6], 1.0, atol=1e-6)
+    same = idx[(sim[:, 0] == sim[:, 1])]
+    assert (same[:, 0] < same[:, 1]).all()  # equal similarities in index order
+
+
+def test_exact_weights_do_not_depend_on_the_thread_count():
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(4).normal(size=(3000, 64)).astype(np.float32)  # big enough for faiss' BLAS path
+    before = faiss.omp_get_max_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            out.append(knn(x, 10, method="exact")[0].tobytes())
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert out[0] == out[1]
+
+
 def test_edge_cases():
-    d, info = knn_density(np.zeros((0, 5)), 3)
+    d, info = knn(np.zeros((0, 5)), 3)
     assert d.shape == (0,) and density_weights(d, 0.01).shape == (0,) and info["k_effective"] == 0
-    d, info = knn_density(np.ones((1, 5)), 3)  # one point: no neighbours -> density 0, weight 1
+    d, info = knn(np.ones((1, 5)), 3)  # one point: no neighbours -> density 0, weight 1
     assert d.tolist() == [0.0] and density_weights(d, 0.01).tolist() == [1.0]
     x = np.random.default_rng(0).normal(size=(4, 5))
-    d, info = knn_density(x, 50)  # k >= N: all others
+    d, info = knn(x, 50)  # k >= N: all others
     assert info["k_effective"] == 3 and np.allclose(d, brute_force_density(x, 3), atol=1e-6)
-    d, _ = knn_density(np.tile([[1.0, 2.0, 3.0]], (6, 1)), 3)  # identical vectors
+    d, _ = knn(np.tile([[1.0, 2.0, 3.0]], (6, 1)), 3)  # identical vectors
     assert np.allclose(d, 1.0, atol=1e-6)
     w = density_weights(d, 0.01)
     assert np.allclose(w, 1 / 6)
-    d, _ = knn_density(np.array([[1.0, 0.0], [-1.0, 0.0]]), 1)  # opposite: clipped at 0
+    d, _ = knn(np.array([[1.0, 0.0], [-1.0, 0.0]]), 1)  # opposite: clipped at 0
     assert d.tolist() == [0.0, 0.0]
-    d, _ = knn_density(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]), 1)  # zero vector: similarity 0
+    d, _ = knn(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]), 1)  # zero vector: similarity 0
     assert d[0] == 0.0 and np.isfinite(d).all()
     with pytest.raises(ValueError):
-        knn_density(np.ones((3, 2)), 0)
+        knn(np.ones((3, 2)), 0)
     with pytest.raises(ValueError):
-        knn_density(np.ones(3), 1)
+        knn(np.ones(3), 1)
     with pytest.raises(ValueError):
         density_weights(np.ones(3), 0.0)
 
 
 def test_weights_sum_to_one_and_rare_prompts_weigh_more():
     x, n_dense = clustered()
-    d, _ = knn_density(x, 10)
+    d, _ = knn(x, 10)
     w = density_weights(d, 0.01)
     assert w.dtype == np.float64 and np.isfinite(w).all() and (w > 0).all()
     assert abs(w.sum() - 1.0) < 1e-12
@@ -84,19 +115,19 @@ def test_method_choice():
 def test_pynndescent_tiny_inputs_fall_back_to_exact():
     x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
     i1, s1 = knn_pynndescent(x, 10)  # k >= N - 1: the whole set, computed exactly
-    i2, s2 = knn_exact(x, 10)
+    i2, s2 = knn_faiss(x, 10)
     assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
 
 
 @pytest.mark.slow  # the first pynndescent call JIT-compiles numba code: minutes of CPU here
 def test_pynndescent_agrees_with_exact():
     x, _ = clustered(n_dense=300, n_rare=30, dim=16, seed=2)
-    ie, se = knn_exact(x, 10)
+    ie, se = knn_faiss(x, 10)
     ia, sa = knn_pynndescent(x, 10, seed=0)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ia)])
     assert recall >= 0.95
-    de, _ = knn_density(x, 10, method="exact")
-    da, info = knn_density(x, 10, method="pynndescent")
+    de, _ = knn(x, 10, method="exact")
+    da, info = knn(x, 10, method="pynndescent")
     assert info["method"] == "pynndescent" and np.abs(de - da).max() < 0.02
     assert (ia != np.arange(len(x))[:, None]).all()
     ia2, _ = knn_pynndescent(x, 10, seed=0)
@@ -105,12 +136,12 @@ def test_pynndescent_agrees_with_exact():
 
 def test_projection_records():
     x, _ = clustered(20, 2, 8)
-    w = density_weights(knn_density(x, 3)[0], 0.01)
+    w = density_weights(knn(x, 3)[0], 0.01)
     ids = [f"id{i}" for i in range(len(x))]
-    recs = projection_records(ids, x, w, ["t " * 200] * len(x))
+    recs = projection_records(ids, x, w, ["t " * 200] * len(x), seed=0)
     assert [r["id"] for r in recs] == ids and set(recs[0]) == {"id", "x", "y", "z", "weight", "text"}
-    assert len(recs[0]["text"]) <= 160 and recs == projection_records(ids, x, w, ["t " * 200] * len(x))
-    one = projection_records(["a"], x[:1], np.ones(1), ["t"])
+    assert len(recs[0]["text"]) <= 160 and recs == projection_records(ids, x, w, ["t " * 200] * len(x), seed=0)
+    one = projection_records(["a"], x[:1], np.ones(1), ["t"], seed=0)
     assert (one[0]["x"], one[0]["y"], one[0]["z"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
-        projection_records(ids[:-1], x, w, ["t"] * len(x))
+        projection_records(ids[:-1], x, w, ["t"] * len(x), seed=0)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from posttrain.pref import reward
+from posttrain.pref import common, reward
 from posttrain.core.io import DataError, read_json
 
 
@@ -66,7 +66,7 @@ def _paths(d):
 # ------------------------------------------------------------------ data helpers
 
 def test_prefix_id_is_md5_of_first_user_message(pref_dir):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
     tsv = dict(line.split("\t") for line in (pref_dir / "prefix_id_map.tsv").read_text().split("\n")[1:] if line)
     assert all(p["prefix_id"] == tsv[p["id"]] for p in pairs)
     multi = [p for p in pairs if len(p["messages"]) == 3][0]
@@ -76,14 +76,14 @@ def test_prefix_id_is_md5_of_first_user_message(pref_dir):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("frac", [0.1, 0.3, 0.5])
 def test_heldout_split_never_shares_a_prefix(pref_dir, seed, frac):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
-    train, held = reward.split_by_prefix(pairs, frac, seed)
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
+    train, held = common.split_by_prefix(pairs, frac, seed)
     assert train and held
     assert not {p["prefix_id"] for p in train} & {p["prefix_id"] for p in held}
     assert len(train) + len(held) == len(pairs)
     n_prefixes = len({p["prefix_id"] for p in pairs})
     assert len({p["prefix_id"] for p in held}) == int(np.ceil(frac * n_prefixes))
-    assert reward.split_by_prefix(pairs, frac, seed) == (train, held)  # deterministic
+    assert common.split_by_prefix(pairs, frac, seed) == (train, held)  # deterministic
 
 
 def test_bad_pairs_raise_with_line_and_field(tmp_path):
@@ -94,32 +94,44 @@ def test_bad_pairs_raise_with_line_and_field(tmp_path):
     f = tmp_path / "pairs_all.jsonl"
     f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(DataError) as e:
-        reward.load_pairs(f)
+        common.load_pairs(f)
     assert "line 2" in str(e.value) or e.value.line == 2
     assert "prefix.messages" in str(e.value)
 
 
 def test_stale_weights_raise(pref_dir, tmp_path):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
-    weights = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
+    weights = common.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
     weights.pop(pairs[0]["prefix_id"])
     with pytest.raises(DataError, match="no weight"):
-        reward.attach_weights(pairs, weights)
+        common.attach_weights(pairs, weights)
     (tmp_path / "ids.json").write_text(json.dumps(["a"]))
     with pytest.raises(DataError, match="weights vs"):
-        reward.load_prefix_weights(tmp_path / "ids.json", pref_dir / "density_weights.npy")
+        common.load_prefix_weights(tmp_path / "ids.json", pref_dir / "density_weights.npy")
 
 
 def test_rarity_buckets_follow_weights(pref_dir):
-    w = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
-    th = reward.rarity_thresholds(w.values(), 0.25)
-    assert reward.bucket_of(max(w.values()), th) == "rare"
-    assert reward.bucket_of(min(w.values()), th) == "common"
+    w = common.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    th = common.rarity_thresholds(w.values(), 0.25)
+    assert common.bucket_of(max(w.values()), th) == "rare"
+    assert common.bucket_of(min(w.values()), th) == "common"
+
+
+def test_pairwise_report_has_cis_and_empty_buckets_are_null():
+    pairs = [{"prefix_id": f"p{i // 2}", "src": "s", "density": 1.0} for i in range(8)]
+    chosen, rejected = np.array([1, 1, 1, 0, 1, 1, 0, 1.0]), np.zeros(8)
+    rep = reward.pairwise_report(chosen, rejected, pairs, (0.5, 2.0), seed=0)
+    assert rep["n"] == 8 and rep["n_clusters"] == 4 and rep["accuracy"] == 0.75
+    assert rep["accuracy_ci_low"] <= 0.75 <= rep["accuracy_ci_high"]
+    assert rep["buckets"]["rare"] == {"accuracy": None, "accuracy_ci_low": None, "accuracy_ci_high": None,
+                                      "margin": None, "margin_ci_low": None, "margin_ci_high": None,
+                                      "n": 0, "n_clusters": 0}
+    json.dumps(rep, allow_nan=False)  # a NaN here once crashed pref_rm after saving the model
 
 
 def test_render_keeps_answer_when_truncated(tokenizer):
     msgs = [{"role": "user", "content": "word " * 300}]
-    ids, truncated = reward.render_ids(tokenizer, msgs, "THE ANSWER", 64)
+    ids, truncated = common.render_ids(tokenizer, msgs, "THE ANSWER", 64)
     assert truncated and len(ids) == 64
     assert "THE ANSWER" in tokenizer.decode(ids)
 
@@ -133,13 +145,24 @@ def live_steps(live_dir, key):
     return [int(r.split("\t")[0]) for r in rows[1:]]
 
 
+# The library takes every training setting explicitly (defaults live in params.yaml);
+# these are the values the tests do not vary.
+RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, grad_accum=1,
+          lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0)
+DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_steps=30, batch_size=2,
+           grad_accum=1, lr=5e-5, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_layers=0,
+           eval_pairs=0, bucket_quantile=0.25, seed=0)
+GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_generations=4,
+            max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
+            lora_alpha=16, lora_layers=0, seed=0)
+
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rm"
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, density_aware=True,
-                                    heldout_fraction=0.3, max_length=64, max_steps=6,
-                                    batch_size=4, lr=1e-3, num_layers=1, trainable_layers=1, seed=0,
-                                    live_dir=out.parent / "dvclive")
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, **{
+        **RM, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 6,
+        "batch_size": 4, "lr": 1e-3, "num_layers": 1, "trainable_layers": 1, "seed": 0},
+        live_dir=out.parent / "dvclive")
     return out, res
 
 
@@ -153,20 +176,28 @@ def test_reward_model_smoke(trained_rm):
     assert h["n"] == m["pairs"]["heldout"] and 0.0 <= h["accuracy"] <= 1.0
     assert sum(v["n"] for v in h["per_source"].values()) == h["n"]
     assert sum(v["n"] for v in h["buckets"].values()) == h["n"]
+    # Per-pair predictions are what the metrics (and `posttrain compare`) are computed from.
+    pred = res["predictions"]
+    assert len(pred) == h["n"] and [r["id"] for r in pred] == sorted(r["id"] for r in pred)
+    assert h["accuracy"] == pytest.approx(np.mean([r["correct"] for r in pred]), abs=1e-6)
+    assert h["n_clusters"] == len({r["prefix_id"] for r in pred}) == m["pairs"]["heldout_prefixes"]
+    for b in ("rare", "common"):
+        assert h["buckets"][b]["n"] == sum(r["bucket"] == b for r in pred)
     # The sampler handed out exactly steps * batch indices.
     assert m["sampling"]["draws"] == 6 * 4
     assert m["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
     assert live_steps(out.parent / "dvclive", "loss") == [1, 2, 3, 4, 5, 6]
     split = read_json(out / "split.json")
     assert not set(split["heldout_prefix_ids"]) & set(split["train_prefix_ids"])
-    model, tok = reward.load_reward_model(out)
+    model, tok = common.load_reward_model(out)
     assert model.config.num_labels == 1 and model.config.num_hidden_layers == 1
 
 
 def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path):
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm",
-                                    density_aware=False, heldout_fraction=0.3, max_length=64,
-                                    max_steps=2, batch_size=4, seed=0, live_dir=tmp_path / "dvclive")
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm", **{
+        **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 2,
+        "batch_size": 4, "seed": 0},
+        live_dir=tmp_path / "dvclive")
     s = res["metrics"]["sampling"]
     assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
     assert s["weight_max_over_min"] == pytest.approx(1.0)
@@ -177,9 +208,10 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     from posttrain.pref.dpo import train_dpo
 
     out = tmp_path / "dpo_adapter"
-    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, density_aware=True, heldout_fraction=0.3,
-                    max_length=64, max_steps=3, batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8,
-                    lora_layers=1, seed=0, live_dir=tmp_path / "dvclive")
+    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, **{
+        **DPO, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 3,
+        "batch_size": 2, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "lora_layers": 1, "seed": 0},
+        live_dir=tmp_path / "dvclive")
     m = res["metrics"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # top 1 of the 2 tiny layers
@@ -191,6 +223,11 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     assert live_steps(tmp_path / "dvclive", "loss") == [1, 2, 3]
     # Held-out evaluation after training lands in the same dvclive summary.
     assert "loss" in read_json(tmp_path / "dvclive" / "metrics.json")["eval"]
+    # Per-pair implicit rewards were captured (they agree with trl's batch means, else empty).
+    pred = res["predictions"]
+    assert len(pred) == h["n"] and h["n_clusters"] == len({r["prefix_id"] for r in pred})
+    assert h["reward_accuracy"] == pytest.approx(np.mean([r["correct"] for r in pred]), abs=1e-6)
+    assert h["reward_margin"] == pytest.approx(np.mean([r["margin"] for r in pred]), abs=1e-5)
 
 
 def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
@@ -198,9 +235,10 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
 
     rm_dir, _ = trained_rm
     out = tmp_path / "grpo_adapter"
-    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, eval_prompts=2,
-                     max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
-                     max_length=64, lr=1e-3, lora_r=4, lora_alpha=8, seed=0, live_dir=tmp_path / "dvclive")
+    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, **{
+        **GRPO, "eval_prompts": 2, "max_steps": 2, "batch_size": 4, "num_generations": 4,
+        "max_completion_length": 8, "max_length": 64, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "seed": 0},
+        live_dir=tmp_path / "dvclive")
     m = res["metrics"]
     assert (out / "adapter_config.json").is_file()
     held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]
@@ -208,6 +246,11 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     assert m["train"]["steps"] == 2
     assert live_steps(tmp_path / "dvclive", "reward") == [1, 2]
     assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
+    r = m["eval_reward"]
+    assert r["n"] == r["n_clusters"] == 2 and r["delta"] == pytest.approx(r["after"] - r["before"], abs=1e-5)
+    pred = res["predictions"]
+    assert [p["id"] for p in pred] == sorted(p["id"] for p in pred) and len(pred) == 2
+    assert r["delta"] == pytest.approx(np.mean([p["reward_after"] - p["reward_before"] for p in pred]), abs=1e-5)
     rows = [json.loads(x) for x in (out / "eval_completions.jsonl").read_text().splitlines()]
     assert {r["prefix_id"] for r in rows} <= set(held) and len(rows) == 2
 
@@ -224,19 +267,9 @@ def test_grpo_prompt_split_is_disjoint():
 def test_reward_function_scores_prompt_plus_completion(trained_rm):
     from posttrain.pref.grpo import RewardModelScore
 
-    model, tok = reward.load_reward_model(trained_rm[0])
+    model, tok = common.load_reward_model(trained_rm[0])
     fn = RewardModelScore(model, tok, max_length=64)
     prompts = [[{"role": "user", "content": "hi"}]] * 2
     r = fn(prompts, [[{"role": "assistant", "content": "A good, correct answer."}],
                      [{"role": "assistant", "content": "no"}]])
     assert len(r) == 2 and all(np.isfinite(r)) and r[0] != r[1]
-
-
-def test_shrink_backbone_freezes_all_but_top_layers(tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification
-
-    m = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    reward.shrink_backbone(m, num_layers=1, trainable_layers=1)
-    assert len(m.model.layers) == 1 and m.config.num_hidden_layers == 1
-    assert not m.model.embed_tokens.weight.requires_grad
-    assert all(p.requires_grad for p in m.model.layers[0].parameters()) and m.score.weight.requires_grad

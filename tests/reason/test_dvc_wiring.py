@@ -34,11 +34,14 @@ def test_stage_params_cover_interpolations(dvc_stages, name):
 
 
 def test_stages_chain_through_the_contract_files(dvc_stages):
-    outs = {name: set(dvc_stages[name]["outs"]) for name in STAGES}
+    def paths(entries):  # an out is a path, or {path: {cache: false, ...}}
+        return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+    outs = {name: paths(dvc_stages[name]["outs"]) for name in STAGES}
     assert outs["reason_collect"] == {"data/reason/problems.jsonl"}
     assert outs["reason_generate"] == {"data/reason/samples.jsonl"}
     assert outs["reason_filter"] == {"data/reason/graded.jsonl", "data/reason/filtered.jsonl",
-                                     "data/reason/graded_pairs.jsonl"}
+                                     "data/reason/graded_pairs.jsonl", "metrics/reason_filter_predictions.jsonl"}
     assert {"data/reason/samples.jsonl", "data/reason/problems.jsonl"} <= set(dvc_stages["reason_filter"]["deps"])
     assert "data/models/policy" in dvc_stages["reason_generate"]["deps"]
     assert "data/reason/filtered.jsonl" in dvc_stages["reason_format"]["deps"]

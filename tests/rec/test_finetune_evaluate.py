@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stage_runner import run
+from stage_runner import param_args, run
 
 from posttrain.rec.baseline import LikeRateBaseline
-from posttrain.core.io import read_json
-from posttrain.rec.scoring import binary_metrics, roc_points
+from posttrain.core.io import read_json, read_jsonl
+from posttrain.rec.scoring import binary_metrics, paired_metrics, roc_points
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,8 @@ def synthetic_movielens(folder: Path, n_users=8, n_ratings=14) -> Path:
 def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     src = synthetic_movielens(tmp_path / "ml")
     data, met = tmp_path / "data", tmp_path / "metrics"
-    run("rec_prepare", ["--source", src, "--history-len", 5, "--val-ratio", 0.1, "--test-ratio", 0.25,
-                        "--seed", 13, "--out-dir", data, "--metrics", met / "prepare.json"])
+    run("rec_prepare", ["--source", src, "--history-len", 5, "--rating-threshold", 4.0, "--val-ratio", 0.1,
+                        "--test-ratio", 0.25, "--seed", 13, "--out-dir", data, "--metrics", met / "prepare.json"])
     res = run("rec_tokenize", ["--model", tiny_model_dir, "--data-dir", data, "--cutoff-len", 128,
                                "--truncation", "history", "--out", data / "tokenized",
                                "--metrics", met / "tokenize.json", "--hist", met / "hist.json",
@@ -46,8 +46,9 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     assert set(dd["train"].column_names) == {"input_ids", "attention_mask", "labels"}
 
     run("rec_finetune", ["--model", tiny_model_dir, "--data", data / "tokenized", "--out", data / "adapter",
-                         "--max-train-examples", 8, "--max-eval-examples", 4, "--max-steps", 2,
-                         "--batch-size", 2, "--metrics", met / "ft.json", "--live", met / "dvclive"])
+                         *param_args("rec.finetune", max_train_examples=8, max_eval_examples=4, max_steps=2,
+                                     batch_size=2), "--seed", 13,
+                         "--metrics", met / "ft.json", "--live", met / "dvclive"])
     assert (data / "adapter" / "adapter_config.json").is_file()
     ft = read_json(met / "ft.json")
     assert ft["steps"] == 2 and ft["train_examples"] == 8 and "eval_loss" in ft
@@ -56,12 +57,23 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     assert read_json(met / "dvclive" / "metrics.json")["eval"]["loss"] == pytest.approx(ft["eval_loss"], abs=1e-6)
 
     run("rec_evaluate", ["--model", tiny_model_dir, "--adapter", data / "adapter", "--data-dir", data,
-                         "--max-test-examples", 12, "--cutoff-len", 128, "--truncation", "history",
+                         "--max-test-examples", 12, "--batch-size", 8, "--cutoff-len", 128,
+                         "--truncation", "history", "--seed", 13,
                          "--metrics", met / "eval.json", "--roc-llm", met / "roc_llm.json",
-                         "--roc-baseline", met / "roc_base.json"])
+                         "--roc-baseline", met / "roc_base.json", "--predictions", met / "pred.jsonl"])
     ev = read_json(met / "eval.json")
-    assert ev["llm"]["n"] == ev["baseline"]["n"] == 12
-    assert 0 <= ev["llm"]["auc"] <= 1 and 0 <= ev["baseline"]["accuracy"] <= 1
+    assert ev["llm"]["n"] == ev["baseline"]["n"] == ev["llm_minus_baseline"]["n"] == 12
+    pred = read_jsonl(met / "pred.jsonl")
+    assert [r["id"] for r in pred] == sorted(r["id"] for r in pred) and len(pred) == 12
+    # The metrics are those of the predictions file, so `posttrain compare` measures the same thing.
+    assert ev["llm"]["accuracy"] == pytest.approx(np.mean([r["llm_correct"] for r in pred]), abs=1e-6)
+    assert ev["llm_minus_baseline"]["accuracy"] == pytest.approx(
+        np.mean([r["llm_correct"] - r["baseline_correct"] for r in pred]), abs=1e-6)
+    assert ev["llm"]["n_clusters"] == len({r["user"] for r in pred})
+    for block in ("llm", "baseline"):
+        m = ev[block]
+        if m["auc_ci_low"] is not None:
+            assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
     assert read_json(met / "roc_llm.json")[-1] == {"fpr": 1.0, "tpr": 1.0}
 
 
@@ -71,24 +83,35 @@ def test_baseline_uses_train_statistics_only():
              for u in range(20) for i, r in zip(rng.integers(0, 30, 15), rng.integers(1, 6, 15))]
     test = [{"user_id": str(u), "item_id": str(i), "rating": 5.0, "label": 1} for u, i in [(1, 2), (3, 99)]]
     flipped = [{**t, "rating": 1.0, "label": 0} for t in test]
-    base = LikeRateBaseline().fit(train)
+    base = LikeRateBaseline(seed=0).fit(train)
     # Test ratings never reach the features: changing them changes nothing.
     assert np.array_equal(base.predict_proba(test), base.predict_proba(flipped))
-    # Leave-one-out: a train row's own label is not in its features.
-    feats = base._features(train[:1], leave_one_out=True)
-    assert feats[0, 0] != base._features(train[:1], leave_one_out=False)[0, 0]
+    # Cross-fitting: a train row's own label and rating are not in its features...
+    flipped_row = [{**train[0], "rating": 6.0 - train[0]["rating"], "label": 1 - train[0]["label"]}] + train[1:]
+    b_flip = LikeRateBaseline(seed=0).fit(flipped_row)
+    assert np.array_equal(b_flip.train_features_[0], base.train_features_[0])
+    assert not np.array_equal(b_flip.features(train[:1]), base.features(train[:1]))  # ...but in unseen rows'
+    # Unseen rows: the user's like-rate over all train rows, shrunk with prior_weight pseudo-ratings.
+    u1 = [r["label"] for r in train if r["user_id"] == "1"]
+    prior = np.mean([r["label"] for r in train])
+    assert np.isclose(base.features(test)[0, 0], (sum(u1) + 5 * prior) / (len(u1) + 5))
     # A user who likes everything in train scores higher than one who likes nothing.
     train2 = train + [{"user_id": "fan", "item_id": "0", "rating": 5.0, "label": 1}] * 10 \
         + [{"user_id": "hater", "item_id": "0", "rating": 1.0, "label": 0}] * 10
-    b2 = LikeRateBaseline().fit(train2)
+    b2 = LikeRateBaseline(seed=0).fit(train2)
     p = b2.predict_proba([{"user_id": "fan", "item_id": "5"}, {"user_id": "hater", "item_id": "5"}])
     assert p[0] > p[1]
 
 
 def test_metrics_helpers():
-    m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
-    assert m == {"n": 4, "positives": 2, "auc": 0.75, "accuracy": 0.5}
-    assert binary_metrics([1, 1], [0.2, 0.9])["auc"] is None
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], ["a", "a", "b", "c"], seed=0)
+    assert {k: m[k] for k in ("n", "n_clusters", "positives", "auc", "accuracy")} == \
+        {"n": 4, "n_clusters": 3, "positives": 2, "auc": 0.75, "accuracy": 0.5}
+    assert m["accuracy_ci_low"] <= 0.5 <= m["accuracy_ci_high"]
+    one = binary_metrics([1, 1], [0.2, 0.9], seed=0)
+    assert one["auc"] is None and one["auc_ci_low"] is None and one["accuracy"] == 0.5
+    d = paired_metrics([0, 1, 1, 0], [0.2, 0.8, 0.9, 0.1], [0.6, 0.4, 0.9, 0.1], seed=0)
+    assert d["accuracy"] == 0.5 and d["auc"] == 0.25
     pts = roc_points([0, 1], [0.2, 0.9])
     assert pts[0] == {"fpr": 0.0, "tpr": 0.0} and pts[-1] == {"fpr": 1.0, "tpr": 1.0}
 
@@ -134,9 +157,9 @@ def test_adapter_bytes_do_not_depend_on_the_hash_seed(tmp_path, tiny_model_dir):
         env = {**os.environ, "PYTHONHASHSEED": str(hash_seed),
                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
         cmd = [sys.executable, str(REPO / "stages" / "rec_finetune.py"), "--model", str(tiny_model_dir),
-               "--data", str(tokenized), "--out", str(out / "adapter"), "--max-train-examples", "8",
-               "--max-eval-examples", "4", "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3",
-               "--lora-dropout", "0.0", "--target-modules", "q_proj,k_proj,v_proj,o_proj",
+               "--data", str(tokenized), "--out", str(out / "adapter"),
+               *param_args("rec.finetune", max_train_examples=8, max_eval_examples=4, max_steps=2, batch_size=2,
+                           lr=1e-3, lora_dropout=0.0, target_modules="q_proj,k_proj,v_proj,o_proj"),
                "--seed", "0", "--metrics", str(out / "metrics.json"), "--live", str(out / "dvclive")]
         p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]

@@ -1,7 +1,7 @@
 """DPO with LoRA on the policy, optionally density-aware through the weighted sampler.
 
 Same pairs, weights, held-out split (by prefix) and rarity buckets as the reward
-model (`posttrain.pref.reward`), so DPO's held-out implicit-reward accuracy and margin
+model (`posttrain.pref.common`), so DPO's held-out implicit-reward accuracy and margin
 are comparable with the RM's pairwise accuracy. The reference model is the
 policy with the LoRA adapter disabled (peft), so no second copy is loaded.
 """
@@ -14,12 +14,15 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from posttrain.core import stats
 from posttrain.core.adapters import save_adapter
-from posttrain.core.io import write_json
+from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
-from posttrain.pref.reward import (_last, bucket_of, cap_pairs, load_split, lora_config, render_ids, save_dir,
-                     training_device_args)
-from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, weighted_trainer_class
+from posttrain.pref.common import (bucket_of, cap_pairs, last_logged, load_split, lora_config,
+                                   render_ids, training_device_args)
+from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +33,52 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
         "prompt": [p["messages"] for p in pairs],
         "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
-        WEIGHT_COLUMN: [p["density"] if density_aware else 1.0 for p in pairs],
+        WEIGHT_COLUMN: pair_sampling_weights(pairs, density_aware),
     }
 
 
-def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool = True,
-              max_pairs: int = 0, heldout_fraction: float = 0.2, split_seed: int = 0, max_length: int = 512,
-              max_steps: int = 30, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-5,
-              beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
-              lora_layers: int = 0, eval_pairs: int = 0,
-              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4, live_dir) -> dict:
+def _pair_recording(trainer_cls):
+    """The trainer class, keeping trl's per-batch eval reward lists (`_metrics["eval"]`) before
+    `log` averages and clears them: with one pair per batch, each pair's implicit rewards."""
+
+    class PairRecording(trainer_cls):
+        eval_pair_rewards: tuple[list, list] = ([], [])
+
+        def log(self, logs, start_time=None):
+            if not self.model.training:
+                ev = self._metrics["eval"]
+                self.eval_pair_rewards = (list(ev.get("rewards/chosen", [])), list(ev.get("rewards/rejected", [])))
+            super().log(logs, start_time)
+
+    return PairRecording
+
+
+def pair_report(chosen_rewards, rejected_rewards, pairs: list[dict], *, seed: int) -> dict:
+    """Held-out reward accuracy and margin of DPO's implicit rewards, with n and
+    prefix-clustered CIs (`posttrain.core.stats`); no pairs give n = 0 and nulls."""
+    c, r = np.asarray(chosen_rewards, dtype=np.float64), np.asarray(rejected_rewards, dtype=np.float64)
+    return stats.report({"reward_accuracy": ("mean", [(c > r).astype(int)]), "reward_margin": ("mean", [c - r])},
+                        [p["prefix_id"] for p in pairs], seed=seed)
+
+
+def pair_rows(chosen_rewards, rejected_rewards, pairs: list[dict], thresholds) -> list[dict]:
+    """Per evaluated pair: ids, bucket, implicit rewards, sorted by id (`posttrain compare` input)."""
+    rows = [{"id": p["id"], "prefix_id": p["prefix_id"], "src": p["src"],
+             "bucket": bucket_of(p["density"], thresholds),
+             "chosen_reward": round(float(c), 6), "rejected_reward": round(float(r), 6),
+             "margin": round(float(c) - float(r), 6), "correct": int(c > r)}
+            for p, c, r in zip(pairs, chosen_rewards, rejected_rewards)]
+    return sorted(rows, key=lambda x: x["id"])
+
+
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
+              max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
+              max_steps: int, batch_size: int, grad_accum: int, lr: float,
+              beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
+              lora_layers: int, eval_pairs: int,
+              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int = 4) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
-    {"metrics"} (None on ranks other than the main one under `accelerate launch`).
+    {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
     must match the reward model's to be evaluated on its held-out prompts; `seed` is training."""
@@ -74,7 +111,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
         **training_device_args())
-    trainer = weighted_trainer_class(DPOTrainer)(
+    trainer = _pair_recording(weighted_trainer_class(DPOTrainer))(
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
         processing_class=tok,
         peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
@@ -85,22 +122,34 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     try:
         trainer.train()
 
-        def evaluate(subset: list[dict]) -> dict:
+        def evaluate(subset: list[dict]) -> tuple[dict, list[dict]]:
             if not subset:
-                return {"n": 0, "reward_accuracy": None, "reward_margin": None}
-            # DPOTrainer.log adds its reward stats to the returned dict as "eval_*" (mean over batches).
-            m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
-            return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
-                    "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}
+                return pair_report([], [], [], seed=seed), []
+            # One pair per eval batch, so trl's per-batch reward stats are per pair (see
+            # _pair_recording); DPOTrainer.log also returns their means as "eval_*".
+            args.per_device_eval_batch_size = 1
+            try:
+                m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
+            finally:
+                args.per_device_eval_batch_size = eval_batch_size
+            rc, rr = trainer.eval_pair_rewards
+            # Under several processes the ranks' pairs are gathered per step: no per-pair values.
+            if args.world_size > 1 or len(rc) != len(subset) or not np.isclose(
+                    np.mean(np.asarray(rc) > np.asarray(rr)), m["eval_rewards/accuracies"]):
+                log.warning("pref_dpo: no per-pair rewards under %d processes; means only", args.world_size)
+                return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
+                        "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}, []
+            return ({**pair_report(rc, rr, subset, seed=seed), "loss": float(m["eval_loss"])},
+                    pair_rows(rc, rr, subset, thresholds))
 
         # DPO eval costs 4 full forward passes per pair (policy + reference, chosen +
         # rejected): on CPU a seeded subset of `eval_pairs` held-out pairs (0 = all).
         subset = cap_pairs(held, eval_pairs, split_seed)
-        heldout = evaluate(subset)
+        heldout, predictions = evaluate(subset)
         heldout["heldout_pairs"] = len(held)
         if not eval_pairs:
             buckets = [bucket_of(p["density"], thresholds) for p in held]
-            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])
+            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])[0]
                                   for b in ("rare", "common")}
         from accelerate.utils import gather_object
 
@@ -116,7 +165,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
                                                    "density_aware": bool(density_aware)})
 
-    save_dir(out_dir, fill)
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
     metrics = {
         "density_aware": bool(density_aware),
         "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
@@ -124,7 +174,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
-                  "final_loss": _last(trainer.state.log_history, "loss"),
-                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+                  "final_loss": last_logged(trainer.state.log_history, "loss"),
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
-    return {"metrics": metrics}
+    return {"metrics": metrics, "predictions": predictions}

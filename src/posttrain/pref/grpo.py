@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain.core import stats
 from posttrain.core.adapters import save_adapter
-from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
+from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.core.live import callback
+from posttrain.pref.common import (first_logged, last_logged, load_reward_model, lora_config,
+                                   render_ids, score_ids, training_device_args)
 from posttrain.pref.pairs import prefix_id
-from posttrain.pref.reward import (_last, load_reward_model, lora_config, render_ids,
-                     save_dir, score_ids, training_device_args)
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,13 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     return out
 
 
-def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16, max_prompts: int = 64,
-               max_steps: int = 8, batch_size: int = 8, num_generations: int = 4,
-               max_completion_length: int = 48, max_length: int = 512, lr: float = 1e-5,
-               temperature: float = 1.0, beta: float = 0.0, lora_r: int = 8, lora_alpha: int = 16,
-               lora_layers: int = 0,
-               seed: int = 0, live_dir) -> dict:
+def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max_prompts: int,
+               max_steps: int, batch_size: int, num_generations: int,
+               max_completion_length: int, max_length: int, lr: float,
+               temperature: float, beta: float, lora_r: int, lora_alpha: int,
+               lora_layers: int, seed: int, live_dir) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
-    {"metrics"} (None on ranks other than the main one under `accelerate launch`)."""
+    {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -165,20 +165,25 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16
             {"prefix_id": i, "before": b, "after": a, "reward_before": float(rb), "reward_after": float(ra)}
             for i, b, a, rb, ra in zip(eval_ids, before_text, after_text, before, after)))
 
-    save_dir(out_dir, fill)
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
     metrics = {
         "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
-        "eval_reward": {"before": float(before.mean()), "after": float(after.mean()),
-                        "delta": float(after.mean() - before.mean()),
-                        "improved_fraction": float((after > before).mean())},
+        "eval_reward": reward_report(before, after, eval_ids, seed=seed),
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
-                  "first_reward": _first(trainer.state.log_history, "reward"),
-                  "last_reward": _last(trainer.state.log_history, "reward"),
-                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+                  "first_reward": first_logged(trainer.state.log_history, "reward"),
+                  "last_reward": last_logged(trainer.state.log_history, "reward"),
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
-    return {"metrics": metrics}
+    predictions = [{"id": i, "prefix_id": i, "reward_before": round(float(b), 6), "reward_after": round(float(a), 6)}
+                   for i, b, a in sorted(zip(eval_ids, before, after))]
+    return {"metrics": metrics, "predictions": predictions}
 
 
-def _first(history: list[dict], key: str):
-    vals = [h[key] for h in history if key in h]
-    return float(vals[0]) if vals else None
+def reward_report(before, after, prefix_ids: list[str], *, seed: int) -> dict:
+    """Mean RM reward on the eval prompts before and after GRPO and the paired delta, each
+    with n and a CI (one prompt per prefix, so prefixes are the resampled clusters)."""
+    b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    return stats.report({"before": ("mean", [b]), "after": ("mean", [a]), "delta": ("mean", [a], [b]),
+                         "improved_fraction": ("mean", [(a > b).astype(int)])}, prefix_ids, seed=seed)
+

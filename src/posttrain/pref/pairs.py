@@ -11,6 +11,8 @@ and the same pair reached through two sources is kept once.
 
 Sources (names used in `pref.sources`):
 
+- `hh-rlhf-harmless`: the HH-RLHF harmless-base test split vendored in this package
+  (`pref/data/hh-rlhf/`, MIT): the offline default.
 - `hh-rlhf`: Anthropic HH-RLHF transcripts (`"\\n\\nHuman: ...\\n\\nAssistant: ..."`).
 - `ultrafeedback-binarized`: HuggingFaceH4/ultrafeedback_binarized message lists.
 - `stack-exchange-preferences`: question + scored answers -> best vs lower-scored.
@@ -33,11 +35,11 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from posttrain.core.io import DataError, dumps, iter_jsonl, open_text
+from posttrain.reason.grading import answers_equal
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ HUB_IDS = {
     "ultrafeedback-binarized": ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs"),
     "stack-exchange-preferences": ("HuggingFaceH4/stack-exchange-preferences", "train"),
 }
-BUILTIN_SOURCES = ("champ", *HUB_IDS)
+BUILTIN_SOURCES = ("hh-rlhf-harmless", "champ", *HUB_IDS)
 
 
 class Skip(Exception):
@@ -266,10 +268,6 @@ _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?![\d])|-?\d+(?:\.\d+)?(?:/\d+)?")
 _NUMERIC_GOLD = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
-def _number(s: str) -> Fraction:
-    return Fraction(s.replace(",", ""))
-
-
 def grade_final_answer(summary: str, gold: str) -> bool | None:
     """Grade a one-sentence final answer against the gold answer; None = can't tell.
 
@@ -278,17 +276,17 @@ def grade_final_answer(summary: str, gold: str) -> bool | None:
     ambiguous (None). Yes/No gold: the summary must say exactly one of yes/no.
     Other gold answers: correct when the summary contains the gold text
     (whitespace and case ignored), else None: a mismatch there may be an
-    equivalent form, so it never counts as wrong.
+    equivalent form, so it never counts as wrong. Equal means
+    `posttrain.reason.grading.answers_equal`.
     """
     g = gold.replace("@@", "").strip()
     if _NUMERIC_GOLD.fullmatch(g.replace(",", "")):
-        value = _number(g)
-        nums = [_number(n) for n in _NUMBER.findall(summary)]
-        if not nums:
+        same = [answers_equal(n, g) for n in _NUMBER.findall(summary)]
+        if not same:
             return None
-        if nums[-1] == value:
+        if same[-1]:
             return True
-        return None if value in nums else False
+        return None if any(same) else False
     low = summary.lower()
     if g.lower() in ("yes", "no"):
         said = {w for w in ("yes", "no") if re.search(rf"\b{w}\b", low)}
@@ -429,6 +427,11 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
 
         path, rows, fmt = asset_path("champ"), None, "champ"
         rows = champ_rows(path)
+    elif name == "hh-rlhf-harmless":  # vendored HH-RLHF harmless-base test split
+        from posttrain.core.assets import asset_path
+
+        path = asset_path(name)
+        rows, fmt = iter_jsonl(path), "hh"
     elif name.startswith("path:"):
         path = Path(name[len("path:"):])
         if not path.exists():
@@ -482,7 +485,7 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
     return pairs, stats
 
 
-def collect(sources: list[tuple[str, int]], per_prompt: int = 4, seed: int = 0
+def collect(sources: list[tuple[str, int]], *, per_prompt: int, seed: int
             ) -> tuple[list[dict], dict[str, Any]]:
     """Pairs of every source in order, and metrics: per-source rows/pairs/skips."""
     seen: set = set()

@@ -143,9 +143,24 @@ def draw_spread(draw_counts: np.ndarray, rare: np.ndarray, common: np.ndarray) -
     counts = np.asarray(draw_counts, dtype=np.float64)
     out = {"draws": int(counts.sum()), "unique_drawn": int((counts > 0).sum()),
            "items": int(len(counts))}
-    r = counts[rare].mean() if rare.any() else float("nan")
-    c = counts[common].mean() if common.any() else float("nan")
-    out["draws_per_rare_item"] = float(r)
-    out["draws_per_common_item"] = float(c)
-    out["rare_vs_common_draw_ratio"] = float(r / c) if c > 0 else float("nan")
+    # An empty bucket gives null, never NaN: NaN is not JSON (write_json refuses it).
+    r = float(counts[rare].mean()) if rare.any() else None
+    c = float(counts[common].mean()) if common.any() else None
+    out["draws_per_rare_item"] = r
+    out["draws_per_common_item"] = c
+    out["rare_vs_common_draw_ratio"] = r / c if r is not None and c else None
     return out
+
+
+def pair_sampling_weights(pairs: Sequence[dict], density_aware: bool) -> list[float]:
+    """Per-pair draw weights whose per-prompt total is the prompt's density weight.
+
+    The density weight belongs to a prompt (prefix): a prompt with 3 pairs must not be
+    drawn 3x as often as one with a single pair, so its weight is shared among its pairs.
+    Uniform (`density_aware=False`) gives every pair weight 1."""
+    if not density_aware:
+        return [1.0] * len(pairs)
+    from collections import Counter
+
+    n = Counter(p["prefix_id"] for p in pairs)
+    return [p["density"] / n[p["prefix_id"]] for p in pairs]

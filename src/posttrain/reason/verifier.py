@@ -161,52 +161,32 @@ def split_by_problem(records: Sequence[dict], heldout_frac: float, seed: int) ->
 
 # -- model ------------------------------------------------------------------------
 
-def load_regressor(model_dir, trainable_layers: int = -1, seed: int = 0, num_layers: int = 0):
+def load_regressor(model_dir, *, trainable_layers: int, seed: int, num_layers: int):
     """(model, tokenizer): a 1-output regression head on the policy folder's LM.
 
     `num_layers` > 0 keeps only the bottom `num_layers` transformer blocks (a shallower,
-    much cheaper backbone for CPU runs); 0 keeps them all.
+    much cheaper backbone for CPU runs); 0 keeps them all. Only the top `trainable_layers`
+    of them (+ final norm + head) are trained, -1 trains all (`core.models.shrink_layers`).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from posttrain.core.models import shrink_layers
 
     torch.manual_seed(seed)  # the new head is randomly initialized inside from_pretrained
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: tokenizer has no pad token (the base_models folder sets one)")
-    config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, problem_type="regression")
-    if num_layers and num_layers < config.num_hidden_layers:
-        config.num_hidden_layers = num_layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[:num_layers]
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), config=config, dtype=torch.float32)
+        str(model_dir), num_labels=1, problem_type="regression", dtype=torch.float32)
     # The head pools the last non-pad token, found by pad id.
     model.config.pad_token_id = tokenizer.pad_token_id
     # A random head on LM hidden states (norm ~50-100) starts with predictions of std ~1-2
     # on a [0, 1] target and short CPU runs never recover; a zero head starts at 0 and
     # moves smoothly.
     torch.nn.init.zeros_(model.score.weight)
-    freeze_lower_layers(model, trainable_layers)
+    shrink_layers(model, num_layers=num_layers, trainable_layers=trainable_layers)
     return model, tokenizer
-
-
-def freeze_lower_layers(model, trainable_layers: int) -> None:
-    """Train only the top `trainable_layers` blocks, the final norm and the head (-1: all).
-    Backward then stops at the first trainable block, which is what makes CPU runs cheap."""
-    if trainable_layers < 0:
-        return
-    base = getattr(model, model.base_model_prefix)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__}: no .layers to freeze; use trainable_layers=-1")
-    for p in model.parameters():
-        p.requires_grad = False
-    keep = list(layers[len(layers) - trainable_layers:]) if trainable_layers else []
-    for module in keep + [getattr(base, "norm", None), model.score]:
-        if module is not None:
-            for p in module.parameters():
-                p.requires_grad = True
 
 
 def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[int]:
@@ -263,7 +243,7 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
 
 
 def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,
-            chat_template: bool = False) -> list[dict]:
+            chat_template: bool) -> list[dict]:
     """Each record's fields (via InferenceCollator metadata) + `verifier_score`, sorted by id."""
     import torch
     from torch.utils.data import DataLoader
@@ -292,38 +272,55 @@ def is_correct(score: float) -> bool:
     return score >= 1.0 - 1e-9
 
 
-def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: float | None = None) -> dict:
-    """MSE vs the score; AUC and accuracy for "fully correct" at `threshold`."""
+def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: float | None = None, *,
+                  seed: int) -> dict:
+    """MSE vs the score; AUC and accuracy for "fully correct" at `threshold`; each with n and a
+    problem-clustered bootstrap CI (`posttrain.core.stats`), and MSE and accuracy also as paired
+    differences against their baselines (a constant baseline has AUC 0.5). No rows: nulls."""
     import numpy as np
-    from sklearn.metrics import roc_auc_score
 
-    scored = list(scored)
-    if not scored:
-        return {"n": 0}
-    y = np.array([r["score"] for r in scored], dtype=np.float64)
-    p = np.array([r["verifier_score"] for r in scored], dtype=np.float64)
-    correct = np.array([is_correct(s) for s in y])
-    m = {
-        "n": len(scored),
-        "n_correct": int(correct.sum()),
-        "mse": float(np.mean((p - y) ** 2)),
-        "accuracy": float(np.mean((p >= threshold) == correct)),
-        # Always answering the majority class: the bar accuracy must clear.
-        "baseline_accuracy_majority": float(max(correct.mean(), 1 - correct.mean())),
-        "auc": float(roc_auc_score(correct, p)) if 0 < correct.sum() < len(correct) else None,
-        "mean_score": float(y.mean()),
-        "mean_prediction": float(p.mean()),
-    }
+    from posttrain.core import stats
+
+    rows = prediction_rows(scored, threshold, train_mean)
+    col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
+    y, p, label, hit, base_hit = col("score"), col("verifier_score"), col("label"), col("hit"), col("baseline_hit")
+    specs = {"mse": ("mse", [p, y]), "accuracy": ("mean", [hit]),
+             # Always answering the majority class: the bar accuracy must clear.
+             "baseline_accuracy_majority": ("mean", [base_hit]),
+             "accuracy_minus_baseline": ("mean", [hit], [base_hit]),
+             "auc": ("auc", [label, p])}
     if train_mean is not None:
         # What predicting the training mean would score: the bar a verifier must clear.
-        m["baseline_mse_train_mean"] = float(np.mean((train_mean - y) ** 2))
+        base = np.full(len(rows), float(train_mean))
+        specs.update({"baseline_mse_train_mean": ("mse", [base, y]), "mse_minus_baseline": ("mse", [p, y], [base, y])})
+    m = {**stats.report(specs, [r["problem_id"] for r in rows], seed=seed), "n_correct": int(label.sum()),
+         "mean_score": float(y.mean()) if rows else None, "mean_prediction": float(p.mean()) if rows else None}
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def evaluate(scored: Sequence[dict], threshold: float, train_mean: float) -> dict:
+def prediction_rows(scored: Iterable[dict], threshold: float, train_mean: float | None) -> list[dict]:
+    """Per held-out record: score, prediction, "fully correct" label, whether the verifier and
+    the majority-class baseline got it right; sorted by id (`posttrain compare` input)."""
+    scored = list(scored)
+    labels = [int(is_correct(r["score"])) for r in scored]
+    majority = int(2 * sum(labels) >= len(labels))
+    rows = [{"id": r["id"], "problem_id": r["problem_id"], "origin": r.get("origin"), "score": r["score"],
+             "verifier_score": r["verifier_score"], "label": y, "hit": int((r["verifier_score"] >= threshold) == y),
+             "baseline_hit": int(y == majority),
+             "baseline_score": None if train_mean is None else round(float(train_mean), 6)}
+            for r, y in zip(scored, labels)]
+    return sorted(rows, key=lambda r: str(r["id"]))
+
+
+def heldout_predictions(train: Sequence[dict], scored: Sequence[dict], threshold: float) -> list[dict]:
+    """`prediction_rows` of the held-out records, the baseline being the training mean score."""
+    return prediction_rows(scored, threshold, sum(r["score"] for r in train) / len(train))
+
+
+def evaluate(scored: Sequence[dict], threshold: float, train_mean: float, *, seed: int) -> dict:
     """Overall metrics plus one block per origin (champ / graded)."""
-    out = score_metrics(scored, threshold, train_mean)
-    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean)
+    out = score_metrics(scored, threshold, train_mean, seed=seed)
+    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean, seed=seed)
                         for o in sorted({r["origin"] for r in scored})}
     return out
 
@@ -367,12 +364,12 @@ def load_records(*, champ: str | None, graded: str | Path | None, problems: str 
 
 
 def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict], history: list[dict],
-              counts: dict, threshold: float) -> dict:
+              counts: dict, threshold: float, *, seed: int) -> dict:
     """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
     train_mean = sum(r["score"] for r in train) / len(train)
     last = history[-10:]
     return {
-        "heldout": evaluate(scored, threshold, train_mean),
+        "heldout": evaluate(scored, threshold, train_mean, seed=seed),
         "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
         "train": {"steps": len(history), "world_size": world_size(), "final_loss": history[-1]["loss"],
                   "mean_loss_last_10": round(sum(h["loss"] for h in last) / len(last), 6),

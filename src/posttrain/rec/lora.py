@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.core.adapters import save_adapter
@@ -24,21 +24,22 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("none", "4bit")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    learning_rate: float = 2e-4
-    max_steps: int = 40
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    max_train_examples: int = 0  # 0 = all
-    max_eval_examples: int = 0  # 0 = all
-    seed: int = 13
-    quantization: str = "none"
+    # No defaults: every value comes from params.yaml (rec.finetune.*, rec.seed) through the stage.
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | str  # module names, or "all-linear"
+    learning_rate: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    warmup_steps: int
+    max_train_examples: int  # 0 = all
+    max_eval_examples: int  # 0 = all
+    seed: int
+    quantization: str
 
 
 def _cuda() -> bool:
@@ -127,11 +128,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
             metrics["eval_examples"] = len(eval_ds)
         if not trainer.is_world_process_zero():
             return None  # rank 0 writes the adapter and metrics
-        with atomic_path(adapter_dir, suffix=".tmpdir") as tmp:
-            tmp.unlink()
+        with atomic_path(adapter_dir, directory=True) as tmp:
             save_adapter(model, tmp)
-            if Path(adapter_dir).exists():
-                shutil.rmtree(adapter_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"metrics": metrics}

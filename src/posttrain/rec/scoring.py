@@ -1,4 +1,4 @@
-"""Yes/No scoring: P(Yes) vs P(No) at the first answer token -> AUC, accuracy, ROC points.
+"""Yes/No scoring: P(Yes) vs P(No) at the first answer token -> AUC, accuracy (with CIs), ROC points.
 
 The model reads the generation prompt (the user turn plus the template's assistant
 header); the score is softmax over just the two logits of the first token of
@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from posttrain.core import stats
 from posttrain.core.batching import padded_by_length
 from posttrain.rec.tokenization import IGNORE_INDEX, tokenize_records
 
@@ -23,8 +24,8 @@ def answer_token_id(tokenizer, answer: str) -> int:
     return next(t for t in cols["labels"][0] if t != IGNORE_INDEX)
 
 
-def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int,
-                  batch_size: int = 8, desc: str = "score") -> np.ndarray:
+def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int, *,
+                  batch_size: int, desc: str = "score") -> np.ndarray:
     """P(Yes | Yes or No) per prompt, batched by length and returned in input order."""
     import torch
     from tqdm import tqdm
@@ -35,22 +36,43 @@ def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id
     with torch.inference_mode():
         for idx, ids, mask in tqdm(batches, total=math.ceil(len(prompts) / batch_size), desc=desc,
                                    unit="batch", mininterval=5):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            last = logits[torch.arange(len(idx)), mask.sum(1) - 1]
-            two = torch.stack([last[:, yes_id], last[:, no_id]], dim=1).float()
+            # Only the last real position's Yes/No logits are needed: run the decoder, then
+            # the LM head on one hidden state per row and two vocab rows (not seq x vocab).
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = hidden[torch.arange(len(idx)), mask.sum(1) - 1]
+            head = model.get_output_embeddings()
+            w = head.weight[[yes_id, no_id]]
+            two = (last @ w.T + (head.bias[[yes_id, no_id]] if head.bias is not None else 0)).float()
             p_yes = torch.softmax(two, dim=1)[:, 0].numpy()
             out[idx] = p_yes
     return out
 
 
-def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
-    from sklearn.metrics import roc_auc_score
-
+def binary_metrics(labels, scores, users=None, *, seed: int, threshold: float = 0.5) -> dict:
+    """AUC and accuracy with n and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
     y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
-    both = len(set(y.tolist())) == 2
-    return {"n": int(len(y)), "positives": int(y.sum()),
-            "auc": round(float(roc_auc_score(y, s)), 6) if both else None,
-            "accuracy": round(float(((s >= threshold).astype(int) == y).mean()), 6) if len(y) else None}
+    correct = ((s >= threshold).astype(int) == y).astype(int)
+    return {"positives": int(y.sum()),
+            **stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct])}, users, seed=seed)}
+
+
+def paired_metrics(labels, new, old, users=None, *, seed: int, threshold: float = 0.5) -> dict:
+    """AUC and accuracy of `new` minus those of `old` on the same rows, with paired CIs."""
+    y = np.asarray(labels, dtype=int)
+    hit = [((np.asarray(x, dtype=float) >= threshold).astype(int) == y).astype(int) for x in (new, old)]
+    return stats.report({"auc": ("auc", [y, new], [y, old]), "accuracy": ("mean", [hit[0]], [hit[1]])},
+                        users, seed=seed)
+
+
+def prediction_rows(rows: list[dict], llm, baseline, threshold: float = 0.5) -> list[dict]:
+    """One record per test row (id = user:item), sorted by id: the input of `posttrain compare`."""
+    out = []
+    for r, p, b in zip(rows, llm, baseline):
+        y = int(r["label"])
+        out.append({"id": f"{r['user_id']}:{r['item_id']}", "user": str(r["user_id"]), "label": y,
+                    "llm": round(float(p), 6), "baseline": round(float(b), 6),
+                    "llm_correct": int((p >= threshold) == y), "baseline_correct": int((b >= threshold) == y)})
+    return sorted(out, key=lambda r: r["id"])
 
 
 def roc_points(labels, scores) -> list[dict]:
