@@ -16,7 +16,8 @@ import click
 from posttrain.rec import alpaca
 
 from posttrain.rec import movielens
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.cli import run
+from posttrain.core.io import outputs
 
 
 @click.command()
@@ -31,27 +32,35 @@ from posttrain.core.io import write_json, write_jsonl
 @click.option("--metrics", "metrics_path", default="metrics/rec_prepare.json", show_default=True)
 def main(source, history_len, rating_threshold, val_ratio, test_ratio, seed, out_dir, metrics_path):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        alpaca.check_params(history_len=history_len, rating_threshold=rating_threshold)
+        alpaca.check_split(val_ratio=val_ratio, test_ratio=test_ratio)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     out = Path(out_dir)
     ratings = movielens.load(source, cache_dir=out / "download")
     examples = alpaca.build_examples(ratings, history_len, rating_threshold)
     splits = alpaca.split_examples(examples, val_ratio, test_ratio, seed)
     alpaca.check_no_leakage(splits)
-    write_json(out / "train.json", [alpaca.alpaca_record(e) for e in splits["train"]], indent=None)
-    write_json(out / "eval.json", [alpaca.alpaca_record(e) for e in splits["eval"]], indent=None)
-    write_jsonl(out / "test_raw.jsonl", (alpaca.raw_record(e) for e in splits["test"]))
-    # Same order as train.json; the baseline's statistics come from these rows only.
-    write_jsonl(out / "train_meta.jsonl", (alpaca.meta_record(e) for e in splits["train"]))
     n_users = int(ratings["user_id"].nunique())
     metrics = {
         "source": source, "ratings": len(ratings), "users": n_users, "movies": int(ratings["item_id"].nunique()),
+        "duplicate_ratings_dropped": int(ratings.attrs.get("duplicate_ratings_dropped", 0)),
         "users_with_examples": len({e["user_id"] for e in examples}),
         "users_skipped_short_history": n_users - len({e["user_id"] for e in examples}),
         "examples": len(examples), "splits": alpaca.split_stats(splits),
     }
-    write_json(metrics_path, metrics)
+    # All or nothing: the files are renamed together once every one is written.
+    with outputs() as o:
+        o.write_json(out / "train.json", [alpaca.alpaca_record(e) for e in splits["train"]], indent=None)
+        o.write_json(out / "eval.json", [alpaca.alpaca_record(e) for e in splits["eval"]], indent=None)
+        o.write_jsonl(out / "test_raw.jsonl", (alpaca.raw_record(e) for e in splits["test"]))
+        # Same order as train.json; the baseline's statistics come from these rows only.
+        o.write_jsonl(out / "train_meta.jsonl", (alpaca.meta_record(e) for e in splits["train"]))
+        o.write_json(metrics_path, metrics)
     click.echo(f"rec_prepare: {len(examples)} examples -> " +
                ", ".join(f"{k} {v['n']}" for k, v in metrics["splits"].items()), err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
