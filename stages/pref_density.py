@@ -13,8 +13,10 @@ import logging
 import click
 import numpy as np
 
-from posttrain.pref.density import METHODS, density_weights, knn_density, weight_histogram, weight_stats
-from posttrain.core.io import DataError, atomic_path, read_json, read_jsonl, write_json
+from posttrain.pref.density import (METHODS, density_weights, knn_density, load_embeddings, weight_histogram,
+                                    weight_stats)
+from posttrain.core.cli import run
+from posttrain.core.io import outputs, read_json, read_jsonl
 from posttrain.pref.projection import projection_records
 
 
@@ -37,27 +39,27 @@ from posttrain.pref.projection import projection_records
 def main(emb_path, ids_path, info_path, prefixes_path, k, eps, method, auto_threshold, seed,
          weights_path, meta_path, proj_path, metrics_path, hist_path):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    emb = np.load(emb_path)
-    ids = read_json(ids_path)
-    if len(ids) != len(emb):
-        raise DataError(ids_path, f"{len(ids)} ids for {len(emb)} embedding rows in {emb_path}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {eps}", param_hint="--eps")
+    emb, ids = load_embeddings(emb_path, ids_path)
     texts = {p["prefix_id"]: p["text"] for p in read_jsonl(prefixes_path, required=("prefix_id", "text"))}
     density, info = knn_density(emb, k, method, auto_threshold, seed)
     w = density_weights(density, eps)
-    with atomic_path(weights_path, suffix=".npy") as tmp:
-        np.save(tmp, w)
     stats = weight_stats(w)
     dens = ({"min": float(density.min()), "max": float(density.max()), "mean": float(density.mean())}
             if len(density) else {})
     meta = {"embedding": read_json(info_path), "density": {**info, "eps": eps, "seed": seed,
             "auto_threshold": auto_threshold, "similarity": "cosine", "stats": dens}, "weights": stats}
-    write_json(meta_path, meta)
-    write_json(proj_path, projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed))
-    write_json(metrics_path, {**info, "eps": eps, "density_mean": dens.get("mean"), **stats})
-    write_json(hist_path, weight_histogram(w))
+    projection = projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed)
+    with outputs() as o:  # all five renamed together, only once everything is computed
+        np.save(o.path(weights_path, suffix=".npy"), w)
+        o.write_json(meta_path, meta)
+        o.write_json(proj_path, projection)
+        o.write_json(metrics_path, {**info, "eps": eps, "density_mean": dens.get("mean"), **stats})
+        o.write_json(hist_path, weight_histogram(w))
     click.echo(f"pref_density: n={info['n']} method={info['method']} k_eff={info['k_effective']} "
                f"weight max/min={stats.get('max_min_ratio')}", err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -114,3 +114,19 @@ def test_projection_records():
     assert (one[0]["x"], one[0]["y"], one[0]["z"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         projection_records(ids[:-1], x, w, ["t"] * len(x))
+
+
+def test_non_finite_embedding_row_is_a_located_error(tmp_path):
+    import json
+
+    from posttrain.core.io import DataError
+    from posttrain.pref.density import knn_density, load_embeddings
+
+    emb = np.eye(4, 8, dtype=np.float32)
+    emb[2, 3] = np.nan
+    np.save(tmp_path / "e.npy", emb)
+    (tmp_path / "ids.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    with pytest.raises(DataError, match=r"e\.npy: field 'embedding': row 2 \(id c\) has non-finite"):
+        load_embeddings(tmp_path / "e.npy", tmp_path / "ids.json")
+    with pytest.raises(ValueError, match="non-finite"):
+        knn_density(emb, k=2)
