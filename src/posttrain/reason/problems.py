@@ -383,8 +383,8 @@ def _hub_rows(spec: SourceSpec) -> Iterator[tuple[int, dict]]:
 
 def load_source(spec: SourceSpec) -> Converted:
     """All problems of one source (before caps), plus the count of skipped rows."""
+    ref = assets.resolve(spec.name)  # first: a missing local file is "file not found", not a dataset name
     kind = _loader_name(spec)
-    ref = assets.resolve(spec.name)
     label = spec.label
     if kind == "champ":
         if not isinstance(ref, Path):
