@@ -9,7 +9,8 @@ import logging
 
 import click
 
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.cli import run
+from posttrain.core.io import outputs
 from posttrain.reason.problems import index, read_problem_records, read_problems
 from posttrain.reason.sft_format import build_sft, parse_mix
 
@@ -30,10 +31,11 @@ def main(problems_path, filtered_path, out, metrics_path, mix, seed):
     problems = index(read_problems(problems_path))
     accepted = read_problem_records(filtered_path, problems, ("id", "problem_id", "domain", "source", "text"))
     examples, metrics = build_sft(accepted, problems, mix, seed)
-    write_jsonl(out, examples)
-    write_json(metrics_path, metrics)
+    with outputs() as o:
+        o.write_jsonl(out, examples)
+        o.write_json(metrics_path, metrics)
     click.echo(f"reason_format: {metrics['n_examples']} examples {metrics['by_domain']} -> {out}", err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -479,10 +479,19 @@ def read_problem_records(path, problems: dict[str, dict], required: Iterable[str
         raise ValueError("required fields must include problem_id")
     out = []
     for line, rec in iter_jsonl(path, required=required):
+        for f in required:
+            if f in _STRING_FIELDS and not isinstance(rec[f], str):
+                raise DataError(path, f"expected a string, got {type(rec[f]).__name__}", line=line, field=f)
         if rec["problem_id"] not in problems:
             raise DataError(path, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
+        if "domain" in rec and rec["domain"] != problems[rec["problem_id"]]["domain"]:
+            raise DataError(path, f"domain {rec['domain']!r} differs from its problem's "
+                                  f"{problems[rec['problem_id']]['domain']!r}", line=line, field="domain")
         out.append(rec)
     return out
+
+
+_STRING_FIELDS = ("id", "problem_id", "domain", "source", "text")
 
 
 def read_problems(path) -> list[dict]:
