@@ -23,6 +23,8 @@ import re
 
 import pandas as pd
 
+from posttrain.core.io import DataError, read_json
+
 # MovieLens stars: half stars 0.5-5 (ml-latest), whole stars 1-5 (ml-100k, ml-1m).
 RATING_SCALE = (0.5, 5.0)
 
@@ -152,6 +154,25 @@ def split_examples(examples: list[dict], val_ratio: float, test_ratio: float, se
 
 def alpaca_record(ex: dict) -> dict:
     return {k: ex[k] for k in ALPACA_KEYS}
+
+
+def read_records(path) -> list[dict]:
+    """An Alpaca JSON list (train.json / eval.json), checked: every record an object with
+    string `instruction` and `input`, a non-empty string `output`, an optional string `system`.
+    The JSON list has no lines, so errors name the record number (1-based)."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(path, f"expected a JSON list of Alpaca records, got {type(data).__name__}")
+    for i, rec in enumerate(data, start=1):
+        if not isinstance(rec, dict):
+            raise DataError(path, f"record {i}: expected an object, got {type(rec).__name__}")
+        for key in ("instruction", "input", "output", "system"):
+            if key == "system" and rec.get(key) is None:
+                continue
+            if not isinstance(rec.get(key), str) or (key == "output" and not rec[key].strip()):
+                raise DataError(path, f"record {i}: expected a {'non-empty ' if key == 'output' else ''}"
+                                      f"string, got {rec.get(key)!r}"[:200], field=key)
+    return data
 
 
 def raw_record(ex: dict) -> dict:
