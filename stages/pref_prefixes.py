@@ -9,7 +9,9 @@ import logging
 
 import click
 
-from posttrain.core.io import read_jsonl, write_json, write_jsonl
+from posttrain.core.cli import run
+from posttrain.core.io import outputs
+from posttrain.pref.pairs import read_pairs
 from posttrain.pref.prefixes import build_prefixes, write_id_map
 
 
@@ -20,13 +22,14 @@ from posttrain.pref.prefixes import build_prefixes, write_id_map
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(pairs_path, prefixes_path, id_map_path, metrics_path):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pairs = read_jsonl(pairs_path, required=("id", "prefix", "chosen", "rejected", "src"))
+    pairs = read_pairs(pairs_path)
     prefixes, id_map, stats = build_prefixes(pairs)
-    write_jsonl(prefixes_path, prefixes)
-    write_id_map(id_map_path, id_map)
-    write_json(metrics_path, stats)
+    with outputs() as o:
+        o.write_jsonl(prefixes_path, prefixes)
+        write_id_map(o.path(id_map_path), id_map)
+        o.write_json(metrics_path, stats)
     click.echo(f"pref_prefixes: {stats['pairs']} pairs -> {stats['unique_prefixes']} prefixes", err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

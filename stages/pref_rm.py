@@ -9,7 +9,8 @@ import logging
 
 import click
 
-from posttrain.core.io import write_json
+from posttrain.core.cli import run
+from posttrain.core.io import outputs
 from posttrain.pref.reward import train_reward_model
 
 
@@ -48,8 +49,9 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
         lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
-    write_json(metrics_path, res["metrics"])
-    write_json(curve_path, res["curve"])
+    with outputs() as o:
+        o.write_json(metrics_path, res["metrics"])
+        o.write_json(curve_path, res["curve"])
     h = res["metrics"]["heldout"]
     click.echo(f"pref_rm: held-out accuracy {h['accuracy']:.3f} on {h['n']} pairs "
                f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",
@@ -57,4 +59,4 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

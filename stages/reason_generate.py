@@ -10,7 +10,8 @@ import time
 import click
 
 from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.cli import run
+from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
 
 
@@ -44,14 +45,15 @@ def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, to
     t0 = time.perf_counter()
     samples = generate(model, tokenizer, problems, cfg, progress=progress)
     secs = time.perf_counter() - t0
-    write_jsonl(out, samples)
     metrics = summarize(samples)
     # Throughput is machine-dependent; it sits in the metrics (not the data outputs).
     metrics["completion_tokens_per_s"] = round(metrics["completion_tokens"] / secs, 2) if secs else 0.0
-    write_json(metrics_path, metrics)
+    with outputs() as o:
+        o.write_jsonl(out, samples)
+        o.write_json(metrics_path, metrics)
     click.echo(f"reason_generate: {len(samples)} samples, {metrics['completion_tokens']} tokens "
                f"in {secs:.1f}s -> {out}", err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -72,6 +72,10 @@ def test_draw_spread():
     common = np.array([False, False, True, True, False])
     out = draw_spread(counts, rare, common)
     assert out["rare_vs_common_draw_ratio"] == 4.0 and out["draws"] == 10 and out["unique_drawn"] == 4
+    # an empty bucket (all weights equal: every item "middle") is null, never NaN (not JSON)
+    empty = draw_spread(counts, np.zeros(5, bool), common)
+    assert empty["draws_per_rare_item"] is None and empty["rare_vs_common_draw_ratio"] is None
+    assert empty["draws_per_common_item"] == 1.0
 
 
 # ------------------------------------------------------------------ DDP: 2 processes, gloo

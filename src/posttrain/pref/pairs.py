@@ -127,6 +127,31 @@ def make_pair(messages: list[dict], chosen, rejected, src: str) -> dict:
             "chosen": chosen, "rejected": rejected, "src": src}
 
 
+def read_pairs(path) -> list[dict]:
+    """Normalized pairs from `pairs_all.jsonl`, checked: string id/chosen/rejected/src, a
+    non-empty `prefix.messages` list of {role, content} strings with a user message and a
+    user last. A bad record raises DataError naming file, line and field."""
+    pairs = []
+    for line, rec in iter_jsonl(path, required=("id", "prefix", "chosen", "rejected", "src")):
+        msgs = rec["prefix"].get("messages") if isinstance(rec["prefix"], dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(path, "prefix.messages must be a non-empty list", line=line, field="prefix")
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(path, "each message needs string role and content", line=line,
+                                field="prefix.messages")
+        if msgs[-1]["role"] != "user":
+            raise DataError(path, "last prefix message must be from the user", line=line,
+                            field="prefix.messages")
+        if not any(m["role"] == "user" for m in msgs):
+            raise DataError(path, "prefix has no user message", line=line, field="prefix.messages")
+        for f in ("id", "chosen", "rejected", "src"):
+            if not isinstance(rec[f], str):
+                raise DataError(path, f"expected a string, got {type(rec[f]).__name__}", line=line, field=f)
+        pairs.append(rec)
+    return pairs
+
+
 # ---------------------------------------------------------------- HH-RLHF
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.core.batching import padded_by_length
-from posttrain.core.io import DataError, iter_jsonl, read_json
-from posttrain.pref.pairs import prefix_id
+from posttrain.core.io import DataError, read_json
+from posttrain.pref.pairs import prefix_id, read_pairs
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, draw_spread, weighted_trainer_class
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- pairs and weights
 
 def load_pairs(path) -> list[dict]:
-    """Read and check `pairs_all.jsonl`; adds `prefix_id`. Bad records raise DataError."""
-    pairs = []
-    for line, rec in iter_jsonl(path, required=("id", "prefix", "chosen", "rejected", "src")):
-        msgs = rec["prefix"].get("messages") if isinstance(rec["prefix"], dict) else None
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(path, "prefix.messages must be a non-empty list", line=line, field="prefix")
-        for m in msgs:
-            if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-                raise DataError(path, "each message needs role and string content", line=line,
-                                field="prefix.messages")
-        if msgs[-1]["role"] != "user":
-            raise DataError(path, "last prefix message must be from the user", line=line,
-                            field="prefix.messages")
-        for f in ("chosen", "rejected"):
-            if not isinstance(rec[f], str):
-                raise DataError(path, f"{f} must be a string", line=line, field=f)
-        try:
-            pid = prefix_id(msgs)
-        except ValueError as e:
-            raise DataError(path, str(e), line=line, field="prefix.messages") from None
-        pairs.append({"id": str(rec["id"]), "messages": msgs, "chosen": rec["chosen"],
-                      "rejected": rec["rejected"], "src": str(rec["src"]), "prefix_id": pid})
+    """Read and check `pairs_all.jsonl` (`pairs.read_pairs`); adds `prefix_id`."""
+    pairs = [{"id": rec["id"], "messages": rec["prefix"]["messages"], "chosen": rec["chosen"],
+              "rejected": rec["rejected"], "src": rec["src"], "prefix_id": prefix_id(rec["prefix"])}
+             for rec in read_pairs(path)]
     if not pairs:
         raise DataError(path, "no pairs")
     return pairs
@@ -68,7 +50,10 @@ def load_pairs(path) -> list[dict]:
 def load_prefix_weights(ids_path, weights_path) -> dict[str, float]:
     """prefix_id -> density weight, from `ids.json` and the aligned `density_weights.npy`."""
     ids = read_json(ids_path)
-    w = np.load(weights_path)
+    try:
+        w = np.load(weights_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(weights_path, f"not a readable .npy array ({e})") from None
     if not isinstance(ids, list) or w.ndim != 1 or len(ids) != len(w):
         raise DataError(weights_path, f"{len(w)} weights vs {len(ids) if isinstance(ids, list) else '?'} "
                         f"ids in {ids_path}", field="density_weights")
@@ -299,7 +284,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from posttrain.core.io import write_json
+    from posttrain.core.io import dumps, write_json
 
     set_seed(seed)
     n_file, pairs, train, held, weights, thresholds = load_split(
@@ -366,20 +351,6 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     # Kish effective sample size of the sampling distribution, as a fraction of n.
     spread["effective_sample_fraction"] = float(sw.sum() ** 2 / (sw ** 2).sum() / len(sw))
 
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        # The held-out prefixes travel with the RM so GRPO uses prompts it never saw.
-        write_json(tmp / "split.json", {
-            "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
-            "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
-            "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
-        write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
-                                                   "num_layers": int(model.config.num_hidden_layers),
-                                                   "density_aware": bool(density_aware)})
-
-    save_dir(out_dir, fill)
-
     train_bucket_counts = Counter(tb.tolist())
     metrics = {
         "density_aware": bool(density_aware),
@@ -396,6 +367,23 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "accuracy", "margin"))
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        # The held-out prefixes travel with the RM so GRPO uses prompts it never saw.
+        write_json(tmp / "split.json", {
+            "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
+            "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
+            "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
+        write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
+                                                   "num_layers": int(model.config.num_hidden_layers),
+                                                   "density_aware": bool(density_aware)})
+
+    # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
+    # anything is saved, instead of after the model folder already looks finished.
+    dumps({"metrics": metrics, "curve": curve})
+    save_dir(out_dir, fill)
     return {"metrics": metrics, "curve": curve}
 
 

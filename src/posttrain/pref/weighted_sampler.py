@@ -143,9 +143,11 @@ def draw_spread(draw_counts: np.ndarray, rare: np.ndarray, common: np.ndarray) -
     counts = np.asarray(draw_counts, dtype=np.float64)
     out = {"draws": int(counts.sum()), "unique_drawn": int((counts > 0).sum()),
            "items": int(len(counts))}
-    r = counts[rare].mean() if rare.any() else float("nan")
-    c = counts[common].mean() if common.any() else float("nan")
-    out["draws_per_rare_item"] = float(r)
-    out["draws_per_common_item"] = float(c)
-    out["rare_vs_common_draw_ratio"] = float(r / c) if c > 0 else float("nan")
+    # An empty bucket has no mean: None (JSON null), since NaN is not JSON and the metrics
+    # file would fail after the model was already saved.
+    r = float(counts[rare].mean()) if rare.any() else None
+    c = float(counts[common].mean()) if common.any() else None
+    out["draws_per_rare_item"] = r
+    out["draws_per_common_item"] = c
+    out["rare_vs_common_draw_ratio"] = r / c if r is not None and c else None
     return out
