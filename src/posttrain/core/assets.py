@@ -106,11 +106,12 @@ PATH_SUFFIXES = {".json", ".jsonl", ".gz", ".csv", ".tsv", ".parquet", ".dat", "
 
 def looks_like_path(ref: str) -> bool:
     """A reference meant as a local path: data-file suffix, explicit ./ ../ / ~ start, or a
-    parent folder that exists here (`data/reason/problems.jsonl`, `data/models/policy`)."""
+    first folder that exists here (`data/reason/problems`, `data/models/policy`); a hub id's
+    owner (`Qwen/...`) is not a folder here."""
     ref = str(ref)
     if "://" in ref:
         return False
     p = Path(ref)
     if p.suffix.lower() in PATH_SUFFIXES or ref.startswith(("./", "../", "/", "~")):
         return True
-    return len(p.parts) > 1 and p.expanduser().parent.is_dir()
+    return len(p.parts) > 1 and Path(p.parts[0]).is_dir()

@@ -123,6 +123,14 @@ def _field(row: dict, names: Iterable[str], where, line, required=True):
     return None
 
 
+def _text(row: dict, names: Iterable[str], where, line) -> str:
+    """A required text field: a number or a list where the problem text goes is bad input."""
+    value = _field(row, names, where, line)
+    if not isinstance(value, str):
+        raise DataError(where, f"expected a string, got {type(value).__name__}", line=line, field="/".join(names))
+    return value
+
+
 # --------------------------------------------------------------------------- converters
 # Each converter: (rows, label, where) -> (records, skipped). `rows` yields (line, dict);
 # `where` names the file / hub id for DataError messages. Skips are only for rows that
@@ -134,7 +142,7 @@ Converted = tuple[list[dict], int]
 def convert_gsm8k(rows, label: str, where) -> Converted:
     out, skipped = [], 0
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["question"], where, line)
+        q = _text(row, ["question"], where, line)
         ans = gsm8k_answer(str(_field(row, ["answer"], where, line)))
         if ans is None:
             raise DataError(where, "no '#### <answer>' in the solution", line=line, field="answer")
@@ -147,7 +155,7 @@ def convert_aime(rows, label: str, where) -> Converted:
     math-ai/aime25 (problem, answer), Maxwell-Jia/AIME_2024 (Problem, Answer)."""
     out = []
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["problem", "question", "Problem", "Question"], where, line)
+        q = _text(row, ["problem", "question", "Problem", "Question"], where, line)
         a = _field(row, ["answer", "Answer"], where, line)
         rec = {"id": _id(label, i), "domain": MATH, "source": label, "problem": str(q),
                "answer": str(a).strip(), "difficulty": "aime"}
@@ -164,7 +172,7 @@ def convert_math(rows, label: str, where) -> Converted:
     EleutherAI/hendrycks_math) only a `solution` whose last `\\boxed{}` is the answer."""
     out, skipped = [], 0
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["problem"], where, line)
+        q = _text(row, ["problem"], where, line)
         ans = row.get("answer")
         if ans in (None, ""):
             ans = last_boxed(str(_field(row, ["solution"], where, line)))
@@ -186,9 +194,9 @@ def convert_math(rows, label: str, where) -> Converted:
 def convert_humaneval(rows, label: str, where) -> Converted:
     out = []
     for i, (line, row) in enumerate(rows):
-        prompt = _field(row, ["prompt"], where, line)
-        test = _field(row, ["test"], where, line)
-        entry = _field(row, ["entry_point"], where, line)
+        prompt = _text(row, ["prompt"], where, line)
+        test = _text(row, ["test"], where, line)
+        entry = _text(row, ["entry_point"], where, line)
         if "def check(" not in test:
             raise DataError(where, "test program defines no check(candidate)", line=line, field="test")
         out.append({
