@@ -34,13 +34,13 @@ from posttrain.reason.problems import read_problems
 def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
          batch_size, seed, threads, progress):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     cfg = SamplingConfig(n_samples=n_samples, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    problems = read_problems(problems_path)
     model, tokenizer = load_model(model_ref)
     t0 = time.perf_counter()
     samples = generate(model, tokenizer, problems, cfg, progress=progress)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ class Case:
     error: str | None = None  # regex for stderr's last line; None = the stage succeeds
     check: Callable | None = None  # (tmp) -> None, for cases that succeed (counted skips)
     needs: tuple = field(default=())  # "shared": needs /work/shared/data
+    slow: bool = False  # pref_rm imports torch (~5 s a run): only two of its cases run by default
 
 
 def jl(*rows) -> str:
@@ -468,15 +469,15 @@ CASES += [
     Case("rm-nan-weight", "pref_rm", pref_rm(weights=np.array([0.25, np.nan, 0.25, 0.5])),
          rf"{W}: field 'density_weights': weights must be finite and non-negative$"),
     Case("rm-negative-weight", "pref_rm", pref_rm(weights=np.array([0.5, -0.25, 0.25, 0.5])),
-         rf"{W}: field 'density_weights': weights must be finite and non-negative$"),
+         rf"{W}: field 'density_weights': weights must be finite and non-negative$", slow=True),
     Case("rm-weights-ids-mismatch", "pref_rm", pref_rm(weights=np.full(3, 1 / 3)),
-         rf"{W}: field 'density_weights': 3 weights vs 4 ids in .*ids\.json$"),
+         rf"{W}: field 'density_weights': 3 weights vs 4 ids in .*ids\.json$", slow=True),
     Case("rm-stale-weights", "pref_rm", pref_rm(ids=["0" * 16, "1" * 16, "2" * 16, "3" * 16]),
          rf"{W}: field 'prefix_id': 4 prefix ids of pairs have no weight \(first: \w+\); rerun pref_density$"),
     Case("rm-pair-last-assistant", "pref_rm", pref_rm(pairs=jl({**_pref_pair(0, "q"), "prefix": {"messages": [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}})),
          r"^pref_rm: error: .*pairs\.jsonl, line 1: field 'prefix.messages': last prefix message must be "
-         r"from the user$"),
+         r"from the user$", slow=True),
 ]
 
 
@@ -522,7 +523,8 @@ def test_corpus_is_broad():
     assert sum(c.error is None for c in CASES) >= 6  # counted skips / accepted-correctly cases
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.slow else c for c in CASES],
+                         ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path, request):
     if "shared" in case.needs and not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present")
@@ -539,7 +541,5 @@ def test_bad_input(case: Case, tmp_path, request):
     assert res.returncode != 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert lines, "no error line on stderr"
-    import re
-
     assert re.search(case.error, lines[-1]), f"last line: {lines[-1]!r}"
     assert written == [], f"outputs left behind: {written}"
