@@ -11,7 +11,7 @@ import click
 
 from posttrain.core.cli import run
 from posttrain.core.io import outputs
-from posttrain.pref.reward import train_reward_model
+from posttrain.pref.reward import check_split, train_reward_model
 
 
 @click.command()
@@ -42,6 +42,10 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     res = train_reward_model(
         pairs, ids, weights, backbone, out_dir, density_aware=density_aware, max_pairs=max_pairs,
         heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile, max_length=max_length,

@@ -195,6 +195,8 @@ CASES += [
          rf"{P}, line 2: field 'rejected': missing$"),
     Case("pref-malformed-line", "pref_download", pref_download(jl(OK) + '{"prompt": "q", "chosen": \n'),
          rf"{P}, line 2: malformed JSON: Expecting value \(column \d+\)$"),
+    Case("pref-nan-constant", "pref_download", pref_download(jl(OK) + '{"prompt": "q", "chosen": NaN, "rejected": "b"}\n'),
+         rf"{P}, line 2: NaN is not a JSON value \(non-finite numbers are not allowed\)$"),
     Case("pref-not-an-object", "pref_download", pref_download(jl(OK) + "[1, 2]\n"),
          rf"{P}, line 2: expected a JSON object, got list$"),
     Case("pref-se-score-text", "pref_download", pref_download(jl(
@@ -395,6 +397,10 @@ CASES += [
          rf"{F} 1: field 'domain': domain 'math' differs from its problem's 'code'$"),
     Case("format-text-not-string", "reason_format", reason_format(jl(SOL, {**SOL, "text": 12})),
          rf"{F} 2: field 'text': expected a string, got int$"),
+    Case("format-infinity-constant", "reason_format",
+         reason_format(jl(SOL) + '{"id": "m1/1", "problem_id": "m1", "domain": "math", "source": "s", '
+                                 '"text": "t", "extracted": Infinity}\n'),
+         rf"{F} 2: Infinity is not a JSON value"),
     Case("format-problem-missing-answer", "reason_format",
          reason_format(jl(SOL), problems=jl({"id": "m1", "domain": "math", "source": "s", "problem": "q"})),
          r"^reason_format: error: .*problems\.jsonl, line 1: field 'answer': missing$"),
@@ -445,7 +451,7 @@ def _pref_pair(i, text):
             "rejected": "bad", "src": "t"}
 
 
-def pref_rm(pairs=None, weights=None, ids=None):
+def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25"):
     texts = [f"question {i}" for i in range(4)]
 
     def build(tmp, model):
@@ -458,7 +464,7 @@ def pref_rm(pairs=None, weights=None, ids=None):
         np.save(w, np.full(4, 0.25) if weights is None else weights)
         return ["--pairs", p, "--ids", idp, "--weights", w, "--backbone", model, "--out", out(tmp, "rm"),
                 "--metrics", out(tmp, "m.json"), "--curve", out(tmp, "curve.json"), "--density-aware", "true",
-                "--max-pairs", 0, "--heldout-fraction", 0.25, "--bucket-quantile", 0.25, "--seed", 0,
+                "--max-pairs", 0, "--heldout-fraction", heldout, "--bucket-quantile", quantile, "--seed", 0,
                 "--max-length", 64, "--max-steps", 1, "--batch-size", 2, "--grad-accum", 1, "--lr", 1e-4,
                 "--lora-r", 0, "--lora-alpha", 16, "--num-layers", 0, "--trainable-layers", 0]
     return build
@@ -478,6 +484,10 @@ CASES += [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}})),
          r"^pref_rm: error: .*pairs\.jsonl, line 1: field 'prefix.messages': last prefix message must be "
          r"from the user$", slow=True),
+    Case("rm-heldout-nan", "pref_rm", pref_rm(heldout="nan"),
+         r"^pref_rm: error: heldout_fraction must be in \(0, 1\), got nan$", slow=True),
+    Case("rm-quantile-too-big", "pref_rm", pref_rm(quantile="0.9"),
+         r"^pref_rm: error: bucket_quantile must be in \(0, 0.5\], got 0.9$", slow=True),
 ]
 
 

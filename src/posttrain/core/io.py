@@ -184,6 +184,26 @@ def outputs() -> Iterator[Outputs]:
 _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    # Python's json reads NaN / Infinity, which JSON does not have; our writers never emit
+    # them, so in an input they are a bad value that would flow on as a float.
+    raise _NonFinite(f"{name} is not a JSON value (non-finite numbers are not allowed)")
+
+
+def _loads(text: str, path, line: int | None):
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})",
+                        line=line if line is not None else e.lineno) from None
+    except _NonFinite as e:
+        raise DataError(path, str(e), line=line) from None
+
+
 def read_json(path) -> Any:
     try:
         with open_text(path) as fh:
@@ -192,10 +212,7 @@ def read_json(path) -> Any:
         raise DataError(path, f"truncated or corrupt gzip ({e})") from None
     except UnicodeDecodeError as e:
         raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    return _loads(text, path, None)
 
 
 def iter_lines(path) -> Iterator[tuple[int, str]]:
@@ -223,10 +240,7 @@ def iter_jsonl(path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=lineno) from None
+        rec = _loads(line, path, lineno)
         if not isinstance(rec, dict):
             raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", line=lineno)
         for field in required:

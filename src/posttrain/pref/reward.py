@@ -81,6 +81,15 @@ def cap_pairs(pairs: list[dict], cap: int, seed: int) -> list[dict]:
     return [pairs[i] for i in keep]
 
 
+def check_split(*, heldout_fraction: float, bucket_quantile: float) -> None:
+    """ValueError naming the param: a NaN fraction or quantile would otherwise reach ceil()
+    or np.quantile (a crash) or bucket every prefix as "middle" (silent)."""
+    if not (math.isfinite(heldout_fraction) and 0 < heldout_fraction < 1):
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if not (math.isfinite(bucket_quantile) and 0 < bucket_quantile <= 0.5):
+        raise ValueError(f"bucket_quantile must be in (0, 0.5], got {bucket_quantile}")
+
+
 def split_by_prefix(pairs: list[dict], heldout_fraction: float, seed: int) -> tuple[list, list]:
     """(train, heldout): whole prefixes go to one side, about `heldout_fraction` of them held out."""
     ids = sorted({p["prefix_id"] for p in pairs})
@@ -258,6 +267,7 @@ def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fract
     pref_rm and pref_dpo share (same args -> same held-out prompts).
 
     Returns (pairs in the file, pairs used, train, held, weights, rarity thresholds)."""
+    check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
     all_pairs = load_pairs(pairs_path)
     weights = load_prefix_weights(ids_path, weights_path)
     attach_weights(all_pairs, weights, source=weights_path)
