@@ -18,6 +18,7 @@ import click
 from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
+from posttrain.reason.sandbox import protections
 
 SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
                  "prompt_tokens", "completion_tokens")
@@ -47,6 +48,7 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
     write_jsonl(filtered_path, accepted)
     write_jsonl(pairs_path, pairs)
     metrics = {**filter_metrics(graded), "pairs": pair_stats}
+    metrics["sandbox"] = protections()  # which isolation this host gave the code runs
     write_json(metrics_path, metrics)
     click.echo(f"reason_filter: {len(accepted)}/{len(graded)} accepted, {len(pairs)} pairs", err=True)
 

@@ -30,7 +30,7 @@ INVALIDATION = {
     "rec.history_len": (6, {"rec_prepare"}, REC),
     "rec.cutoff_len": (300, {"rec_tokenize", "rec_evaluate"}, REC - {"rec_prepare"}),
     "rec.finetune.lora_r": (4, {"rec_finetune"}, {"rec_finetune", "rec_evaluate"}),
-    "pref.sources.champ": (20, {"pref_download"},
+    "pref.sources.hh-rlhf-harmless": (20, {"pref_download"},
                            {"pref_download", "pref_prefixes", "pref_embed", "pref_density"} | PREF_TRAIN),
     "pref.embed.text": ("full", {"pref_embed"}, {"pref_embed", "pref_density"} | PREF_TRAIN),
     "pref.k": (4, {"pref_density"}, {"pref_density"} | PREF_TRAIN),

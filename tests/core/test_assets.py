@@ -44,4 +44,10 @@ def test_unknown_name_is_path_or_hub_id(tmp_path):
 def test_pins_match_requirements_file():
     pinned = {line.strip() for line in (REPO / assets.REQUIREMENTS_FILE).read_text().splitlines()
               if line.strip() and not line.startswith("#")}
-    assert {a.requirement for a in assets.ASSETS.values()} == pinned
+    assert {a.requirement for a in assets.ASSETS.values() if a.requirement} == pinned
+
+
+def test_vendored_hh_rlhf_ships_with_its_license():
+    path = assets.asset_path("hh-rlhf-harmless")
+    assert path.stat().st_size > 500_000 and assets.ASSETS["hh-rlhf-harmless"].requirement is None
+    assert "MIT License" in (path.parent / "LICENSE").read_text()

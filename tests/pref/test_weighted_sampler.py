@@ -175,3 +175,13 @@ def test_trainer_hook_falls_back_without_weight_column(tmp_path):
     t = weighted_trainer_class(Trainer)(model=_Echo(), args=args,
                                         train_dataset=Dataset.from_dict({"idx": [0, 1, 2]}))
     assert isinstance(t._get_train_sampler(), RandomSampler)
+
+
+def test_a_prompts_total_mass_is_its_weight_whatever_its_pair_count():
+    from posttrain.pref.weighted_sampler import pair_sampling_weights
+
+    pairs = [{"prefix_id": "a", "density": 0.6}] * 3 + [{"prefix_id": "b", "density": 0.4}]
+    w = pair_sampling_weights(pairs, density_aware=True)
+    assert w[:3] == pytest.approx([0.2] * 3) and w[3] == pytest.approx(0.4)
+    assert sum(w[:3]) == pytest.approx(0.6)  # not 3 x 0.6
+    assert pair_sampling_weights(pairs, density_aware=False) == [1.0] * 4

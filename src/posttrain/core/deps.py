@@ -100,7 +100,7 @@ def stage_code_deps(cmd: str, root: Path) -> list[str]:
 
 def _managed(line: str) -> bool:
     item = line.strip()[2:].strip() if line.strip().startswith("- ") else ""
-    return item.startswith(f"src/{PKG}/") or item == ASSETS_REQS
+    return (item.startswith(f"src/{PKG}/") and item.endswith(".py")) or item == ASSETS_REQS
 
 
 def rewrite(text: str, root: Path) -> tuple[str, list[str]]:

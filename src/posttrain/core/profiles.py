@@ -28,7 +28,8 @@ def load_yaml(path) -> dict:
         return yaml.safe_load(fh) or {}
 
 
-# Mappings whose keys are data, not settings (source name -> cap): a profile may add keys.
+# Mappings whose keys are data, not settings (source name -> cap): a profile that sets
+# one replaces it whole (its sources are the run's sources), so it may name new keys.
 OPEN_MAPPINGS = {"pref.sources"}
 
 
@@ -38,10 +39,10 @@ def deep_merge(base: dict, over: dict, where: str = "") -> dict:
     out = dict(base)
     for key, val in over.items():
         path = f"{where}.{key}" if where else str(key)
+        if path in OPEN_MAPPINGS:
+            out[key] = val
+            continue
         if key not in base:
-            if where in OPEN_MAPPINGS:
-                out[key] = val
-                continue
             raise KeyError(f"profile key {path!r} is not in params.yaml")
         if isinstance(val, dict) and isinstance(base[key], dict):
             out[key] = deep_merge(base[key], val, path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from posttrain.core.io import write_json
 from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
                      training_device_args)
-from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, weighted_trainer_class
+from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
         "prompt": [p["messages"] for p in pairs],
         "chosen": [[{"role": "assistant", "content": p["chosen"]}] for p in pairs],
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
-        WEIGHT_COLUMN: [p["density"] if density_aware else 1.0 for p in pairs],
+        WEIGHT_COLUMN: pair_sampling_weights(pairs, density_aware),
     }
 
 

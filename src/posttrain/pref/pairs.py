@@ -11,6 +11,8 @@ and the same pair reached through two sources is kept once.
 
 Sources (names used in `pref.sources`):
 
+- `hh-rlhf-harmless`: the HH-RLHF harmless-base test split vendored in this package
+  (`pref/data/hh-rlhf/`, MIT): the offline default.
 - `hh-rlhf`: Anthropic HH-RLHF transcripts (`"\\n\\nHuman: ...\\n\\nAssistant: ..."`).
 - `ultrafeedback-binarized`: HuggingFaceH4/ultrafeedback_binarized message lists.
 - `stack-exchange-preferences`: question + scored answers -> best vs lower-scored.
@@ -46,7 +48,7 @@ HUB_IDS = {
     "ultrafeedback-binarized": ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs"),
     "stack-exchange-preferences": ("HuggingFaceH4/stack-exchange-preferences", "train"),
 }
-BUILTIN_SOURCES = ("champ", *HUB_IDS)
+BUILTIN_SOURCES = ("hh-rlhf-harmless", "champ", *HUB_IDS)
 
 
 class Skip(Exception):
@@ -486,6 +488,11 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
 
         path, rows, fmt = asset_path("champ"), None, "champ"
         rows = champ_rows(path)
+    elif name == "hh-rlhf-harmless":  # vendored HH-RLHF harmless-base test split
+        from posttrain.core.assets import asset_path
+
+        path = asset_path(name)
+        rows, fmt = iter_jsonl(path), "hh"
     elif name.startswith("path:"):
         path = Path(name[len("path:"):])
         if not path.exists():

@@ -30,7 +30,8 @@ import numpy as np
 from posttrain.core.batching import padded_by_length
 from posttrain.core.io import DataError, read_json
 from posttrain.pref.pairs import prefix_id, read_pairs
-from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, draw_spread, weighted_trainer_class
+from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
+                                             weighted_trainer_class)
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     shrink_backbone(model, num_layers, trainable_layers)
 
     cols, n_trunc_train = tokenize_pairs(tok, train, max_length)
-    sample_w = [p["density"] if density_aware else 1.0 for p in train]
+    sample_w = pair_sampling_weights(train, density_aware)
     train_ds = Dataset.from_dict({**cols, WEIGHT_COLUMN: sample_w})
 
     scratch = tempfile.mkdtemp(prefix="pref_rm_trainer_")  # nothing is saved there (save_strategy=no)

@@ -151,3 +151,17 @@ def draw_spread(draw_counts: np.ndarray, rare: np.ndarray, common: np.ndarray) -
     out["draws_per_common_item"] = c
     out["rare_vs_common_draw_ratio"] = r / c if r is not None and c else None
     return out
+
+
+def pair_sampling_weights(pairs: Sequence[dict], density_aware: bool) -> list[float]:
+    """Per-pair draw weights whose per-prompt total is the prompt's density weight.
+
+    The density weight belongs to a prompt (prefix): a prompt with 3 pairs must not be
+    drawn 3x as often as one with a single pair, so its weight is shared among its pairs.
+    Uniform (`density_aware=False`) gives every pair weight 1."""
+    if not density_aware:
+        return [1.0] * len(pairs)
+    from collections import Counter
+
+    n = Counter(p["prefix_id"] for p in pairs)
+    return [p["density"] / n[p["prefix_id"]] for p in pairs]

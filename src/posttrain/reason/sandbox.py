@@ -3,62 +3,67 @@
 Trust model
 -----------
 Trusted: this module, the grader process, the problem (its prompt, tests, stdin/stdout
-cases). Untrusted: the solution code, which may be buggy, lazy or hostile.
+cases). Untrusted: the solution code, which may be buggy, lazy or hostile. The in-sandbox
+side is the module `posttrain.reason.sandbox_harness`, run as a fresh `python -I -S`
+interpreter (standard library only: no env vars, no site, no user dirs).
 
 Host protection (every run):
-- its own process: a fresh `python -I -S` interpreter (no env vars, no site, no user dirs),
-  in its own session; a scrubbed environment; a throwaway working directory;
-- limits set in the child before any untrusted code runs: RLIMIT_CPU (cpu time), RLIMIT_AS
-  (memory), RLIMIT_NPROC (processes), RLIMIT_FSIZE (file size), RLIMIT_NOFILE, no core
-  files; a wall-clock limit and a stdout/stderr size cap enforced by the grader, which kills
-  the run when either is exceeded;
-- when the grader runs as root: the child enters a new network namespace (no interfaces but
-  a down loopback: no network at all), a new pid namespace (it is init there: it sees only
-  its own processes in a fresh /proc, and when it dies the kernel kills everything it
-  started, however detached), a new mount namespace in which every existing mount is
-  read-only and fresh size-capped tmpfs cover the usual world-writable directories (/tmp,
-  /var/tmp, /dev/shm, /run/lock), with its working directory inside that tmpfs, so nothing
-  outside the sandbox can change (the interpreter's library is bind-mounted there when it
-  lives under a directory the sandbox uid cannot enter), then drops to a fresh uid/gid
-  (random, no supplementary groups) with no_new_privs and dumpable off. A fresh uid makes
-  RLIMIT_NPROC per run (root is exempt from it, and a shared uid would share the count),
-  makes the grader and other runs unsignalable (EPERM) and files outside the sandbox
-  read-only to it. Without a pid namespace the grader kills a run's leftovers with
-  `kill(-1)` issued as that uid. Without root: a user+network namespace where unprivileged
-  namespaces are allowed, the limits, and a session kill; the grader and files are then
-  protected only by ordinary permissions (the code runs as the grader's user), and
-  processes that leave the session can outlive the run. `RunResult.isolation` says what
-  was applied. Not hidden: world-readable host files can be read (with no network to send
-  them anywhere).
+- its own processes, in their own session, a scrubbed environment, a throwaway working
+  directory; limits set before any untrusted code runs: RLIMIT_CPU, RLIMIT_AS (per process),
+  RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files; a wall-clock limit and a
+  stdout/stderr size cap enforced by the grader, which kills the run when either is exceeded;
+- one memory and pids budget for the whole run (`sandbox_cgroup`): a cgroup (v2, or the v1
+  memory + pids hierarchies) with `memory_mb` and `max_procs`, counting every child and the
+  private tmpfs pages. Where the host gives none (not root, no controllers), only the
+  per-process limits apply and the log says so once;
+- as root: new network (no interfaces but a down loopback), IPC (SysV segments, semaphores and
+  message queues die with the run) and pid namespaces (the run's init dies -> the kernel
+  kills all of it, however detached; a fresh /proc), a mount namespace in which every
+  existing mount is read-only and fresh size-capped tmpfs cover /tmp, /var/tmp, /dev/shm,
+  /run/lock (the working directory is inside), then a fresh random uid/gid with no
+  supplementary groups, no_new_privs and dumpable off (the grader and other runs cannot be
+  signalled, ptraced or read; host files are read-only to it). The interpreter is
+  bind-mounted where that uid can reach it when it lives under e.g. /root;
+- a seccomp filter (pyseccomp over libseccomp): no socket() of any family (so no path-based
+  AF_UNIX, which the network namespace does not cover, no AF_VSOCK, ...), no connect/bind;
+  only AF_UNIX stream socketpairs; no ptrace, process_vm_*, io_uring, keyrings, bpf,
+  perf_event_open, userfaultfd, mount or namespace calls;
+- an audit hook in every process that runs solution code: no ctypes, no code objects built at
+  run time (`code.__new__`, `code.replace`: an out-of-range LOAD_CONST reads arbitrary
+  memory), no marshal (imports compile from source instead), no /proc/*/mem.
+Without root: a user+network(+IPC) namespace where unprivileged namespaces are allowed, the
+limits, the filter and the hook, and a session kill; files are then protected only by
+ordinary permissions. `RunResult.isolation` (and `protections()`) say what was applied.
+Not hidden: world-readable host files can be read (with nowhere to send them).
 
-Verdict protection (function tests, HumanEval style): the solution runs in a forked child
-process C; the problem's tests run in the trusted harness process P, which never executes
-solution code. P calls the solution through a proxy: arguments are pickled to C, C calls the
-solution, and the return value comes back as a pickle that P loads with an unpickler that only
-rebuilds plain data (numbers, strings, containers, a few stdlib value types). So the
-solution cannot patch the tests' `check`, builtins or modules, cannot hand back objects with
-a rigged `__eq__`, and exiting early (`sys.exit(0)`) only makes its calls fail. P reports
-the verdict on a private pipe (not stdout), tagged with a random per-run nonce that P reads
-from an inherited file descriptor only after C was forked and had closed it, so C never
-holds the nonce and printing or writing a fake success line does not count. Being a
-non-dumpable process (and pid-namespace init, which ignores signals from inside), P cannot be
-ptraced, read or killed by C. C drops its copy of the job (which held the tests) before any
-solution code runs, and an audit hook denies it ctypes, so it cannot dig the expected
-answers out of memory (/proc/self/mem is closed to a non-dumpable process). C can close its
-own pipes or exit, which only fails its own run. What remains: a solution that genuinely
-computes the expected outputs passes, as it should; tests that rely on argument mutation or
-pass functions as arguments cannot cross the process boundary and fail; a solution whose
-verdict depends on timing near the limit may get a different verdict on another run.
-The sandbox runs `python -I -S`: the standard library only, no site-packages.
+Verdict protection (function tests, HumanEval style): the problem's tests run in the trusted
+test runner P, which never executes solution code. P forks the solution process C, which
+immediately execs a fresh interpreter and gets its code over a pipe: C never shares memory
+with a process that held the tests, and P reads the tests (from their own descriptor) only
+after C exists. P calls the solution through a proxy: arguments are pickled to C, C calls
+the solution, and the return value comes back as a pickle that P loads with an unpickler
+that only rebuilds plain data. So the solution cannot patch the tests' `check`, builtins or
+modules, cannot hand back objects with a rigged `__eq__`, and exiting early only makes its
+calls fail. P reports the verdict on a private pipe (not stdout), tagged with a random
+per-run nonce that P reads only after C was started, so C never holds it. What remains: a
+solution that genuinely computes the expected outputs passes, as it should; tests that rely
+on argument mutation or pass functions as arguments cannot cross the process boundary and
+fail; a solution whose verdict depends on timing near the limit may differ between runs.
 
-stdin/stdout tests (APPS style): each case runs the solution as a script with the case input
-on stdin; the grader compares its stdout with the expected output, so there is no verdict
-inside the sandbox to forge.
+stdin/stdout tests (APPS style): each case runs the solution as a script (a child of the
+run's trusted reaper, which reports how it ended) with the case input on stdin; the grader
+compares its stdout with the expected output, so there is no verdict inside to forge.
+
+Verdicts name the cause: ok, failed (wrong answer), timeout (wall clock or cpu limit),
+memory (MemoryError or the run's budget: the kernel killed part of it), killed (another
+signal), output_limit, error (crash, bad exit status), sandbox_error.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import importlib.util
 import json
 import logging
 import os
@@ -75,7 +80,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+from posttrain.reason import sandbox_harness
 from posttrain.reason.grading import Grade, grade_math
+from posttrain.reason.sandbox_cgroup import Budget
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +93,8 @@ SANDBOX_UID_SPAN = 1 << 20
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 5.0  # wall clock for the whole run; cpu limit is ceil(timeout_s)
-    memory_mb: int = 512  # RLIMIT_AS of every process in the sandbox
-    max_procs: int = 16  # RLIMIT_NPROC of the sandbox uid (harness processes included)
+    memory_mb: int = 512  # the whole run's budget (cgroup, tmpfs included) and each process's RLIMIT_AS
+    max_procs: int = 16  # the run's pids budget and RLIMIT_NPROC of the sandbox uid (harness included)
     max_output_bytes: int = 1 << 20  # stdout + stderr; exceeded -> killed, output_limit
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     tmp_mb: int = 64  # size of each private tmpfs (root only)
@@ -99,7 +106,7 @@ class SandboxLimits:
 
 @dataclass
 class RunResult:
-    """status: ok | failed | timeout | memory | error | output_limit | sandbox_error.
+    """status: ok | failed | timeout | memory | killed | error | output_limit | sandbox_error.
     For function tests `ok` means every test passed (verified by nonce); `failed` means
     a test failed (reason in `detail`); `error` means the solution did not load / crashed.
     For scripts `ok` means exit status 0."""
@@ -110,365 +117,12 @@ class RunResult:
     stderr: str
     wall_s: float
     detail: str = ""
-    reason: str = ""  # for function tests: wrong_answer | error | memory | timeout
+    reason: str = ""  # for function tests: correct | wrong_answer | error | memory | timeout | killed
     isolation: dict = field(default_factory=dict)
     stdout_truncated: bool = False
     stderr_truncated: bool = False
-
-
-# ---------------------------------------------------------------- the in-sandbox harness
-# Runs as `python -I -S -c _HARNESS <job_fd>`. Everything up to running solution code is
-# trusted setup; see the module docstring for why each step is there.
-_HARNESS = r'''
-import os, sys, json, struct, pickle, re, io
-sys.dont_write_bytecode = True
-
-def _fork_into_pidns(libc):
-    # H (outside) forks I (pid 1 inside). When I dies the kernel kills every process of the
-    # namespace, however they detached; when H dies (grader kill), I gets SIGKILL via its
-    # parent-death signal. H only waits and passes I's exit status on.
-    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: H dies with the grader
-    pid = os.fork()
-    if pid == 0:
-        return
-    while True:
-        try:
-            _, st = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    if os.WIFSIGNALED(st):
-        import resource, signal
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        sig = os.WTERMSIG(st)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 1)
-
-_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # get fresh private tmpfs instead
-_KEEP = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
-
-def _readonly_mounts(libc, iso):
-    # Every existing mount becomes read-only in our namespace (device nodes such as /dev/null
-    # stay usable): nothing outside the private tmpfs can be changed, even if world-writable.
-    ok = True
-    with open("/proc/self/mountinfo") as f:
-        rows = [line.split() for line in f]
-    for row in rows:
-        mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[4])
-        if mp == "/proc" or mp.startswith("/proc/") or mp in _WRITABLE:
-            continue
-        flags = 32 | 4096 | 1  # MS_REMOUNT|MS_BIND|MS_RDONLY, keeping the mount's other flags
-        for opt in row[5].split(","):
-            flags |= _KEEP.get(opt, 0)
-        if libc.mount(None, mp.encode(), None, flags, None) != 0:
-            ok = False
-    iso["readonly_fs"] = ok
-
-def _setup(job):
-    iso = {"netns": False, "pidns": False, "private_proc": False, "readonly_fs": False, "private_tmp": False,
-           "setuid": False, "no_new_privs": False}
-    uid = job.get("uid")
-    root = os.geteuid() == 0
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-    except Exception:
-        libc = None
-    if libc is not None:
-        if root:
-            iso["netns"] = libc.unshare(0x40000000) == 0  # CLONE_NEWNET
-            if libc.unshare(0x20000000) == 0:  # CLONE_NEWPID: our next child is init of a new pid ns
-                _fork_into_pidns(libc)  # only the child returns
-                iso["pidns"] = True
-            if libc.unshare(0x00020000) == 0 and libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0:
-                ok = True  # CLONE_NEWNS, then MS_REC|MS_PRIVATE so our mounts stay ours
-                if iso.get("pidns"):  # a /proc that shows only this namespace's processes
-                    iso["private_proc"] = libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, None) == 0
-                _readonly_mounts(libc, iso)
-                opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
-                for d in _WRITABLE:
-                    if os.path.isdir(d) and libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:
-                        ok = False  # MS_NOSUID|MS_NODEV
-                iso["private_tmp"] = ok
-                if ok and uid is not None:
-                    # the interpreter's own library may sit under a directory the sandbox uid
-                    # cannot traverse (e.g. /root/.pyenv): bind it where it can, read-only use
-                    paths = []
-                    for i, p in enumerate(sys.path):
-                        if os.path.isdir(p):
-                            q = "/tmp/.pylib%d" % i
-                            os.mkdir(q, 0o755)
-                            if libc.mount(p.encode(), q.encode(), None, 0x1000 | 2 | 4, None) == 0:  # MS_BIND
-                                p = q
-                        paths.append(p)
-                    moved = [(a.rstrip("/") + "/", b + "/") for a, b in zip(sys.path, paths) if a != b]
-                    sys.path[:] = paths
-                    sys.path_importer_cache.clear()
-                    for m in list(sys.modules.values()):  # packages already imported look up submodules here
-                        mp = getattr(m, "__path__", None)
-                        if isinstance(mp, list):
-                            for j, d in enumerate(mp):
-                                for a, b in moved:
-                                    if (d + "/").startswith(a):
-                                        mp[j] = b + d[len(a):]
-        else:
-            iso["netns"] = libc.unshare(0x10000000 | 0x40000000) == 0  # CLONE_NEWUSER|CLONE_NEWNET
-    if iso["private_tmp"]:
-        os.mkdir("/tmp/work", 0o700)
-        if root and uid is not None:
-            os.chown("/tmp/work", uid, uid)
-        os.chdir("/tmp/work")
-    import resource as R
-    lim = job["limits"]
-    def setl(k, soft, hard=None):
-        try:
-            R.setrlimit(k, (soft, soft if hard is None else hard))
-        except (ValueError, OSError):
-            pass
-    setl(R.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
-    setl(R.RLIMIT_AS, lim["memory_mb"] << 20)
-    setl(R.RLIMIT_NPROC, lim["max_procs"])
-    setl(R.RLIMIT_FSIZE, lim["max_file_bytes"])
-    setl(R.RLIMIT_CORE, 0)
-    setl(R.RLIMIT_NOFILE, lim["max_open_files"])
-    if root and uid is not None:
-        try:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        except OSError as e:  # fail closed: never run solution code as root by accident
-            sys.stderr.write("sandbox: could not drop privileges to uid %d: %s\n" % (uid, e))
-            os._exit(97)
-        iso["setuid"] = os.geteuid() == uid
-    if libc is not None:
-        iso["no_new_privs"] = libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
-        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG=SIGKILL (set after setuid, which clears it)
-        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0: same-uid processes cannot ptrace/read us
-    os.umask(0o077)
-    iso["uid"] = os.geteuid()
-    iso["rlimits"] = True
-    return iso, libc
-
-def _send(fd, payload):
-    data = struct.pack(">I", len(payload)) + payload
-    while data:
-        data = data[os.write(fd, data):]
-
-def _readn(fd, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-def _recv(fd, cap):
-    head = _readn(fd, 4)
-    if head is None:
-        return None
-    n = struct.unpack(">I", head)[0]
-    if n > cap:
-        raise OverflowError("message too large")
-    return _readn(fd, n)
-
-_SAFE = {("builtins", n) for n in ("complex", "set", "frozenset", "bytearray", "range", "slice")}
-_SAFE |= {("fractions", "Fraction"), ("decimal", "Decimal"), ("collections", "OrderedDict")}
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _SAFE:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError("solution returned a non-plain object %s.%s" % (module, name))
-
-def _child(code, entry, rfd, wfd, libc):
-    # C: the only process that runs solution code.
-    if libc is not None:
-        libc.prctl(1, 9, 0, 0, 0)  # die with P
-    def reply(obj):
-        try:
-            payload = pickle.dumps(obj, protocol=4)
-        except Exception:
-            payload = pickle.dumps(("exc", "TypeError", "unpicklable result of type %s" % type(obj[1]).__name__), protocol=4)
-        _send(wfd, payload)
-    def describe(e):
-        try:
-            return type(e).__name__, str(e)[:300]
-        except BaseException:
-            return "Exception", "<unprintable>"
-    try:
-        ns = {"__name__": "__main__", "__builtins__": __builtins__}
-        exec(compile(code, "<solution>", "exec"), ns)
-        fn = ns.get(entry)
-        if not callable(fn):
-            raise NameError("entry point %r is not defined by the solution" % entry)
-    except BaseException as e:  # SystemExit too: leaving while loading means no function
-        reply(("load_error",) + describe(e))
-        os._exit(0)
-    reply(("ready",))
-    while True:
-        req = _recv(rfd, 1 << 30)
-        if req is None:
-            os._exit(0)
-        args, kwargs = pickle.loads(req)
-        try:
-            r = fn(*args, **kwargs)
-            msg = ("ok", r)
-        except BaseException as e:
-            msg = ("exc",) + describe(e)
-        reply(msg)
-
-def _deny_raw_memory(event, args):
-    # ctypes could read freed memory (the job once held the tests); audit hooks cannot be
-    # removed. /proc/self/mem is already closed to us: the process is non-dumpable.
-    if event.startswith("ctypes."):
-        raise RuntimeError("ctypes is not available in the sandbox")
-
-class _Gone(BaseException):
-    # not an Exception: a test's `except Exception` must not swallow a dead solution
-    pass
-
-def _functions(job, res_fd, nonce_fd, libc):
-    cap = job["max_msg_bytes"]
-    c2p_r, c2p_w = os.pipe()
-    p2c_r, p2c_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(res_fd); os.close(nonce_fd); os.close(c2p_r); os.close(p2c_w)
-        code, entry = job["code"], job["entry_point"]
-        job.clear()  # the tests must not be in C's memory: knowing them would let it cheat
-        sys.addaudithook(_deny_raw_memory)
-        _child(code, entry, p2c_r, c2p_w, libc)
-        os._exit(0)
-    os.close(c2p_w); os.close(p2c_r)
-    nonce = os.read(nonce_fd, 256).decode().strip()  # only now: C never held it
-    os.close(nonce_fd)
-    state = {"calls": 0, "memory": False}
-
-    def child_status():
-        try:
-            _, st = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return "error", "solution process vanished"
-        if os.WIFSIGNALED(st):
-            sig = os.WTERMSIG(st)
-            if sig in (24, 9):  # SIGXCPU (cpu limit), SIGKILL (hard cpu limit)
-                return "timeout", "solution killed by signal %d" % sig
-            return "error", "solution killed by signal %d" % sig
-        return "error", "solution exited (status %d) instead of answering" % os.WEXITSTATUS(st)
-
-    def gone(kind, text):
-        if "gone" not in state:  # the first cause is the one to report
-            state["gone"] = (kind, text)
-        return _Gone(*state["gone"])
-
-    def receive():
-        if "gone" in state:
-            raise _Gone(*state["gone"])
-        try:
-            raw = _recv(c2p_r, cap)
-        except OverflowError:
-            raise gone("error", "solution sent an oversized reply")
-        if raw is None:
-            raise gone(*child_status())
-        try:
-            msg = _PlainUnpickler(io.BytesIO(raw)).load()
-        except Exception as e:
-            raise gone("error", "malformed reply from solution: %s" % str(e)[:200])
-        if not (isinstance(msg, tuple) and msg and msg[0] in ("ok", "exc", "ready", "load_error")):
-            raise gone("error", "malformed reply from solution")
-        return msg
-
-    def candidate(*args, **kwargs):
-        state["calls"] += 1
-        payload = pickle.dumps((args, kwargs), protocol=4)  # TypeError for unpicklable args
-        if "gone" not in state:
-            try:
-                _send(p2c_w, payload)
-            except OSError:  # broken pipe: the solution process is gone
-                raise gone(*child_status())
-        msg = receive()
-        if msg[0] == "ok" and len(msg) == 2:
-            return msg[1]
-        if msg[0] == "exc" and len(msg) == 3:
-            name, text = str(msg[1]), str(msg[2])
-            if name == "MemoryError":
-                state["memory"] = True
-            cls = getattr(__builtins__, name, None) if isinstance(__builtins__, type(sys)) else __builtins__.get(name)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)):
-                cls = RuntimeError
-            raise cls("%s: %s" % (name, text))
-        raise _Gone("error", "unexpected reply from solution")
-
-    try:
-        first = receive()
-        if first[0] == "load_error":
-            kind = "memory" if first[1] == "MemoryError" else "error"
-            verdict = ("FAIL", kind, "solution failed to load: %s: %s" % (first[1], first[2]))
-        elif first[0] != "ready":
-            verdict = ("FAIL", "error", "solution did not start")
-        else:
-            ns = {"__name__": "__main__", "__builtins__": __builtins__}
-            prompt = job.get("prompt")
-            if prompt:
-                # the prompt (trusted) may define helpers the tests use; a bare signature
-                # without a body still counts as a prompt
-                for src in (prompt, prompt.rstrip() + "\n    pass\n"):
-                    try:
-                        code_obj = compile(src, "<prompt>", "exec")
-                    except SyntaxError:
-                        continue
-                    exec(code_obj, ns)
-                    break
-            ns[job["entry_point"]] = candidate
-            tests = job["tests"]
-            exec(compile(tests, "<tests>", "exec"), ns)
-            if not re.search(r"^check\s*\(", tests, re.M) and callable(ns.get("check")):
-                ns["check"](candidate)
-            if "gone" in state:  # the tests swallowed the failure; it still counts
-                verdict = ("FAIL",) + state["gone"]
-            elif state["calls"] == 0:
-                verdict = ("FAIL", "wrong_answer", "the tests never called the solution")
-            else:
-                verdict = ("PASS",)
-    except _Gone as e:
-        verdict = ("FAIL",) + tuple(e.args)
-    except MemoryError:
-        verdict = ("FAIL", "memory", "MemoryError")
-    except BaseException as e:
-        kind = "memory" if state["memory"] else "wrong_answer"
-        try:
-            text = "%s: %s" % (type(e).__name__, str(e)[:300])
-        except BaseException:
-            text = type(e).__name__
-        verdict = ("FAIL", kind, text)
-    try:
-        os.kill(pid, 9)
-    except OSError:
-        pass
-    line = verdict[0] + " " + nonce
-    if len(verdict) > 1:
-        line += " " + verdict[1] + " " + verdict[2].replace("\n", " ")
-    os.write(res_fd, (line + "\n").encode())
-    os._exit(0)
-
-def _main():
-    with os.fdopen(int(sys.argv[1]), "rb") as f:
-        job = json.loads(f.read())
-    res_fd, nonce_fd = job["result_fd"], job["nonce_fd"]
-    iso, libc = _setup(job)
-    os.write(res_fd, ("ISO " + json.dumps(iso) + "\n").encode())
-    if job["mode"] == "functions":
-        _functions(job, res_fd, nonce_fd, libc)
-    os.close(res_fd); os.close(nonce_fd)
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    code = compile(job["code"], "<solution>", "exec")
-    del job
-    exec(code, ns)
-
-_main()
-'''
+    oom_killed: bool = False  # the kernel killed a process of the run for the memory budget
+    memory_peak_bytes: int | None = None  # of the whole run (cgroup), when there is one
 
 
 # ---------------------------------------------------------------- running
@@ -554,6 +208,19 @@ def _sandbox_env() -> dict:
             "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def _seccomp_path() -> str | None:
+    """Directory of the pyseccomp module (the sandbox imports only it from site-packages)."""
+    spec = importlib.util.find_spec("pyseccomp")
+    return os.path.dirname(spec.origin) if spec and spec.origin else None
+
+
+@functools.lru_cache(maxsize=1)
+def _seccomp_libs() -> dict:
+    """libc and libseccomp as pyseccomp looks them up, located once instead of in every run."""
+    import ctypes.util
+    return {name: path for name in ("c", "seccomp") if (path := ctypes.util.find_library(name))}
+
+
 def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunResult, list[str], str]:
     """Spawn the harness for `job`; returns (result, result-pipe lines, nonce)."""
     uid = _fresh_uid()
@@ -564,48 +231,94 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
     os.write(nonce_w, nonce.encode())  # fits the pipe buffer; closed so the reader sees EOF
     os.close(nonce_w)
     jobfile = tempfile.TemporaryFile()
+    testsfile = tempfile.TemporaryFile() if "tests" in job else None  # read only by the test runner
     stdin_file = tempfile.TemporaryFile() if stdin is not None else None
+    # the harness processes count too: one extra pid for the outer one (root, outside RLIMIT_NPROC)
+    budget = Budget.create(limits.memory_mb << 20, limits.max_procs + 1) if _is_root() else None
+    if budget is None:
+        _warn_no_cgroup()
     proc = None
     t0 = time.monotonic()
     try:
         if uid is not None:
             os.chown(workdir, uid, uid)
+        fds = [jobfile.fileno(), res_w, nonce_r]
         job = dict(job, uid=uid, result_fd=res_w, nonce_fd=nonce_r,
-                   limits=dict(limits.to_dict(), cpu_s=max(1, int(-(-limits.timeout_s // 1)))),
-                   max_msg_bytes=max(limits.max_output_bytes, 1 << 20) * 16)
+                   limits=dict(limits.to_dict(), cpu_s=_cpu_s(limits)),
+                   max_msg_bytes=max(limits.max_output_bytes, 1 << 20) * 16,
+                   cgroup_procs=budget.procs_files if budget else [], seccomp_path=_seccomp_path(),
+                   seccomp_libs=_seccomp_libs())
+        if testsfile is not None:
+            testsfile.write(job.pop("tests").encode())
+            testsfile.seek(0)
+            job["tests_fd"] = testsfile.fileno()
+            fds.append(testsfile.fileno())
         jobfile.write(json.dumps(job).encode())
         jobfile.seek(0)
         if stdin_file is not None:
             stdin_file.write(stdin.encode())
             stdin_file.seek(0)
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HARNESS, str(jobfile.fileno())],
+            [sys.executable, "-I", "-S", sandbox_harness.__file__, str(jobfile.fileno())],
             stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir, env=_sandbox_env(),
-            pass_fds=(jobfile.fileno(), res_w, nonce_r), start_new_session=True, close_fds=True)
+            pass_fds=tuple(fds), start_new_session=True, close_fds=True)
         os.close(res_w)
         res_w = None
-        result, lines = _collect(proc, res_r, limits, t0, uid)
+        result, lines = _collect(proc, res_r, limits, t0, uid, budget)
         return result, lines, nonce
     except OSError as e:
         return RunResult("sandbox_error", None, "", "", time.monotonic() - t0, detail=f"sandbox failed: {e}"), [], nonce
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.returncode is None:
             _kill_all(proc, uid, False)
-            proc.wait()
+            _reap(proc)
         for fd in (res_r, res_w, nonce_r):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        jobfile.close()
-        if stdin_file is not None:
-            stdin_file.close()
+        for f in (jobfile, testsfile, stdin_file):
+            if f is not None:
+                f.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        if budget is not None:
+            budget.remove()
 
 
-def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid):
+def _cpu_s(limits: SandboxLimits) -> int:
+    return max(1, int(-(-limits.timeout_s // 1)))
+
+
+_warned: list[bool] = []
+
+
+def _warn_no_cgroup() -> None:
+    if not _warned:  # once per process: the stage log says it, not every run
+        _warned.append(True)
+        log.warning("sandbox: no per-run cgroup, memory_mb and max_procs are limits per process "
+                    "(RLIMIT_AS) and per uid (RLIMIT_NPROC), not for the whole run")
+
+
+def _reap(proc: subprocess.Popen, block: bool = True):
+    """Wait for the harness with wait4, keeping its cpu time (its reaped descendants included);
+    Popen.poll/wait would reap it without. Returns the rusage, or None if it still runs."""
+    if proc.returncode is not None:
+        return getattr(proc, "_posttrain_rusage", None)
+    try:
+        pid, status, ru = os.wait4(proc.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        proc.returncode = proc.returncode if proc.returncode is not None else -1
+        return None
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc._posttrain_rusage = ru
+    return ru
+
+
+def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget | None = None):
     """Read stdout/stderr/result until the run ends, enforcing wall time and output size."""
     sel = selectors.DefaultSelector()
     bufs = {"out": bytearray(), "err": bytearray(), "res": bytearray()}
@@ -621,7 +334,7 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid):
             if now > deadline:
                 status, detail = "timeout", f"wall time over {limits.timeout_s:g}s"
                 break
-            if exited_at is None and proc.poll() is not None:
+            if exited_at is None and (proc.returncode is not None or _reap(proc, block=False) is not None):
                 exited_at = now
             if exited_at is not None and now - exited_at > 0.5:
                 break  # leftover descendants holding the pipes open: done waiting for them
@@ -651,23 +364,49 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid):
             iso = json.loads(lines[0][4:])
         except ValueError:
             pass
+    _reap(proc, block=False)  # before _kill_all, whose poll() would reap it without its rusage
     _kill_all(proc, uid, bool(iso.get("pidns")))
-    rc = proc.wait()
+    ru = _reap(proc)
+    rc = proc.returncode
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
     wall = time.monotonic() - t0
     cap = limits.max_output_bytes
     out, err = bytes(bufs["out"]), bytes(bufs["err"])
+    oom = budget is not None and budget.oom_killed()
+    if iso:
+        iso["cgroup"] = bool(iso.get("cgroup")) and budget is not None
+    cpu = (ru.ru_utime + ru.ru_stime) if ru is not None else 0.0
+    exit_line = next((ln for ln in lines[1:] if ln.startswith("EXIT ")), None)
+    if exit_line is not None:  # script mode: how the script itself ended, from the trusted reaper
+        try:
+            ex = json.loads(exit_line[5:])
+            rc = -int(ex["signal"]) if ex.get("signal") else int(ex["status"])
+            cpu = float(ex["cpu_s"])
+        except (ValueError, KeyError, TypeError):
+            pass
     if status is None:
-        if rc in (-signal.SIGXCPU, -signal.SIGKILL) and iso:
-            status, detail = "timeout", f"killed by signal {-rc} (cpu limit)"
-        elif rc == 0:
-            status = "ok"
-        elif b"MemoryError" in err[-4096:]:
-            status, detail = "memory", "MemoryError"
-        else:
-            status, detail = "error", f"exit status {rc}"
+        status, detail = _exit_verdict(rc, err, oom, cpu, limits)
     return RunResult(status, rc, out[:cap].decode("utf-8", "replace"), err[:cap].decode("utf-8", "replace"),
                      wall, detail=detail, isolation=iso, stdout_truncated=len(out) > cap,
-                     stderr_truncated=len(err) > cap), lines
+                     stderr_truncated=len(err) > cap, oom_killed=oom,
+                     memory_peak_bytes=budget.peak_bytes() if budget is not None else None), lines
+
+
+def _exit_verdict(rc: int | None, err: bytes, oom: bool, cpu: float, limits: SandboxLimits) -> tuple[str, str]:
+    """(status, detail) of a run that ended by itself: the real cause, not just "error"."""
+    if oom:  # even if the script itself exited 0: part of the run was killed for memory
+        return "memory", "killed by the kernel: the run's memory budget (cgroup) was exceeded"
+    if rc == 0:
+        return "ok", ""
+    if b"MemoryError" in err[-4096:]:
+        return "memory", "MemoryError"
+    if rc is not None and rc < 0:
+        sig = -rc
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= _cpu_s(limits)):
+            return "timeout", f"killed by signal {sig} (cpu limit)"
+        return "killed", f"killed by signal {sig}"
+    return "error", f"exit status {rc}"
 
 
 def run_python(code: str, stdin: str | None = None, limits: SandboxLimits | None = None) -> RunResult:
@@ -690,19 +429,26 @@ def run_function_tests(code: str, tests: str, entry_point: str, prompt: str | No
     if f"PASS {nonce}" in verdicts:
         result.status, result.reason, result.detail = "ok", "correct", ""
         return result
+    if result.oom_killed:  # whoever the kernel killed, the budget was the cause
+        result.status = result.reason = "memory"
+        result.detail = "killed by the kernel: the run's memory budget (cgroup) was exceeded"
+        return result
     for ln in verdicts:
         parts = ln.split(" ", 3)
         if len(parts) >= 3 and parts[0] == "FAIL" and parts[1] == nonce:
             reason = parts[2]
             result.reason = reason
             result.detail = parts[3] if len(parts) > 3 else ""
-            result.status = {"wrong_answer": "failed", "memory": "memory", "timeout": "timeout"}.get(reason, "error")
+            result.status = {"wrong_answer": "failed"}.get(reason, reason if reason in _REASONS else "error")
             return result
     # no authentic verdict: the harness was killed or never finished
     if result.status == "ok":
         result.status, result.detail = "error", "no verdict from the test harness"
-    result.reason = result.status if result.status in ("timeout", "memory") else "error"
+    result.reason = result.status if result.status in _REASONS else "error"
     return result
+
+
+_REASONS = ("memory", "timeout", "killed", "error")  # verdict reasons that are also run statuses
 
 
 # ---------------------------------------------------------------- grading
@@ -796,7 +542,7 @@ def grade_code(solution_text: str, problem: dict, limits: SandboxLimits | None =
         if not entry:
             return Grade(0, "error", code, method, "problem has a test program but no entry_point")
         prompt = problem.get("prompt") or None
-        if prompt and not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+        if prompt and not re.search(rf"^[ \t]*def[ \t]+{re.escape(entry)}[ \t]*\(", code, re.M):
             code, method = prompt + code, f"{method}+prompt"  # completion continues the prompt
         elif prompt:
             imports = _prompt_imports(prompt)  # a full function often relies on the prompt's imports
@@ -877,3 +623,18 @@ def isolation_report(limits: SandboxLimits | None = None) -> dict:
     """What isolation the sandbox applies on this machine (runs one trivial program)."""
     r = run_python("pass", limits=limits or replace(SandboxLimits(), timeout_s=10))
     return dict(r.isolation, status=r.status)
+
+
+PROTECTIONS = ("cgroup", "seccomp", "ipc_ns", "netns", "pidns", "private_proc", "readonly_fs", "private_tmp",
+               "setuid", "no_new_privs", "audit_hook", "rlimits")
+
+
+def protections(limits: SandboxLimits | None = None) -> dict[str, bool]:
+    """Which protections are active on this host, e.g. {"seccomp": True, "cgroup": False, ...}
+    (for a stage's metrics); the missing ones are logged."""
+    iso = isolation_report(limits)
+    out = {k: bool(iso.get(k)) for k in PROTECTIONS}
+    missing = [k for k, v in out.items() if not v]
+    if missing:
+        log.warning("sandbox: not active on this host: %s", ", ".join(missing))
+    return out

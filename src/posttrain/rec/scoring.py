@@ -35,9 +35,13 @@ def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id
     with torch.inference_mode():
         for idx, ids, mask in tqdm(batches, total=math.ceil(len(prompts) / batch_size), desc=desc,
                                    unit="batch", mininterval=5):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            last = logits[torch.arange(len(idx)), mask.sum(1) - 1]
-            two = torch.stack([last[:, yes_id], last[:, no_id]], dim=1).float()
+            # Only the last real position's Yes/No logits are needed: run the decoder, then
+            # the LM head on one hidden state per row and two vocab rows (not seq x vocab).
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = hidden[torch.arange(len(idx)), mask.sum(1) - 1]
+            head = model.get_output_embeddings()
+            w = head.weight[[yes_id, no_id]]
+            two = (last @ w.T + (head.bias[[yes_id, no_id]] if head.bias is not None else 0)).float()
             p_yes = torch.softmax(two, dim=1)[:, 0].numpy()
             out[idx] = p_yes
     return out
