@@ -171,6 +171,7 @@ def fake_grading(monkeypatch):
                 for t, _ in items]
 
     sandbox.SandboxLimits, sandbox.grade_many = SandboxLimits, grade_many
+    sandbox.protections = lambda limits=None: {}  # reason_filter records the host's isolation
     monkeypatch.setitem(sys.modules, "posttrain.reason.grading", grading)
     monkeypatch.setitem(sys.modules, "posttrain.reason.sandbox", sandbox)
     return seen
