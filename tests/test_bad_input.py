@@ -470,8 +470,17 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
     return build
 
 
+def _rm_empty_buckets(tmp):
+    # equal weights: no prefix is rare or common, so those buckets are empty -> null, not NaN
+    m = metrics(tmp)
+    assert m["heldout"]["buckets"]["rare"] == {"n": 0, "accuracy": None, "margin": None}
+    assert m["sampling"]["draws_per_rare_item"] is None and m["sampling"]["rare_vs_common_draw_ratio"] is None
+    assert (out(tmp, "rm") / "split.json").is_file() and out(tmp, "curve.json").is_file()
+
+
 W = r"^pref_rm: error: .*w\.npy"
 CASES += [
+    Case("rm-empty-buckets-are-null", "pref_rm", pref_rm(), check=_rm_empty_buckets, slow=True),
     Case("rm-nan-weight", "pref_rm", pref_rm(weights=np.array([0.25, np.nan, 0.25, 0.5])),
          rf"{W}: field 'density_weights': weights must be finite and non-negative$"),
     Case("rm-negative-weight", "pref_rm", pref_rm(weights=np.array([0.5, -0.25, 0.25, 0.5])),
