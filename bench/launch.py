@@ -18,15 +18,28 @@ from pathlib import Path
 
 import click
 
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "reason_verifier.py"
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "stages" / "reason_verifier.py"
+
+
+def _verifier_args(**overrides) -> list[str]:
+    """reason.verifier of params.yaml as dvc.yaml's `${reason.verifier}` renders it, with overrides."""
+    import yaml
+
+    values = {**yaml.safe_load((REPO / "params.yaml").read_text())["reason"]["verifier"], **overrides}
+    values.pop("num_processes")  # the launcher's, given explicitly below
+    out = []
+    for k, v in values.items():
+        out += [f"--{k}" if v else f"--no-{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
+    return out
 
 
 def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[float, dict]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "posttrain.core.launch", "--num-processes", str(n), str(STAGE),
-           "--model", model, "--use-graded", "false", "--champ", "champ", "--max-champ", "200",
-           "--num-layers", "6", "--trainable-layers", "2", "--max-length", "256",
-           "--batch-size", str(global_batch // n), "--max-steps", str(steps),
+           "--model", model, *_verifier_args(use_graded=False, champ="champ", max_champ=200, num_layers=6,
+                                             trainable_layers=2, max_length=256,
+                                             batch_size=global_batch // n, max_steps=steps),
            "--out-model", str(out / "model"), "--out-scores", str(out / "scores.jsonl"),
            "--metrics", str(out / "metrics.json")]
     t0 = time.perf_counter()

@@ -3,11 +3,10 @@
     python stages/base_models.py --policy smollm2-135m-instruct --out data/models/policy
 """
 
-import logging
-
 import click
 
 from posttrain.core.models import materialize
+from posttrain.core.cli import run
 
 
 @click.command()
@@ -16,10 +15,9 @@ from posttrain.core.models import materialize
                    "or tiny-random (tests/CI).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def main(policy: str, out_dir: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = materialize(policy, out_dir)
     click.echo(f"base_models: {policy} -> {path}", err=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -8,16 +8,14 @@
         --hist metrics/pref_density_hist.json
 """
 
-import logging
-
 import click
 import numpy as np
 
 from posttrain.pref.density import (METHODS, density_weights, knn_density, load_embeddings, weight_histogram,
                                     weight_stats)
-from posttrain.core.cli import run
 from posttrain.core.io import outputs, read_json, read_jsonl
 from posttrain.pref.projection import projection_records
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -25,12 +23,12 @@ from posttrain.pref.projection import projection_records
 @click.option("--ids", "ids_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--info", "info_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--prefixes", "prefixes_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", required=True, type=int)
-@click.option("--eps", required=True, type=float)
-@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
-@click.option("--auto-threshold", default=20000, show_default=True,
+@click.option("--k", required=True, type=click.IntRange(min=1))
+@click.option("--eps", required=True, type=finite(0, min_open=True))
+@click.option("--method", required=True, type=click.Choice(METHODS))
+@click.option("--auto-threshold", "--auto_threshold", required=True, type=click.IntRange(min=0),
               help="auto: exact search up to this many prefixes, pynndescent above.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 @click.option("--weights", "weights_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metadata", "meta_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--projection", "proj_path", required=True, type=click.Path(dir_okay=False))
@@ -38,19 +36,16 @@ from posttrain.pref.projection import projection_records
 @click.option("--hist", "hist_path", required=True, type=click.Path(dir_okay=False))
 def main(emb_path, ids_path, info_path, prefixes_path, k, eps, method, auto_threshold, seed,
          weights_path, meta_path, proj_path, metrics_path, hist_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not (np.isfinite(eps) and eps > 0):
-        raise click.BadParameter(f"must be a finite number > 0, got {eps}", param_hint="--eps")
     emb, ids = load_embeddings(emb_path, ids_path)
     texts = {p["prefix_id"]: p["text"] for p in read_jsonl(prefixes_path, required=("prefix_id", "text"))}
-    density, info = knn_density(emb, k, method, auto_threshold, seed)
+    density, info = knn_density(emb, k=k, method=method, auto_threshold=auto_threshold, seed=seed)
     w = density_weights(density, eps)
     stats = weight_stats(w)
     dens = ({"min": float(density.min()), "max": float(density.max()), "mean": float(density.mean())}
             if len(density) else {})
     meta = {"embedding": read_json(info_path), "density": {**info, "eps": eps, "seed": seed,
             "auto_threshold": auto_threshold, "similarity": "cosine", "stats": dens}, "weights": stats}
-    projection = projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed)
+    projection = projection_records(ids, emb, w, [texts.get(i, "") for i in ids], seed=seed)
     with outputs() as o:  # all five renamed together, only once everything is computed
         np.save(o.path(weights_path, suffix=".npy"), w)
         o.write_json(meta_path, meta)

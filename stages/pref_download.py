@@ -9,13 +9,12 @@ ultrafeedback-binarized, stack-exchange-preferences or path:FILE; CAP is the
 most pairs taken from it (0 = all).
 """
 
-import logging
-
 import click
 
 from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.pref.pairs import collect
+from posttrain.core.cli import run
 
 
 def parse_sources(args: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -41,12 +40,11 @@ def parse_sources(args: tuple[str, ...]) -> list[tuple[str, int]]:
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--per-prompt", default=4, show_default=True,
+@click.option("--per-prompt", "--per_prompt", required=True, type=click.IntRange(min=1),
               help="Most pairs per prompt for sources with many answers per prompt (champ, stack exchange).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 @click.argument("sources", nargs=-1, type=click.UNPROCESSED)
 def main(out, metrics_path, per_prompt, seed, sources):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pairs, metrics = collect(parse_sources(sources), per_prompt=per_prompt, seed=seed)
     with outputs() as o:  # renamed together: never pairs without their accounting
         o.write_jsonl(out, pairs)

@@ -4,12 +4,11 @@ The held-out split uses the reward model's split params (--split-*), so both sta
 are evaluated on the same held-out prompts.
 """
 
-import logging
-
 import click
 
 from posttrain.pref.dpo import train_dpo
 from posttrain.core.io import write_json
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -20,29 +19,28 @@ from posttrain.core.io import write_json
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--density-aware", type=bool, default=True, show_default=True)
-@click.option("--split-max-pairs", type=int, default=0, show_default=True)
-@click.option("--split-heldout-fraction", type=float, default=0.2, show_default=True)
-@click.option("--split-seed", type=int, default=0, show_default=True)
-@click.option("--bucket-quantile", type=float, default=0.25, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--max-steps", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--beta", type=float, default=0.1, show_default=True)
-@click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=int, default=16, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
-@click.option("--lora-layers", type=int, default=0, show_default=True,
+@click.option("--density-aware", "--density_aware", required=True, type=bool)
+@click.option("--split-max-pairs", required=True, type=click.IntRange(min=0))
+@click.option("--split-heldout-fraction", required=True, type=finite(0, 1, min_open=True, max_open=True))
+@click.option("--split-seed", required=True, type=int)
+@click.option("--bucket-quantile", required=True, type=finite(0, 0.5, min_open=True))
+@click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1))
+@click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--grad-accum", "--grad_accum", required=True, type=click.IntRange(min=1))
+@click.option("--lr", required=True, type=finite(0, min_open=True))
+@click.option("--beta", required=True, type=finite(0, min_open=True))
+@click.option("--lora-r", "--lora_r", required=True, type=click.IntRange(min=1))
+@click.option("--lora-alpha", "--lora_alpha", required=True, type=click.IntRange(min=1))
+@click.option("--lora-dropout", "--lora_dropout", required=True, type=finite(0, 1, max_open=True))
+@click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
-@click.option("--eval-pairs", type=int, default=0, show_default=True,
+@click.option("--eval-pairs", "--eval_pairs", required=True, type=click.IntRange(min=0),
               help="held-out pairs evaluated (seeded subset; 0 = all, plus rare/common buckets)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
          batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, eval_pairs, seed):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     res = train_dpo(
         pairs, ids, weights, policy, out_dir, density_aware=density_aware, max_pairs=split_max_pairs,
         heldout_fraction=split_heldout_fraction, split_seed=split_seed, bucket_quantile=bucket_quantile,
@@ -59,4 +57,4 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,22 +6,21 @@
         --info data/pref/embeddings_info.json --metrics metrics/pref_embed.json
 """
 
-import logging
 from pathlib import Path
 
 import click
 import numpy as np
 
 from posttrain.pref.embedding import TEXT_MODES, embed_texts, prefix_text
-from posttrain.core.cli import run
 from posttrain.core.io import outputs, read_jsonl
+from posttrain.core.cli import run
 
 
 @click.command()
 @click.option("--prefixes", "prefixes_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--embedder", required=True, help="Asset name, local sentence-transformers folder or hub id.")
-@click.option("--text", "text_mode", type=click.Choice(TEXT_MODES), default="first_user", show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--text", "text_mode", required=True, type=click.Choice(TEXT_MODES))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Content-addressed embedding cache (model+text); omit to disable.")
 @click.option("--embeddings", "emb_path", required=True, type=click.Path(dir_okay=False))
@@ -30,7 +29,6 @@ from posttrain.core.io import outputs, read_jsonl
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(prefixes_path, embedder, text_mode, batch_size, cache_dir, emb_path, ids_path, info_path,
          metrics_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if cache_dir:  # exists even when nothing new was embedded (it is a declared DVC out)
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     prefixes = read_jsonl(prefixes_path, required=("prefix_id", "prefix"))

@@ -1,12 +1,11 @@
 """pref_grpo: GRPO with LoRA on the policy, rewarded by the trained reward model,
 on the prefixes the reward model held out; mean RM reward before/after on eval prompts."""
 
-import logging
-
 import click
 
 from posttrain.pref.grpo import train_grpo
 from posttrain.core.io import write_json
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -16,25 +15,26 @@ from posttrain.core.io import write_json
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--eval-prompts", type=int, default=16, show_default=True)
-@click.option("--max-prompts", type=int, default=64, show_default=True, help="GRPO training prompts cap (0 = all)")
-@click.option("--max-steps", type=int, default=8, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--num-generations", type=int, default=4, show_default=True)
-@click.option("--max-completion-length", type=int, default=48, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True, help="RM scoring truncation")
-@click.option("--lr", type=float, default=1e-5, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--beta", type=float, default=0.0, show_default=True)
-@click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=int, default=16, show_default=True)
-@click.option("--lora-layers", type=int, default=0, show_default=True,
+@click.option("--eval-prompts", "--eval_prompts", required=True, type=click.IntRange(min=1))
+@click.option("--max-prompts", "--max_prompts", required=True, type=click.IntRange(min=0),
+              help="GRPO training prompts cap (0 = all)")
+@click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--num-generations", "--num_generations", required=True, type=click.IntRange(min=2),
+              help="completions per prompt (GRPO's group; advantages need at least 2)")
+@click.option("--max-completion-length", "--max_completion_length", required=True, type=click.IntRange(min=1))
+@click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1), help="RM scoring truncation")
+@click.option("--lr", required=True, type=finite(0, min_open=True))
+@click.option("--temperature", required=True, type=finite(0, min_open=True))
+@click.option("--beta", required=True, type=finite(0))
+@click.option("--lora-r", "--lora_r", required=True, type=click.IntRange(min=1))
+@click.option("--lora-alpha", "--lora_alpha", required=True, type=click.IntRange(min=1))
+@click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_prompts, max_prompts,
          max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     res = train_grpo(
         prefixes, policy, rm_dir, out_dir, eval_prompts=eval_prompts, max_prompts=max_prompts,
         max_steps=max_steps, batch_size=batch_size, num_generations=num_generations,
@@ -50,4 +50,4 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_promp
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -5,14 +5,12 @@
         --metrics metrics/pref_prefixes.json
 """
 
-import logging
-
 import click
 
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.pref.pairs import read_pairs
 from posttrain.pref.prefixes import build_prefixes, write_id_map
+from posttrain.core.cli import run
 
 
 @click.command()
@@ -21,7 +19,6 @@ from posttrain.pref.prefixes import build_prefixes, write_id_map
 @click.option("--id-map", "id_map_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(pairs_path, prefixes_path, id_map_path, metrics_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pairs = read_pairs(pairs_path)
     prefixes, id_map, stats = build_prefixes(pairs)
     with outputs() as o:

@@ -5,13 +5,11 @@
         --metrics metrics/pref_rm.json --curve metrics/pref_rm_curve.json --density-aware true ...
 """
 
-import logging
-
 import click
 
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.pref.reward import check_split, train_reward_model
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -22,26 +20,27 @@ from posttrain.pref.reward import check_split, train_reward_model
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--density-aware", type=bool, default=True, show_default=True)
-@click.option("--max-pairs", type=int, default=0, show_default=True, help="0 = all pairs")
-@click.option("--heldout-fraction", type=float, default=0.2, show_default=True)
-@click.option("--bucket-quantile", type=float, default=0.25, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--max-steps", type=int, default=40, show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--lora-r", type=int, default=0, show_default=True, help="0 = full fine-tune")
-@click.option("--lora-alpha", type=int, default=32, show_default=True)
-@click.option("--num-layers", type=int, default=0, show_default=True,
+@click.option("--density-aware", "--density_aware", required=True, type=bool)
+@click.option("--max-pairs", "--max_pairs", required=True, type=click.IntRange(min=0), help="0 = all pairs")
+@click.option("--heldout-fraction", "--heldout_fraction", required=True,
+              type=finite(0, 1, min_open=True, max_open=True))
+@click.option("--bucket-quantile", "--bucket_quantile", required=True, type=finite(0, 0.5, min_open=True),
+              help="rare = top quantile of prefix weights, common = bottom quantile")
+@click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1))
+@click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--grad-accum", "--grad_accum", required=True, type=click.IntRange(min=1))
+@click.option("--lr", required=True, type=finite(0, min_open=True))
+@click.option("--lora-r", "--lora_r", required=True, type=click.IntRange(min=0), help="0 = full fine-tune")
+@click.option("--lora-alpha", "--lora_alpha", required=True, type=click.IntRange(min=1))
+@click.option("--num-layers", "--num_layers", required=True, type=click.IntRange(min=0),
               help="keep the first N decoder layers of the backbone (0 = all)")
-@click.option("--trainable-layers", type=int, default=0, show_default=True,
+@click.option("--trainable-layers", "--trainable_layers", required=True, type=click.IntRange(min=0),
               help="train only the top N kept layers + head (0 = all)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
     except ValueError as e:

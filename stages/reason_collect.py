@@ -9,14 +9,12 @@ under `params:`); `--sources` takes the same list as JSON instead.
 """
 
 import json
-import logging
-
 import click
 import yaml
 
-from posttrain.core.cli import run
 from posttrain.core.io import DataError, outputs
 from posttrain.reason.problems import collect, parse_sources
+from posttrain.core.cli import run
 
 
 def _sources_from(params_file: str, key: str):
@@ -39,16 +37,16 @@ def _sources_from(params_file: str, key: str):
 @click.command()
 @click.option("--params-file", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="Where to read reason.sources from (ignored with --sources).")
-@click.option("--sources-key", default="reason.sources", show_default=True)
+@click.option("--sources-key", default="reason.sources", show_default=True,
+              help="Dev only: the key of the sources list in --params-file.")
 @click.option("--sources", "sources_json", default=None,
-              help='Sources as JSON, e.g. \'[{"name": "gsm8k-test", "cap": 100}]\'.')
-@click.option("--sample", type=click.IntRange(min=0), default=0, show_default=True,
+              help='Dev only: sources as JSON instead, e.g. \'[{"name": "gsm8k-test", "cap": 100}]\'.')
+@click.option("--sample", required=True, type=click.IntRange(min=0),
               help="Total problems kept, round-robin over sources (0 = all after caps).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", required=True, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(params_file, sources_key, sources_json, sample, seed, out, metrics_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         raw = json.loads(sources_json) if sources_json else _sources_from(params_file, sources_key)
     except json.JSONDecodeError as e:

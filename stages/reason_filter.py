@@ -11,10 +11,9 @@ grade and reason, filtered.jsonl the accepted ones, graded_pairs.jsonl correct v
 incorrect solutions of the same problem in the pref pair format.
 """
 
-import logging
-
 import click
 
+from posttrain.core.cli import finite, run
 from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
@@ -32,13 +31,12 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
 @click.option("--filtered", "filtered_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--timeout-s", "--timeout_s", required=True, type=finite(0, min_open=True),
               help="Wall-time limit per code run.")
-@click.option("--memory-mb", type=click.IntRange(min=16), default=512, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--memory-mb", "--memory_mb", required=True, type=click.IntRange(min=16))
+@click.option("--workers", required=True, type=click.IntRange(min=1))
 def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, metrics_path,
          timeout_s, memory_mb, workers):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = index(read_problems(problems_path))
     samples = read_problem_records(samples_path, problems, SAMPLE_FIELDS)
     graded = grade_samples(samples, problems, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers)
@@ -54,4 +52,4 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -5,14 +5,13 @@
         --metrics metrics/reason_format.json --mix 1:1 --seed 0
 """
 
-import logging
-
 import click
 
 from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.reason.problems import index, read_problem_records, read_problems
 from posttrain.reason.sft_format import build_sft, parse_mix
+from posttrain.core.cli import run
 
 
 @click.command()
@@ -20,10 +19,9 @@ from posttrain.reason.sft_format import build_sft, parse_mix
 @click.option("--filtered", "filtered_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--mix", default="1:1", show_default=True, help="math:code balance, e.g. 1:1, 3:1, 1:0.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mix", required=True, help="math:code balance, e.g. 1:1, 3:1, 1:0.")
+@click.option("--seed", required=True, type=int)
 def main(problems_path, filtered_path, out, metrics_path, mix, seed):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         parse_mix(mix)
     except ValueError as e:

@@ -4,15 +4,14 @@
         --out data/reason/samples.jsonl --metrics metrics/reason_generate.json --n-samples 4 ...
 """
 
-import logging
 import time
 
 import click
 
 from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
+from posttrain.core.cli import finite, run
 
 
 @click.command()
@@ -21,19 +20,18 @@ from posttrain.reason.problems import read_problems
 @click.option("--problems", "problems_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--n-samples", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True)
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--n-samples", "--n_samples", required=True, type=click.IntRange(min=1))
+@click.option("--temperature", required=True, type=finite(0))
+@click.option("--top-p", "--top_p", required=True, type=finite(0, 1, min_open=True))
+@click.option("--max-new-tokens", "--max_new_tokens", required=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--seed", required=True, type=int)
+@click.option("--threads", required=True, type=click.IntRange(min=0),
               help="torch intra-op threads (0 = torch's default). Thread count can change float "
                    "reduction order, hence samples: it is a tracked param.")
-@click.option("--progress/--no-progress", default=True)
+@click.option("--progress/--no-progress", default=True, help="Dev only: tqdm progress bar.")
 def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
          batch_size, seed, threads, progress):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
     if threads:
         import torch

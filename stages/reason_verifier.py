@@ -17,6 +17,7 @@ from posttrain.reason import verifier
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.core.models import save_folder
+from posttrain.core.cli import finite, run
 
 log = logging.getLogger("reason_verifier")
 
@@ -26,30 +27,31 @@ log = logging.getLogger("reason_verifier")
               help="Policy model folder (data/models/policy) the verifier starts from.")
 @click.option("--graded", default="data/reason/graded.jsonl", show_default=True)
 @click.option("--problems", default="data/reason/problems.jsonl", show_default=True)
-@click.option("--use-graded", type=bool, default=True, show_default=True,
+@click.option("--use-graded/--no-use-graded", "--use_graded/--no-use_graded", required=True,
               help="Train on reason_filter's graded solutions (needs --graded and --problems); "
-                   "false: CHAMP only.")
-@click.option("--champ", default="champ", show_default=True,
-              help="CHAMP asset name or v0.json path; 'none' to skip CHAMP.")
-@click.option("--max-champ", type=int, default=0, help="Cap on CHAMP records (0: all).")
-@click.option("--max-graded", type=int, default=0, help="Cap on graded records (0: all).")
-@click.option("--heldout-frac", type=float, default=0.2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-length", type=int, default=256, show_default=True)
-@click.option("--padding", type=click.Choice(["longest", "max_length"]), default="longest", show_default=True)
-@click.option("--chat-template", type=bool, default=False, show_default=True,
+                   "--no-use-graded: CHAMP only.")
+@click.option("--champ", required=True, help="CHAMP asset name or v0.json path; 'none' to skip CHAMP.")
+@click.option("--max-champ", "--max_champ", required=True, type=click.IntRange(min=0),
+              help="Cap on CHAMP records (0: all).")
+@click.option("--max-graded", "--max_graded", required=True, type=click.IntRange(min=0),
+              help="Cap on graded records (0: all).")
+@click.option("--heldout-frac", "--heldout_frac", required=True, type=finite(0, 1, min_open=True, max_open=True))
+@click.option("--seed", required=True, type=int)
+@click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1))
+@click.option("--padding", required=True, type=click.Choice(["longest", "max_length"]))
+@click.option("--chat-template/--no-chat-template", "--chat_template/--no-chat_template", required=True,
               help="Render texts as a user turn of the tokenizer's chat template.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--eval-batch-size", type=int, default=8, show_default=True)
-@click.option("--max-steps", type=int, default=40, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--num-layers", type=int, default=0, show_default=True,
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--eval-batch-size", "--eval_batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
+@click.option("--lr", required=True, type=finite(0, min_open=True))
+@click.option("--warmup-ratio", "--warmup_ratio", required=True, type=finite(0, 1, max_open=True))
+@click.option("--weight-decay", "--weight_decay", required=True, type=finite(0))
+@click.option("--num-layers", "--num_layers", required=True, type=click.IntRange(min=0),
               help="Keep only the bottom N transformer blocks of the policy (0: all).")
-@click.option("--trainable-layers", type=int, default=2, show_default=True,
+@click.option("--trainable-layers", "--trainable_layers", required=True, type=click.IntRange(min=-1),
               help="Top transformer blocks to train (+ norm + head); -1 trains all.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
+@click.option("--threshold", required=True, type=finite(0, 1),
               help="Prediction threshold for accuracy on 'fully correct'.")
 @click.option("--out-model", required=True, type=click.Path(file_okay=False))
 @click.option("--out-scores", required=True, type=click.Path(dir_okay=False))
@@ -58,7 +60,6 @@ log = logging.getLogger("reason_verifier")
 def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, heldout_frac, seed,
          max_length, padding, chat_template, batch_size, eval_batch_size, max_steps, lr, warmup_ratio,
          weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, loss_plot):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     records, counts = verifier.load_records(
         champ=None if champ.lower() == "none" else champ,
@@ -67,7 +68,8 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
     train, heldout = verifier.split_by_problem(records, heldout_frac, seed)
     log.info("records: %d train / %d held-out (%s)", len(train), len(heldout), counts)
 
-    model, tokenizer = verifier.load_regressor(model_dir, trainable_layers, seed, num_layers)
+    model, tokenizer = verifier.load_regressor(model_dir, trainable_layers=trainable_layers, seed=seed,
+                                              num_layers=num_layers)
     history = verifier.train(model, tokenizer, train, max_steps=max_steps, batch_size=batch_size, lr=lr,
                              max_length=max_length, seed=seed, warmup_ratio=warmup_ratio,
                              weight_decay=weight_decay, padding=padding, chat_template=chat_template)
@@ -89,4 +91,4 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

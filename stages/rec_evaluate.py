@@ -5,7 +5,6 @@ same test rows -> AUC, accuracy, n (one metrics file) and ROC points (DVC plots)
         --data-dir data/rec --max-test-examples 300 --cutoff-len 1024 --truncation left
 """
 
-import logging
 from pathlib import Path
 
 import click
@@ -15,6 +14,7 @@ from posttrain.rec.baseline import LikeRateBaseline
 from posttrain.core.io import read_jsonl, write_json
 from posttrain.rec.lora import load_for_eval
 from posttrain.rec.tokenization import STRATEGIES, tokenize_prompts
+from posttrain.core.cli import run
 
 
 @click.command()
@@ -22,17 +22,17 @@ from posttrain.rec.tokenization import STRATEGIES, tokenize_prompts
 @click.option("--adapter", "adapter_dir", default="data/rec/adapter", show_default=True,
               help="peft adapter folder; empty string scores the base model.")
 @click.option("--data-dir", default="data/rec", show_default=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--max-test-examples", type=int, default=0, show_default=True, help="0 = all test rows.")
-@click.option("--cutoff-len", type=int, default=1024, show_default=True)
-@click.option("--truncation", type=click.Choice(STRATEGIES), default="left", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--max-test-examples", "--max_test_examples", required=True, type=click.IntRange(min=0),
+              help="0 = all test rows.")
+@click.option("--cutoff-len", "--cutoff_len", required=True, type=click.IntRange(min=1))
+@click.option("--truncation", required=True, type=click.Choice(STRATEGIES))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--seed", required=True, type=int)
 @click.option("--metrics", "metrics_path", default="metrics/rec_evaluate.json", show_default=True)
 @click.option("--roc-llm", default="metrics/rec_evaluate_roc_llm.json", show_default=True)
 @click.option("--roc-baseline", default="metrics/rec_evaluate_roc_baseline.json", show_default=True)
 def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, truncation, batch_size, seed,
          metrics_path, roc_llm, roc_baseline):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
     from transformers import AutoTokenizer
 
@@ -46,8 +46,8 @@ def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, trunca
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_for_eval(model_dir, adapter_dir or None)
     yes_id, no_id = scoring.answer_token_id(tokenizer, "Yes"), scoring.answer_token_id(tokenizer, "No")
-    prompts = tokenize_prompts(tokenizer, test, cutoff_len, truncation)
-    p_yes = scoring.score_prompts(model, tokenizer, prompts, yes_id, no_id, batch_size)
+    prompts = tokenize_prompts(tokenizer, test, cutoff_len=cutoff_len, strategy=truncation)
+    p_yes = scoring.score_prompts(model, tokenizer, prompts, yes_id, no_id, batch_size=batch_size)
 
     train_meta = read_jsonl(data_dir / "train_meta.jsonl", required=("user_id", "item_id", "rating", "label"))
     base = LikeRateBaseline(seed=seed).fit(train_meta).predict_proba(test)
@@ -62,4 +62,4 @@ def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, trunca
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -4,38 +4,38 @@
         --out data/rec/adapter --max-train-examples 256 --max-steps 32 ...
 """
 
-import logging
-
 import click
 
 from posttrain.core.io import write_json
 from posttrain.rec.lora import QUANTIZATIONS, LoraSettings, train
+from posttrain.core.cli import finite, run
 
 
 @click.command()
 @click.option("--model", "model_dir", default="data/models/policy", show_default=True)
 @click.option("--data", "data_dir", default="data/rec/tokenized", show_default=True)
 @click.option("--out", "out_dir", default="data/rec/adapter", show_default=True)
-@click.option("--lora-r", type=int, default=8, show_default=True)
-@click.option("--lora-alpha", type=int, default=16, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.05, show_default=True)
-@click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True,
+@click.option("--lora-r", "--lora_r", required=True, type=click.IntRange(min=1))
+@click.option("--lora-alpha", "--lora_alpha", required=True, type=click.IntRange(min=1))
+@click.option("--lora-dropout", "--lora_dropout", required=True, type=finite(0, 1, max_open=True))
+@click.option("--target-modules", "--target_modules", required=True,
               help="Comma-separated module names, or all-linear.")
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--max-steps", type=int, default=40, show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option("--max-train-examples", type=int, default=0, show_default=True, help="0 = all.")
-@click.option("--max-eval-examples", type=int, default=0, show_default=True, help="0 = all.")
-@click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="none", show_default=True)
-@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--lr", required=True, type=finite(0, min_open=True))
+@click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
+@click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--grad-accum", "--grad_accum", required=True, type=click.IntRange(min=1))
+@click.option("--warmup-steps", "--warmup_steps", required=True, type=click.IntRange(min=0))
+@click.option("--max-train-examples", "--max_train_examples", required=True, type=click.IntRange(min=0),
+              help="0 = all.")
+@click.option("--max-eval-examples", "--max_eval_examples", required=True, type=click.IntRange(min=0),
+              help="0 = all.")
+@click.option("--quantization", required=True, type=click.Choice(QUANTIZATIONS))
+@click.option("--seed", required=True, type=int)
 @click.option("--metrics", "metrics_path", default="metrics/rec_finetune.json", show_default=True)
 @click.option("--loss-plot", "loss_path", default="metrics/rec_finetune_loss.json", show_default=True)
 def main(model_dir, data_dir, out_dir, lora_r, lora_alpha, lora_dropout, target_modules, lr, max_steps,
          batch_size, grad_accum, warmup_steps, max_train_examples, max_eval_examples, quantization, seed,
          metrics_path, loss_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     modules = "all-linear" if target_modules == "all-linear" else [m for m in target_modules.split(",") if m]
     settings = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=modules,
                             learning_rate=lr, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
@@ -50,4 +50,4 @@ def main(model_dir, data_dir, out_dir, lora_r, lora_alpha, lora_dropout, target_
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

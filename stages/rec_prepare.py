@@ -8,7 +8,6 @@ Writes every example (caps live in rec_finetune / rec_evaluate): train.json and 
 metadata only, for the baseline).
 """
 
-import logging
 from pathlib import Path
 
 import click
@@ -16,27 +15,28 @@ import click
 from posttrain.rec import alpaca
 
 from posttrain.rec import movielens
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
+from posttrain.core.cli import finite, run
 
 
 @click.command()
-@click.option("--source", default="ml-100k", show_default=True,
+@click.option("--source", required=True,
               help="ml-100k (packaged), a MovieLens folder, ml-latest-small/ml-1m/ml-25m or a URL (online).")
-@click.option("--history-len", type=int, default=15, show_default=True)
-@click.option("--rating-threshold", type=float, default=4.0, show_default=True)
-@click.option("--val-ratio", type=float, default=0.05, show_default=True)
-@click.option("--test-ratio", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=int, default=13, show_default=True)
+@click.option("--history-len", "--history_len", required=True, type=click.IntRange(min=1))
+@click.option("--rating-threshold", "--rating_threshold", required=True, type=finite())
+@click.option("--val-ratio", "--val_ratio", required=True, type=finite(0, 1, max_open=True))
+@click.option("--test-ratio", "--test_ratio", required=True, type=finite(0, 1, max_open=True))
+@click.option("--seed", required=True, type=int)
 @click.option("--out-dir", default="data/rec", show_default=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", default="metrics/rec_prepare.json", show_default=True)
 def main(source, history_len, rating_threshold, val_ratio, test_ratio, seed, out_dir, metrics_path):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if val_ratio + test_ratio >= 1:
+        raise click.BadParameter(f"val_ratio + test_ratio must be < 1 (a train split must remain), "
+                                 f"got {val_ratio} + {test_ratio}", param_hint="--val-ratio/--test-ratio")
     try:
         alpaca.check_params(history_len=history_len, rating_threshold=rating_threshold)
-        alpaca.check_split(val_ratio=val_ratio, test_ratio=test_ratio)
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="--rating-threshold") from None
     out = Path(out_dir)
     ratings = movielens.load(source, cache_dir=out / "download")
     examples = alpaca.build_examples(ratings, history_len, rating_threshold)

@@ -5,31 +5,28 @@
         --hist metrics/rec_tokenize_hist.json [--show-examples 3]
 """
 
-import logging
 from pathlib import Path
 
 import click
 
 from posttrain.rec import alpaca, seqlen
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.rec.tokenization import STRATEGIES, check_cutoff, tokenize_dataset
+from posttrain.core.cli import run
 
 
 @click.command()
 @click.option("--model", "model_dir", default="data/models/policy", show_default=True,
               help="Folder whose tokenizer and chat template are used.")
 @click.option("--data-dir", default="data/rec", show_default=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--cutoff-len", type=int, default=1024, show_default=True)
-@click.option("--truncation", type=click.Choice(STRATEGIES), default="left", show_default=True)
-@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--cutoff-len", "--cutoff_len", required=True, type=click.IntRange(min=1))
+@click.option("--truncation", required=True, type=click.Choice(STRATEGIES))
 @click.option("--out", "out_dir", default="data/rec/tokenized", show_default=True)
 @click.option("--metrics", "metrics_path", default="metrics/rec_tokenize.json", show_default=True)
 @click.option("--hist", "hist_path", default="metrics/rec_tokenize_hist.json", show_default=True)
-@click.option("--show-examples", type=int, default=0, show_default=True,
-              help="Print N rendered train examples with their label masks to stderr.")
-def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metrics_path, hist_path, show_examples):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+@click.option("--show-examples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Dev only: print N rendered train examples with their label masks to stderr.")
+def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, hist_path, show_examples):
     try:
         check_cutoff(cutoff_len)
     except ValueError as e:
@@ -41,7 +38,7 @@ def main(model_dir, data_dir, cutoff_len, truncation, batch_size, out_dir, metri
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     splits, metrics, all_lengths = {}, {"cutoff_len": cutoff_len, "truncation": truncation}, []
     for name in ("train", "eval"):
-        ds, stats = tokenize_dataset(tokenizer, records[name], cutoff_len, truncation, batch_size, desc=name)
+        ds, stats = tokenize_dataset(tokenizer, records[name], cutoff_len=cutoff_len, strategy=truncation, desc=name)
         splits[name] = ds
         metrics[name] = seqlen.length_report(stats, *seqlen.mask_counts(ds), cutoff_len)
         all_lengths += stats.full_len

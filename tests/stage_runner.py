@@ -19,3 +19,27 @@ def run(name, args):
     res = CliRunner().invoke(stage(name), [str(a) for a in args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return res
+
+
+def param_args(group: str, only=None, **overrides) -> list[str]:
+    """A params.yaml group as DVC's dict unpacking renders it (`--max_steps 16 --no-flag ...`),
+    values in `overrides` replacing params.yaml's; `only` keeps those keys. Nested groups and
+    lists are left out, and so is num_processes (the launcher's, not the stage's)."""
+    import yaml
+
+    node = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for part in group.split("."):
+        node = node[part]
+    values = {k: v for k, v in node.items() if not isinstance(v, (dict, list)) and k != "num_processes"}
+    if only is not None:
+        values = {k: values[k] for k in only}
+    unknown = set(overrides) - set(node)
+    assert not unknown, f"{group} has no {unknown}"
+    values.update(overrides)
+    out = []
+    for k, v in values.items():
+        if isinstance(v, bool):
+            out.append(f"--{k}" if v else f"--no-{k}")
+        else:
+            out += [f"--{k}", str(v)]
+    return out

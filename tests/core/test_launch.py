@@ -36,3 +36,29 @@ def test_two_cpu_processes_under_accelerate(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank="))
     assert lines == ["rank=0 world=2 arg=hello", "rank=1 world=2 arg=hello"]
+
+
+def test_num_processes_comes_out_of_the_script_args():
+    from posttrain.core.launch import pop_num_processes
+
+    # As DVC renders `${rec.finetune}`: the launcher takes the key, the stage never sees it.
+    assert pop_num_processes(["--lr", "0.1", "--num_processes", "2", "--x"]) == (2, ["--lr", "0.1", "--x"])
+    assert pop_num_processes(["--num_processes=3"]) == (3, [])
+    assert pop_num_processes(["--lr", "0.1"]) == (None, ["--lr", "0.1"])
+    import click
+    import pytest
+
+    with pytest.raises(click.BadParameter):
+        pop_num_processes(["--num_processes", "0"])
+
+
+def test_num_processes_given_once(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import sys; print(sys.argv[1:])")
+    ok = subprocess.run([sys.executable, "-m", "posttrain.core.launch", str(script), "--a", "1",
+                         "--num_processes", "1"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == "['--a', '1']", ok.stderr
+    for argv in ([str(script)], ["--num-processes", "1", str(script), "--num_processes", "1"]):
+        bad = subprocess.run([sys.executable, "-m", "posttrain.core.launch", *argv], capture_output=True,
+                             text=True, timeout=120)
+        assert bad.returncode == 2 and "num_processes once" in bad.stderr

@@ -9,6 +9,11 @@ from posttrain.pref.density import (choose_method, density_weights, knn_density,
 from posttrain.pref.projection import projection_records
 
 
+def knn(x, k, method="auto"):
+    """knn_density with the auto threshold and seed of params.yaml (pref.density, pref.seed)."""
+    return knn_density(x, k=k, method=method, auto_threshold=20000, seed=0)
+
+
 def brute_force_density(x, k):
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     s = xn @ xn.T
@@ -28,7 +33,7 @@ def clustered(n_dense=200, n_rare=10, dim=32, seed=0):
 def test_exact_matches_brute_force_with_tiny_blocks():
     x = np.random.default_rng(1).normal(size=(157, 24)).astype(np.float32)
     idx, sim = knn_exact(x, 7, block_bytes=4 * 157 * 10)  # 10 rows per block
-    d, info = knn_density(x, 7, method="exact")
+    d, info = knn(x, 7, method="exact")
     assert np.allclose(d, brute_force_density(x, 7), atol=1e-6)
     assert (idx != np.arange(157)[:, None]).all()  # never self
     assert (np.diff(sim, axis=1) <= 1e-7).all()  # most similar first
@@ -36,32 +41,32 @@ def test_exact_matches_brute_force_with_tiny_blocks():
 
 
 def test_edge_cases():
-    d, info = knn_density(np.zeros((0, 5)), 3)
+    d, info = knn(np.zeros((0, 5)), 3)
     assert d.shape == (0,) and density_weights(d, 0.01).shape == (0,) and info["k_effective"] == 0
-    d, info = knn_density(np.ones((1, 5)), 3)  # one point: no neighbours -> density 0, weight 1
+    d, info = knn(np.ones((1, 5)), 3)  # one point: no neighbours -> density 0, weight 1
     assert d.tolist() == [0.0] and density_weights(d, 0.01).tolist() == [1.0]
     x = np.random.default_rng(0).normal(size=(4, 5))
-    d, info = knn_density(x, 50)  # k >= N: all others
+    d, info = knn(x, 50)  # k >= N: all others
     assert info["k_effective"] == 3 and np.allclose(d, brute_force_density(x, 3), atol=1e-6)
-    d, _ = knn_density(np.tile([[1.0, 2.0, 3.0]], (6, 1)), 3)  # identical vectors
+    d, _ = knn(np.tile([[1.0, 2.0, 3.0]], (6, 1)), 3)  # identical vectors
     assert np.allclose(d, 1.0, atol=1e-6)
     w = density_weights(d, 0.01)
     assert np.allclose(w, 1 / 6)
-    d, _ = knn_density(np.array([[1.0, 0.0], [-1.0, 0.0]]), 1)  # opposite: clipped at 0
+    d, _ = knn(np.array([[1.0, 0.0], [-1.0, 0.0]]), 1)  # opposite: clipped at 0
     assert d.tolist() == [0.0, 0.0]
-    d, _ = knn_density(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]), 1)  # zero vector: similarity 0
+    d, _ = knn(np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.1]]), 1)  # zero vector: similarity 0
     assert d[0] == 0.0 and np.isfinite(d).all()
     with pytest.raises(ValueError):
-        knn_density(np.ones((3, 2)), 0)
+        knn(np.ones((3, 2)), 0)
     with pytest.raises(ValueError):
-        knn_density(np.ones(3), 1)
+        knn(np.ones(3), 1)
     with pytest.raises(ValueError):
         density_weights(np.ones(3), 0.0)
 
 
 def test_weights_sum_to_one_and_rare_prompts_weigh_more():
     x, n_dense = clustered()
-    d, _ = knn_density(x, 10)
+    d, _ = knn(x, 10)
     w = density_weights(d, 0.01)
     assert w.dtype == np.float64 and np.isfinite(w).all() and (w > 0).all()
     assert abs(w.sum() - 1.0) < 1e-12
@@ -95,8 +100,8 @@ def test_pynndescent_agrees_with_exact():
     ia, sa = knn_pynndescent(x, 10, seed=0)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ia)])
     assert recall >= 0.95
-    de, _ = knn_density(x, 10, method="exact")
-    da, info = knn_density(x, 10, method="pynndescent")
+    de, _ = knn(x, 10, method="exact")
+    da, info = knn(x, 10, method="pynndescent")
     assert info["method"] == "pynndescent" and np.abs(de - da).max() < 0.02
     assert (ia != np.arange(len(x))[:, None]).all()
     ia2, _ = knn_pynndescent(x, 10, seed=0)
@@ -105,15 +110,15 @@ def test_pynndescent_agrees_with_exact():
 
 def test_projection_records():
     x, _ = clustered(20, 2, 8)
-    w = density_weights(knn_density(x, 3)[0], 0.01)
+    w = density_weights(knn(x, 3)[0], 0.01)
     ids = [f"id{i}" for i in range(len(x))]
-    recs = projection_records(ids, x, w, ["t " * 200] * len(x))
+    recs = projection_records(ids, x, w, ["t " * 200] * len(x), seed=0)
     assert [r["id"] for r in recs] == ids and set(recs[0]) == {"id", "x", "y", "z", "weight", "text"}
-    assert len(recs[0]["text"]) <= 160 and recs == projection_records(ids, x, w, ["t " * 200] * len(x))
-    one = projection_records(["a"], x[:1], np.ones(1), ["t"])
+    assert len(recs[0]["text"]) <= 160 and recs == projection_records(ids, x, w, ["t " * 200] * len(x), seed=0)
+    one = projection_records(["a"], x[:1], np.ones(1), ["t"], seed=0)
     assert (one[0]["x"], one[0]["y"], one[0]["z"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
-        projection_records(ids[:-1], x, w, ["t"] * len(x))
+        projection_records(ids[:-1], x, w, ["t"] * len(x), seed=0)
 
 
 def test_non_finite_embedding_row_is_a_located_error(tmp_path):
@@ -129,4 +134,4 @@ def test_non_finite_embedding_row_is_a_located_error(tmp_path):
     with pytest.raises(DataError, match=r"e\.npy: field 'embedding': row 2 \(id c\) has non-finite"):
         load_embeddings(tmp_path / "e.npy", tmp_path / "ids.json")
     with pytest.raises(ValueError, match="non-finite"):
-        knn_density(emb, k=2)
+        knn_density(emb, k=2, method="exact", auto_threshold=100, seed=0)

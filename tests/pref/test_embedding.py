@@ -29,7 +29,7 @@ class FakeModel:
 def test_prefix_text_modes():
     prefix = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                            {"role": "user", "content": "bye"}]}
-    assert prefix_text(prefix) == "hi"
+    assert prefix_text(prefix, "first_user") == "hi"
     assert prefix_text(prefix, "full") == "user: hi\n\nassistant: yo\n\nuser: bye"
     with pytest.raises(ValueError):
         prefix_text(prefix, "nope")
@@ -38,19 +38,19 @@ def test_prefix_text_modes():
 def test_cache_embeds_only_new_texts(tmp_path):
     m = FakeModel()
     texts = [f"prompt {i}" for i in range(10)]
-    e1, s1 = embed_texts(texts, "fake-model", cache_dir=tmp_path, model=m, show_progress=False)
+    e1, s1 = embed_texts(texts, "fake-model", batch_size=64, cache_dir=tmp_path, model=m, show_progress=False)
     assert s1["embedded"] == 10 and s1["cache_hits"] == 0 and e1.shape == (10, 8)
     # rerun with one appended text and a repeat: only the new one reaches the model
-    e2, s2 = embed_texts(texts + ["prompt new", "prompt 3"], "fake-model", cache_dir=tmp_path, model=m,
+    e2, s2 = embed_texts(texts + ["prompt new", "prompt 3"], "fake-model", batch_size=64, cache_dir=tmp_path, model=m,
                          show_progress=False)
     assert m.calls[-1] == ["prompt new"] and s2["embedded"] == 1 and s2["cache_hits"] == 10
     assert np.array_equal(e2[:10], e1) and np.array_equal(e2[11], e1[3])
     # all cached: the model is not needed at all
-    e3, s3 = embed_texts(texts, "fake-model", cache_dir=tmp_path, model=None, show_progress=False)
+    e3, s3 = embed_texts(texts, "fake-model", batch_size=64, cache_dir=tmp_path, model=None, show_progress=False)
     assert s3["embedded"] == 0 and np.array_equal(e3, e1)
     # a different model never sees another model's vectors
     m2 = FakeModel()
-    _, s4 = embed_texts(texts[:2], "other-model", cache_dir=tmp_path, model=m2, show_progress=False)
+    _, s4 = embed_texts(texts[:2], "other-model", batch_size=64, cache_dir=tmp_path, model=m2, show_progress=False)
     assert s4["embedded"] == 2 and model_key("other-model") != model_key("fake-model")
 
 
@@ -68,9 +68,9 @@ def test_cache_ignores_incomplete_shards(tmp_path):
 
 def test_no_cache_dir_and_empty(tmp_path):
     m = FakeModel()
-    e, s = embed_texts(["a", "a", "b"], "fake-model", cache_dir=None, model=m, show_progress=False)
+    e, s = embed_texts(["a", "a", "b"], "fake-model", batch_size=64, cache_dir=None, model=m, show_progress=False)
     assert m.calls == [["a", "b"]] and np.array_equal(e[0], e[1]) and s["unique_texts"] == 2
-    e0, _ = embed_texts([], "fake-model", cache_dir=tmp_path, model=m, show_progress=False)
+    e0, _ = embed_texts([], "fake-model", batch_size=64, cache_dir=tmp_path, model=m, show_progress=False)
     assert e0.shape == (0, 8)
 
 

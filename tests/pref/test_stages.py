@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stage_runner import run, stage
+from stage_runner import param_args, run, stage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,12 +32,12 @@ def pipeline(d: Path, src: Path, k=2):
     run("pref_prefixes", ["--pairs", d / "pairs_all.jsonl", "--prefixes", d / "prefixes_all.jsonl",
                           "--id-map", d / "prefix_id_map.tsv", "--metrics", d / "m_prefixes.json"])
     run("pref_embed", ["--prefixes", d / "prefixes_all.jsonl", "--embedder", "all-minilm-l6-v2",
-                       "--batch-size", 4, "--cache-dir", d / "embed_cache", "--embeddings", d / "embeddings.npy",
+                       "--text", "first_user", "--batch-size", 4, "--cache-dir", d / "embed_cache", "--embeddings", d / "embeddings.npy",
                        "--ids", d / "ids.json", "--info", d / "embeddings_info.json",
                        "--metrics", d / "m_embed.json"])
     run("pref_density", ["--embeddings", d / "embeddings.npy", "--ids", d / "ids.json",
                          "--info", d / "embeddings_info.json", "--prefixes", d / "prefixes_all.jsonl",
-                         "--k", k, "--eps", 0.01, "--method", "auto", "--seed", 0,
+                         "--k", k, "--eps", 0.01, "--method", "auto", "--auto-threshold", 20000, "--seed", 0,
                          "--weights", d / "density_weights.npy", "--metadata", d / "embeddings_metadata.json",
                          "--projection", d / "projection.json", "--metrics", d / "m_density.json",
                          "--hist", d / "hist.json"])
@@ -104,12 +104,12 @@ def test_download_source_arguments(tmp_path):
 
 def test_download_champ_tiny(tmp_path):
     run("pref_download", ["--out", tmp_path / "p.jsonl", "--metrics", tmp_path / "m.json",
-                          "--per-prompt", 2, "--champ", 5])
+                          "--per-prompt", 2, "--seed", 0, "--champ", 5])
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["pairs"] == 5 and m["sources"]["champ"]["capped"]
     first = (tmp_path / "p.jsonl").read_bytes()
     run("pref_download", ["--out", tmp_path / "p.jsonl", "--metrics", tmp_path / "m.json",
-                          "--per-prompt", 2, "--champ", 5])
+                          "--per-prompt", 2, "--seed", 0, "--champ", 5])
     assert (tmp_path / "p.jsonl").read_bytes() == first
 
 
@@ -121,7 +121,8 @@ def test_density_stage_k_bounds(tmp_path, k):
     (d / "info.json").write_text("{}")
     (d / "p.jsonl").write_text("".join(json.dumps({"prefix_id": i, "text": i}) + "\n" for i in "abcd"))
     run("pref_density", ["--embeddings", d / "e.npy", "--ids", d / "ids.json", "--info", d / "info.json",
-                         "--prefixes", d / "p.jsonl", "--k", k, "--eps", 0.01, "--weights", d / "w.npy",
+                         "--prefixes", d / "p.jsonl", "--k", k, "--eps", 0.01, *param_args("pref.density"),
+                         "--seed", 0, "--weights", d / "w.npy",
                          "--metadata", d / "meta.json", "--projection", d / "proj.json",
                          "--metrics", d / "m.json", "--hist", d / "h.json"])
     m = json.loads((d / "m.json").read_text())

@@ -126,12 +126,23 @@ def test_render_keeps_answer_when_truncated(tokenizer):
 
 # ------------------------------------------------------------------ stages on tiny models
 
+# The library takes every training setting explicitly (defaults live in params.yaml);
+# these are the values the tests do not vary.
+RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, grad_accum=1,
+          lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0)
+DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_steps=30, batch_size=2,
+           grad_accum=1, lr=5e-5, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_layers=0,
+           eval_pairs=0, bucket_quantile=0.25, seed=0)
+GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_generations=4,
+            max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
+            lora_alpha=16, lora_layers=0, seed=0)
+
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rm"
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, density_aware=True,
-                                    heldout_fraction=0.3, max_length=64, max_steps=6,
-                                    batch_size=4, lr=1e-3, num_layers=1, trainable_layers=1, seed=0)
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, **{
+        **RM, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 6,
+        "batch_size": 4, "lr": 1e-3, "num_layers": 1, "trainable_layers": 1, "seed": 0})
     return out, res
 
 
@@ -156,9 +167,9 @@ def test_reward_model_smoke(trained_rm):
 
 
 def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path):
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm",
-                                    density_aware=False, heldout_fraction=0.3, max_length=64,
-                                    max_steps=2, batch_size=4, seed=0)
+    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm", **{
+        **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 2,
+        "batch_size": 4, "seed": 0})
     s = res["metrics"]["sampling"]
     assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
     assert s["weight_max_over_min"] == pytest.approx(1.0)
@@ -169,9 +180,9 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     from posttrain.pref.dpo import train_dpo
 
     out = tmp_path / "dpo_adapter"
-    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, density_aware=True, heldout_fraction=0.3,
-                    max_length=64, max_steps=3, batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8,
-                    lora_layers=1, seed=0)
+    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, **{
+        **DPO, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 3,
+        "batch_size": 2, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "lora_layers": 1, "seed": 0})
     m = res["metrics"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # top 1 of the 2 tiny layers
@@ -188,9 +199,9 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
 
     rm_dir, _ = trained_rm
     out = tmp_path / "grpo_adapter"
-    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, eval_prompts=2,
-                     max_steps=2, batch_size=4, num_generations=4, max_completion_length=8,
-                     max_length=64, lr=1e-3, lora_r=4, lora_alpha=8, seed=0)
+    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, **{
+        **GRPO, "eval_prompts": 2, "max_steps": 2, "batch_size": 4, "num_generations": 4,
+        "max_completion_length": 8, "max_length": 64, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "seed": 0})
     m = res["metrics"]
     assert (out / "adapter_config.json").is_file()
     held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]

@@ -20,6 +20,12 @@ STDIN = {"id": "apps/0001", "domain": "code", "source": "apps", "answer": "", "p
 PROBLEMS = [MATH, CODE, {**MATH, "id": "gsm8k-test/0001", "problem": "What is 2 + 2?", "answer": "4"}]
 
 
+
+def cfg_of(**kw) -> SamplingConfig:
+    """A SamplingConfig: reason.* values of params.yaml except where a test sets one."""
+    return SamplingConfig(**{**dict(n_samples=4, temperature=0.8, top_p=0.95, max_new_tokens=160,
+                                    batch_size=8, seed=0), **kw})
+
 def test_domain_prompts(tokenizer):
     m = prompts.messages(MATH)
     assert m[-1]["role"] == "user" and "\\boxed{}" in m[-1]["content"] and "step by step" in m[-1]["content"]
@@ -52,7 +58,7 @@ def tiny(tiny_model_dir):
 def test_generate_shapes_and_token_counts(tiny):
     model, tok = tiny
     assert tok.padding_side == "left"
-    cfg = SamplingConfig(n_samples=3, max_new_tokens=6, batch_size=4, seed=1)
+    cfg = cfg_of(n_samples=3, max_new_tokens=6, batch_size=4, seed=1)
     out = generate(model, tok, PROBLEMS, cfg, progress=False)
     assert len(out) == 9
     assert [o["id"] for o in out[:3]] == ["gsm8k-test/0000/0", "gsm8k-test/0000/1", "gsm8k-test/0000/2"]
@@ -74,10 +80,10 @@ def test_generate_shapes_and_token_counts(tiny):
 
 def test_generate_is_deterministic_for_a_seed(tiny):
     model, tok = tiny
-    cfg = SamplingConfig(n_samples=2, max_new_tokens=5, batch_size=3, seed=7)
+    cfg = cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=7)
     a = generate(model, tok, PROBLEMS, cfg, progress=False)
     b = generate(model, tok, PROBLEMS, cfg, progress=False)
-    c = generate(model, tok, PROBLEMS, SamplingConfig(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
+    c = generate(model, tok, PROBLEMS, cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
                  progress=False)
     assert a == b
     assert [x["text"] for x in a] != [x["text"] for x in c]
@@ -87,7 +93,7 @@ def test_generate_is_deterministic_for_a_seed(tiny):
 
 def test_greedy_samples_are_identical(tiny):
     model, tok = tiny
-    out = generate(model, tok, PROBLEMS[:2], SamplingConfig(n_samples=2, temperature=0, max_new_tokens=4,
+    out = generate(model, tok, PROBLEMS[:2], cfg_of(n_samples=2, temperature=0, max_new_tokens=4,
                                                             batch_size=4), progress=False)
     assert out[0]["text"] == out[1]["text"] and out[2]["text"] == out[3]["text"]
     assert out[0]["completion_tokens"] == out[1]["completion_tokens"]
@@ -95,9 +101,9 @@ def test_greedy_samples_are_identical(tiny):
 
 def test_sampling_config_validation():
     with pytest.raises(ValueError):
-        SamplingConfig(n_samples=0)
+        cfg_of(n_samples=0)
     with pytest.raises(ValueError):
-        SamplingConfig(top_p=0)
+        cfg_of(top_p=0)
 
 
 def _stage_main(name):
@@ -120,7 +126,8 @@ def test_generate_stage_writes_samples_and_metrics(tmp_path, tiny_model_dir):
     write_jsonl(probs, PROBLEMS[:2])
     out, met = tmp_path / "samples.jsonl", tmp_path / "m.json"
     args = ["--model", str(tiny_model_dir), "--problems", str(probs), "--out", str(out), "--metrics", str(met),
-            "--n-samples", "2", "--max-new-tokens", "4", "--batch-size", "4", "--seed", "0", "--no-progress"]
+            "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "4",
+            "--batch-size", "4", "--seed", "0", "--threads", "0", "--no-progress"]
     res = CliRunner().invoke(_stage(), args)
     assert res.exit_code == 0, res.output
     first = out.read_bytes()
@@ -162,7 +169,7 @@ def test_tiny_profile_collect_then_generate(tmp_path, tiny_model_dir):
         "--out", str(tmp_path / "samples.jsonl"), "--metrics", str(tmp_path / "mg.json"),
         "--n-samples", str(r["n_samples"]), "--temperature", str(r["temperature"]), "--top-p", str(r["top_p"]),
         "--max-new-tokens", str(r["max_new_tokens"]), "--batch-size", str(r["batch_size"]),
-        "--seed", str(r["seed"]), "--no-progress"])
+        "--seed", str(r["seed"]), "--threads", str(r["threads"]), "--no-progress"])
     assert res.exit_code == 0, res.output
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert len(samples) == r["sample"] * r["n_samples"]

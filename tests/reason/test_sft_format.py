@@ -230,7 +230,7 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "g.jsonl"), "--filtered", str(d / "f.jsonl"), "--pairs", str(d / "p.jsonl"),
-        "--metrics", str(d / "m.json")])
+        "--metrics", str(d / "m.json"), "--timeout-s", "5", "--memory-mb", "512", "--workers", "1"])
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)
     assert not (d / "g.jsonl").exists()

@@ -141,14 +141,15 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     from click.testing import CliRunner
 
     import reason_verifier
+    from stage_runner import param_args
 
     graded, problems = reason_files(tmp_path)
     champ = champ_file(tmp_path / "v0.json", 6)
 
     def run(out):
         args = ["--model", str(tiny_model_dir), "--graded", str(graded), "--problems", str(problems),
-                "--champ", str(champ), "--max-steps", "3", "--batch-size", "4", "--max-length", "48",
-                "--trainable-layers", "1", "--heldout-frac", "0.3",
+                *param_args("reason.verifier", champ=champ, max_steps=3, batch_size=4, max_length=48,
+                            trainable_layers=1, heldout_frac=0.3, num_layers=0, max_graded=0),
                 "--out-model", str(out / "verifier"), "--out-scores", str(out / "scores.jsonl"),
                 "--metrics", str(out / "metrics.json"), "--loss-plot", str(out / "loss.csv")]
         res = CliRunner().invoke(reason_verifier.main, args, catch_exceptions=False)
@@ -179,7 +180,8 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     from posttrain.reason.verifier import predict
 
     model = AutoModelForSequenceClassification.from_pretrained(a / "verifier")
-    again = predict(model, AutoTokenizer.from_pretrained(a / "verifier"), held, batch_size=3, max_length=48)
+    again = predict(model, AutoTokenizer.from_pretrained(a / "verifier"), held, batch_size=3, max_length=48,
+                    chat_template=False)
     assert [r["id"] for r in again] == [r["id"] for r in held]
     assert [r["verifier_score"] for r in again] == pytest.approx([r["verifier_score"] for r in held], abs=1e-5)
     # Same inputs and params -> byte-identical data outputs.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stage_runner import run
+from stage_runner import param_args, run
 
 from posttrain.rec.baseline import LikeRateBaseline
 from posttrain.core.io import read_json
@@ -28,8 +28,8 @@ def synthetic_movielens(folder: Path, n_users=8, n_ratings=14) -> Path:
 def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     src = synthetic_movielens(tmp_path / "ml")
     data, met = tmp_path / "data", tmp_path / "metrics"
-    run("rec_prepare", ["--source", src, "--history-len", 5, "--val-ratio", 0.1, "--test-ratio", 0.25,
-                        "--seed", 13, "--out-dir", data, "--metrics", met / "prepare.json"])
+    run("rec_prepare", ["--source", src, "--history-len", 5, "--rating-threshold", 4.0, "--val-ratio", 0.1,
+                        "--test-ratio", 0.25, "--seed", 13, "--out-dir", data, "--metrics", met / "prepare.json"])
     res = run("rec_tokenize", ["--model", tiny_model_dir, "--data-dir", data, "--cutoff-len", 128,
                                "--truncation", "history", "--out", data / "tokenized",
                                "--metrics", met / "tokenize.json", "--hist", met / "hist.json",
@@ -46,15 +46,17 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     assert set(dd["train"].column_names) == {"input_ids", "attention_mask", "labels"}
 
     run("rec_finetune", ["--model", tiny_model_dir, "--data", data / "tokenized", "--out", data / "adapter",
-                         "--max-train-examples", 8, "--max-eval-examples", 4, "--max-steps", 2,
-                         "--batch-size", 2, "--metrics", met / "ft.json", "--loss-plot", met / "loss.json"])
+                         *param_args("rec.finetune", max_train_examples=8, max_eval_examples=4, max_steps=2,
+                                     batch_size=2), "--seed", 13,
+                         "--metrics", met / "ft.json", "--loss-plot", met / "loss.json"])
     assert (data / "adapter" / "adapter_config.json").is_file()
     ft = read_json(met / "ft.json")
     assert ft["steps"] == 2 and ft["train_examples"] == 8 and "eval_loss" in ft
     assert [p["step"] for p in read_json(met / "loss.json")] == [1, 2]
 
     run("rec_evaluate", ["--model", tiny_model_dir, "--adapter", data / "adapter", "--data-dir", data,
-                         "--max-test-examples", 12, "--cutoff-len", 128, "--truncation", "history",
+                         "--max-test-examples", 12, "--batch-size", 8, "--cutoff-len", 128,
+                         "--truncation", "history", "--seed", 13,
                          "--metrics", met / "eval.json", "--roc-llm", met / "roc_llm.json",
                          "--roc-baseline", met / "roc_base.json"])
     ev = read_json(met / "eval.json")
@@ -69,7 +71,7 @@ def test_baseline_uses_train_statistics_only():
              for u in range(20) for i, r in zip(rng.integers(0, 30, 15), rng.integers(1, 6, 15))]
     test = [{"user_id": str(u), "item_id": str(i), "rating": 5.0, "label": 1} for u, i in [(1, 2), (3, 99)]]
     flipped = [{**t, "rating": 1.0, "label": 0} for t in test]
-    base = LikeRateBaseline().fit(train)
+    base = LikeRateBaseline(seed=0).fit(train)
     # Test ratings never reach the features: changing them changes nothing.
     assert np.array_equal(base.predict_proba(test), base.predict_proba(flipped))
     # Leave-one-out: a train row's own label is not in its features.
@@ -78,7 +80,7 @@ def test_baseline_uses_train_statistics_only():
     # A user who likes everything in train scores higher than one who likes nothing.
     train2 = train + [{"user_id": "fan", "item_id": "0", "rating": 5.0, "label": 1}] * 10 \
         + [{"user_id": "hater", "item_id": "0", "rating": 1.0, "label": 0}] * 10
-    b2 = LikeRateBaseline().fit(train2)
+    b2 = LikeRateBaseline(seed=0).fit(train2)
     p = b2.predict_proba([{"user_id": "fan", "item_id": "5"}, {"user_id": "hater", "item_id": "5"}])
     assert p[0] > p[1]
 

@@ -118,7 +118,8 @@ def test_rec_prepare_stage_is_deterministic(tmp_path):
     outs = []
     for run in ("a", "b"):
         out = tmp_path / run
-        res = CliRunner().invoke(main, ["--source", str(src), "--history-len", "5", "--val-ratio", "0.1",
+        res = CliRunner().invoke(main, ["--source", str(src), "--history-len", "5", "--rating-threshold", "4.0",
+                                        "--val-ratio", "0.1",
                                         "--test-ratio", "0.2", "--seed", "3", "--out-dir", str(out),
                                         "--metrics", str(out / "m.json")], catch_exceptions=False)
         assert res.exit_code == 0, res.output

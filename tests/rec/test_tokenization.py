@@ -89,14 +89,15 @@ def test_an_answer_that_cannot_fit_is_counted_not_dropped(tokenizer):
 
 def test_dataset_batches_match_one_pass_and_report(tokenizer):
     recs = [record(n_history=k, output="Yes" if k % 2 else "No") for k in range(1, 8)]
-    ds, stats = tokenize_dataset(tokenizer, recs, cutoff_len=1024, batch_size=3)
+    ds, stats = tokenize_dataset(tokenizer, recs, cutoff_len=1024, strategy="left", batch_size=3)
     cols, _ = tokenize_records(tokenizer, recs, 1024)
     assert ds["input_ids"] == cols["input_ids"] and ds["labels"] == cols["labels"]
     masked, total = seqlen.mask_counts(ds)
     assert total == sum(stats.length) and total - masked == 3 * len(recs)
     rep = seqlen.length_report(stats, masked, total, 1024)
     assert rep["min"] == min(stats.full_len) and rep["max"] == max(stats.full_len) and rep["truncated"] == 0
-    table = {row["cutoff"]: row["truncated"] for row in seqlen.cutoff_table(stats.full_len, (rep["min"], 10**4))}
+    table = {row["cutoff"]: row["truncated"]
+             for row in seqlen.cutoff_table(stats.full_len, (rep["min"], 10**4), extra=None)}
     assert table == {rep["min"]: len(recs) - 1, 10**4: 0}
     assert sum(b["count"] for b in seqlen.histogram(stats.full_len)) == len(recs)
     shown = seqlen.render_example(tokenizer, ds[0]["input_ids"], ds[0]["labels"])

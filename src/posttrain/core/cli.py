@@ -14,6 +14,7 @@ carry no defaults of their own (see tests/test_params.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,25 @@ import click
 from posttrain.core.io import DataError
 
 DEBUG_ENV = "POSTTRAIN_DEBUG"
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that also rejects nan and +-inf (FloatRange lets nan pass:
+    every comparison with nan is false)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+def finite(min: float | None = None, max: float | None = None, *, min_open: bool = False,
+           max_open: bool = False) -> FiniteFloat:
+    """`type=finite(min=0, min_open=True)`: a finite float option within [min, max]."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
 
 
 def debug_enabled(argv=None) -> bool:

@@ -123,8 +123,8 @@ def choose_method(n: int, method: str = "auto", auto_threshold: int = 20000) -> 
     return method
 
 
-def knn_density(x: np.ndarray, k: int, method: str = "auto", auto_threshold: int = 20000,
-                seed: int = 0) -> tuple[np.ndarray, dict]:
+def knn_density(x: np.ndarray, *, k: int, method: str, auto_threshold: int,
+                seed: int) -> tuple[np.ndarray, dict]:
     """density [N] float64 (mean similarity to the k nearest others, clipped at 0)
     and info {method, k, k_effective, n}."""
     x = np.asarray(x, dtype=np.float32)

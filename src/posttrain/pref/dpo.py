@@ -32,12 +32,12 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
     }
 
 
-def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool = True,
-              max_pairs: int = 0, heldout_fraction: float = 0.2, split_seed: int = 0, max_length: int = 512,
-              max_steps: int = 30, batch_size: int = 2, grad_accum: int = 1, lr: float = 5e-5,
-              beta: float = 0.1, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
-              lora_layers: int = 0, eval_pairs: int = 0,
-              bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 4) -> dict:
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
+              max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
+              max_steps: int, batch_size: int, grad_accum: int, lr: float,
+              beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
+              lora_layers: int, eval_pairs: int,
+              bucket_quantile: float, seed: int, eval_batch_size: int = 4) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"} (None on
     ranks other than the main one under `accelerate launch`).
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 TEXT_MODES = ("first_user", "full")
 
 
-def prefix_text(prefix: dict, mode: str = "first_user") -> str:
+def prefix_text(prefix: dict, mode: str) -> str:
     """The text embedded for a prefix: its first user message, or the whole
     conversation as `role: content` blocks (`full`)."""
     msgs = prefix["messages"]
@@ -134,7 +134,7 @@ class EmbeddingCache:
         return self.dir / f"{name}.keys"
 
 
-def embed_texts(texts: list[str], model_ref: str, batch_size: int = 64, cache_dir=None,
+def embed_texts(texts: list[str], model_ref: str, *, batch_size: int, cache_dir=None,
                 model=None, show_progress: bool = True) -> tuple[np.ndarray, dict]:
     """Unit-normalized float32 embeddings [len(texts), dim] and cache stats.
 

@@ -90,12 +90,11 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
     return out
 
 
-def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int = 16, max_prompts: int = 64,
-               max_steps: int = 8, batch_size: int = 8, num_generations: int = 4,
-               max_completion_length: int = 48, max_length: int = 512, lr: float = 1e-5,
-               temperature: float = 1.0, beta: float = 0.0, lora_r: int = 8, lora_alpha: int = 16,
-               lora_layers: int = 0,
-               seed: int = 0) -> dict:
+def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max_prompts: int,
+               max_steps: int, batch_size: int, num_generations: int,
+               max_completion_length: int, max_length: int, lr: float,
+               temperature: float, beta: float, lora_r: int, lora_alpha: int,
+               lora_layers: int, seed: int) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"} (None on
     ranks other than the main one under `accelerate launch`)."""
     import torch

@@ -546,7 +546,7 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
     return pairs, stats
 
 
-def collect(sources: list[tuple[str, int]], per_prompt: int = 4, seed: int = 0
+def collect(sources: list[tuple[str, int]], *, per_prompt: int, seed: int
             ) -> tuple[list[dict], dict[str, Any]]:
     """Pairs of every source in order, and metrics: per-source rows/pairs/skips."""
     names = [name for name, _ in sources]

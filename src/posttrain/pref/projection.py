@@ -30,8 +30,8 @@ def snippet(text: str, limit: int = 160) -> str:
     return t if len(t) <= limit else t[: limit - 1] + "\u2026"
 
 
-def projection_records(ids: list[str], x: np.ndarray, weights: np.ndarray, texts: list[str],
-                       seed: int = 0, snippet_chars: int = 160) -> list[dict]:
+def projection_records(ids: list[str], x: np.ndarray, weights: np.ndarray, texts: list[str], *,
+                       seed: int, snippet_chars: int = 160) -> list[dict]:
     if not (len(ids) == len(x) == len(weights) == len(texts)):
         raise ValueError(f"length mismatch: ids {len(ids)}, vectors {len(x)}, weights {len(weights)}, "
                          f"texts {len(texts)}")

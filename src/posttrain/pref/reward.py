@@ -281,11 +281,11 @@ def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fract
 
 
 def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
-                       density_aware: bool = True, max_pairs: int = 0, heldout_fraction: float = 0.2,
-                       max_length: int = 512, max_steps: int = 40, batch_size: int = 4,
-                       grad_accum: int = 1, lr: float = 5e-5, lora_r: int = 0, lora_alpha: int = 32,
-                       num_layers: int = 0, trainable_layers: int = 0,
-                       bucket_quantile: float = 0.25, seed: int = 0, eval_batch_size: int = 8) -> dict:
+                       density_aware: bool, max_pairs: int, heldout_fraction: float,
+                       max_length: int, max_steps: int, batch_size: int,
+                       grad_accum: int, lr: float, lora_r: int, lora_alpha: int,
+                       num_layers: int, trainable_layers: int,
+                       bucket_quantile: float, seed: int, eval_batch_size: int = 8) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics.
 
     Returns {"metrics": {...}, "curve": [...]} for the stage to write; None on ranks other

@@ -16,14 +16,15 @@ from posttrain.reason import prompts
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    n_samples: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    seed: int = 0
+    # No defaults: every value comes from params.yaml (reason.*) through the stage.
+    n_samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
+    seed: int
 
     def __post_init__(self):
         if self.n_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:

@@ -39,8 +39,8 @@ def _grade_dict(g) -> dict:
     return out
 
 
-def grade_samples(samples: list[dict], problems: dict[str, dict], timeout_s: float = 5.0,
-                  memory_mb: int = 512, workers: int = 2) -> list[dict]:
+def grade_samples(samples: list[dict], problems: dict[str, dict], *, timeout_s: float,
+                  memory_mb: int, workers: int) -> list[dict]:
     """Grade every sample; returns sample records + grade, reason, extracted, method.
 
     Math is checked in-process (answer extraction + equivalence); code goes to the

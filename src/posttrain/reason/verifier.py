@@ -159,7 +159,7 @@ def split_by_problem(records: Sequence[dict], heldout_frac: float, seed: int) ->
 
 # -- model ------------------------------------------------------------------------
 
-def load_regressor(model_dir, trainable_layers: int = -1, seed: int = 0, num_layers: int = 0):
+def load_regressor(model_dir, *, trainable_layers: int, seed: int, num_layers: int):
     """(model, tokenizer): a 1-output regression head on the policy folder's LM.
 
     `num_layers` > 0 keeps only the bottom `num_layers` transformer blocks (a shallower,
@@ -215,8 +215,8 @@ def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[i
 
 
 def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
-          max_length: int, seed: int, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
-          padding: str = "longest", chat_template: bool = False, grad_clip: float = 1.0) -> list[dict]:
+          max_length: int, seed: int, warmup_ratio: float, weight_decay: float,
+          padding: str, chat_template: bool, grad_clip: float = 1.0) -> list[dict]:
     """Regression fine-tuning for `max_steps` optimizer steps; returns the loss log.
 
     The loop runs through accelerate: one process as before, or DDP under `accelerate
@@ -269,7 +269,7 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
 
 
 def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,
-            chat_template: bool = False) -> list[dict]:
+            chat_template: bool) -> list[dict]:
     """Each record's fields (via InferenceCollator metadata) + `verifier_score`, sorted by id."""
     import torch
     from torch.utils.data import DataLoader

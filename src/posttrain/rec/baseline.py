@@ -16,7 +16,7 @@ import numpy as np
 
 
 class LikeRateBaseline:
-    def __init__(self, prior_weight: float = 5.0, seed: int = 0):
+    def __init__(self, *, seed: int, prior_weight: float = 5.0):
         self.prior_weight, self.seed = prior_weight, seed
 
     def fit(self, train_rows: list[dict]) -> "LikeRateBaseline":

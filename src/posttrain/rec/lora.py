@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.core.io import atomic_path
@@ -22,21 +22,22 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("none", "4bit")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    learning_rate: float = 2e-4
-    max_steps: int = 40
-    batch_size: int = 4
-    grad_accum: int = 1
-    warmup_steps: int = 0
-    max_train_examples: int = 0  # 0 = all
-    max_eval_examples: int = 0  # 0 = all
-    seed: int = 13
-    quantization: str = "none"
+    # No defaults: every value comes from params.yaml (rec.finetune.*, rec.seed) through the stage.
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | str  # module names, or "all-linear"
+    learning_rate: float
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    warmup_steps: int
+    max_train_examples: int  # 0 = all
+    max_eval_examples: int  # 0 = all
+    seed: int
+    quantization: str
 
 
 def _cuda() -> bool:

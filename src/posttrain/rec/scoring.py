@@ -23,8 +23,8 @@ def answer_token_id(tokenizer, answer: str) -> int:
     return next(t for t in cols["labels"][0] if t != IGNORE_INDEX)
 
 
-def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int,
-                  batch_size: int = 8, desc: str = "score") -> np.ndarray:
+def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id: int, *,
+                  batch_size: int, desc: str = "score") -> np.ndarray:
     """P(Yes | Yes or No) per prompt, batched by length and returned in input order."""
     import torch
     from tqdm import tqdm

@@ -49,7 +49,7 @@ def mask_counts(dataset) -> tuple[int, int]:
     return masked, total
 
 
-def cutoff_table(full_lengths, cutoffs=CUTOFFS, extra: int | None = None) -> list[dict]:
+def cutoff_table(full_lengths, cutoffs=CUTOFFS, *, extra: int | None) -> list[dict]:
     """Fraction (and count) of examples longer than each candidate cutoff."""
     lens = np.asarray(full_lengths, dtype=np.int64)
     cs = sorted(set(cutoffs) | ({extra} if extra else set()))

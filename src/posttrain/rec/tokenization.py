@@ -189,7 +189,7 @@ def _fit_history(tokenizer, record, text, ids, n_prompt, offsets, cutoff_len):
     return ids, n_prompt, dropped, int(len(ids) > cutoff_len)
 
 
-def tokenize_dataset(tokenizer, records: list[dict], cutoff_len: int, strategy: str = "left",
+def tokenize_dataset(tokenizer, records: list[dict], *, cutoff_len: int, strategy: str,
                      batch_size: int = 1000, desc: str = "tokenize"):
     """Batched over `records` -> (datasets.Dataset with int32 columns, Stats)."""
     import datasets
@@ -211,7 +211,7 @@ def tokenize_dataset(tokenizer, records: list[dict], cutoff_len: int, strategy: 
     return datasets.concatenate_datasets(parts), stats
 
 
-def tokenize_prompts(tokenizer, records: list[dict], cutoff_len: int, strategy: str = "left") -> list[list[int]]:
+def tokenize_prompts(tokenizer, records: list[dict], *, cutoff_len: int, strategy: str) -> list[list[int]]:
     """Generation prompts (no answer) for scoring, truncated the same way the training rows are,
     leaving room for one answer token."""
     check_cutoff(cutoff_len)

@@ -1,0 +1,354 @@
+"""params.yaml is the only place a default lives (checked statically, no stage runs).
+
+dvc.yaml hands params to stages as `--opt ${group.key}` or by DVC's dict unpacking
+(`${group}` -> `--key value ...`, `--key` / `--no-key` for booleans, see .dvc/config
+`[parsing]`). `check(root)` reports, for a project folder:
+
+- a params.yaml leaf that reaches no stage (no interpolation, no unpacked group, no
+  stage that reads params.yaml itself with `--params-file params.yaml`);
+- an option of a stage script that is neither fed by a param nor given a literal value
+  (a path) in its cmd, unless it is one of the DEV_ONLY flags below;
+- a param-fed option with a default of its own (it must be required, default-free);
+- a library function the stage calls with a param-fed value that has a default for it;
+- a `${...}` in a cmd that the stage's `params:` do not cover.
+
+Each check is shown to fire on a deliberately broken copy of the project. The last
+tests render every cmd with DVC's own resolver and parse it with the stage's Click
+command, so dvc.yaml and the scripts cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Options no param feeds, on purpose: developer aids that never change an output.
+DEV_ONLY = {
+    "--show-examples": "rec_tokenize: print N rendered examples with their label masks",
+    "--progress": "reason_generate: tqdm progress bar on/off",
+    "--sources": "reason_collect: sources as JSON instead of reason.sources in params.yaml",
+    "--sources-key": "reason_collect: where reason.sources sits in --params-file",
+}
+# Keys of an unpacked group that the launcher (python -m posttrain.core.launch) takes.
+LAUNCHER_KEYS = {"num_processes"}
+# Groups unpacked into a script's free arguments rather than options.
+FREE_ARGS = {"pref.sources": "pref_download: `--NAME CAP` per preference source"}
+EXPR = re.compile(r"\$\{([^}]+)\}")
+
+try:  # click >= 8.2 marks "no default" with a sentinel, older versions with None
+    from click._utils import UNSET
+except ImportError:  # pragma: no cover
+    UNSET = None
+
+
+def has_default(p: click.Parameter) -> bool:
+    return p.default is not None and p.default is not UNSET
+
+
+def select(params: dict, key: str):
+    node = params
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def leaves(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def under(key: str, group: str) -> bool:
+    return key == group or key.startswith(group + ".")
+
+
+def load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"params_check_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Stage:
+    """One dvc.yaml stage: which options its cmd feeds from params, which it gives literally."""
+
+    def __init__(self, name: str, spec: dict, params: dict, root: Path):
+        self.name, self.cmd = name, " ".join(spec["cmd"].split())
+        self.params = [p for p in spec.get("params", []) if isinstance(p, str)]
+        self.exprs = EXPR.findall(self.cmd)
+        tokens = self.cmd.split()
+        self.launcher = tokens[1:3] == ["-m", "posttrain.core.launch"]
+        self.script = root / next(t for t in tokens if t.endswith(".py"))
+        self.fed: dict[str, str] = {}       # option as written -> params key
+        self.unpacked: dict[str, str] = {}  # option (from an unpacked group) -> params key
+        self.literal: set[str] = set()
+        for i, tok in enumerate(tokens):
+            m = EXPR.fullmatch(tok)
+            prev = tokens[i - 1] if i else ""
+            if m and isinstance(select(params, m[1]), dict):
+                if m[1] in FREE_ARGS:
+                    continue
+                for key, value in leaves(select(params, m[1])).items():
+                    opt = key.rsplit(".", 1)[-1]
+                    self.unpacked[f"--{opt}" if value is not False else f"--no-{opt}"] = f"{m[1]}.{key}"
+            elif m and prev.startswith("--"):
+                self.fed[prev] = m[1]
+            elif tok.startswith("--") and i + 1 < len(tokens) and not tokens[i + 1].startswith(("--", "${")):
+                self.literal.add(tok)
+
+    def reads_params_file(self) -> bool:
+        return "--params-file params.yaml" in self.cmd
+
+
+def option_of(command: click.Command, opt: str):
+    for p in command.params:
+        if isinstance(p, click.Option) and opt in (*p.opts, *p.secondary_opts):
+            return p
+    return None
+
+
+def library_defaults(mod, fed_names: set[str]) -> list[tuple[str, str]]:
+    """(call, kwarg) pairs in `main` where a param-fed argument meets a library default."""
+    tree = ast.parse(inspect.getsource(mod))
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    found = []
+    calls = [n for stmt in main.body for n in ast.walk(stmt) if isinstance(n, ast.Call)]  # not decorators
+    for call in calls:
+        fn = resolve(mod, call.func)
+        if fn is None:
+            continue
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        positional = [p for p in sig.parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        bound = [(positional[i].name if i < len(positional) else None, a) for i, a in enumerate(call.args)]
+        bound += [(k.arg, k.value) for k in call.keywords]
+        for kw, value in bound:
+            if kw and isinstance(value, ast.Name) and value.id in fed_names:
+                p = sig.parameters.get(kw)
+                if p is not None and p.default is not inspect.Parameter.empty:
+                    found.append((ast.unparse(call.func), kw))
+    return found
+
+
+def lookup(mod, node):
+    if isinstance(node, ast.Name):
+        return mod.__dict__.get(node.id)
+    if isinstance(node, ast.Attribute):
+        base = lookup(mod, node.value)
+        return getattr(base, node.attr, None) if base is not None else None
+    return None
+
+
+def resolve(mod, node):
+    """The function or class a call's `f` / `pkg.f` names in the stage module, or None."""
+    obj = lookup(mod, node)
+    # Only the project's own functions and classes (and this file's stand-ins): not click.echo, numpy, ...
+    module = getattr(obj, "__module__", None) or ""
+    return obj if callable(obj) and (module.startswith("posttrain") or module == __name__) else None
+
+
+def check(root: Path) -> list[str]:
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    specs = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    stages = [Stage(name, spec, params, root) for name, spec in specs.items()]
+    problems = []
+
+    reached = set()
+    for st in stages:
+        groups = st.exprs + (st.params if st.reads_params_file() else [])
+        reached |= {k for k in leaves(params) if any(under(k, g) for g in groups)}
+    problems += [f"params.yaml: {k} reaches no stage" for k in sorted(set(leaves(params)) - reached)]
+
+    for st in stages:
+        for e in st.exprs:
+            if not any(under(e, p) for p in st.params):
+                problems.append(f"{st.name}: cmd interpolates ${{{e}}} but its params: do not list it")
+        mod = load_script(st.script)
+        command = mod.main
+        fed_names = set()
+        for opt, key in [*st.fed.items(), *st.unpacked.items()]:
+            p = option_of(command, opt)
+            if p is None:
+                if not (st.launcher and key.rsplit(".", 1)[-1] in LAUNCHER_KEYS):
+                    problems.append(f"{st.name}: cmd passes {opt} (from {key}) but the script has no such option")
+                continue
+            fed_names.add(p.name)
+            if has_default(p) or not p.required:
+                problems.append(f"{st.name}: option {opt} is fed by {key} but has a default of its own "
+                                f"({p.default!r}, required={p.required})")
+        given = set(st.fed) | set(st.unpacked) | st.literal
+        for p in command.params:
+            if not isinstance(p, click.Option) or p.name == "help":
+                continue
+            names = {*p.opts, *p.secondary_opts}
+            if not names & given and not names & set(DEV_ONLY):
+                problems.append(f"{st.name}: option {p.opts[0]} is neither fed by params nor a path in its cmd")
+        for call, kw in library_defaults(mod, fed_names):
+            problems.append(f"{st.name}: {call}() has a default for {kw}, which params.yaml feeds")
+    return problems
+
+
+# ------------------------------------------------------------------ the project itself
+
+def test_project_has_one_place_per_default():
+    assert check(REPO) == []
+
+
+def test_dev_only_flags_exist_and_are_few():
+    options = set()
+    for script in (REPO / "stages").glob("*.py"):
+        for p in load_script(script).main.params:
+            options |= set(getattr(p, "opts", []))
+    assert set(DEV_ONLY) <= options and len(DEV_ONLY) <= 5
+
+
+# ------------------------------------------------------------------ each check on a broken copy
+
+@pytest.fixture()
+def copy(tmp_path):
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "stages", tmp_path / "stages")
+    return tmp_path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def test_reports_a_param_no_stage_reads(copy):
+    edit(copy / "params.yaml", "  source: ml-100k\n", "  source: ml-100k\n  forgotten_knob: 3\n")
+    assert check(copy) == ["params.yaml: rec.forgotten_knob reaches no stage"]
+
+
+def test_reports_an_option_no_param_feeds(copy):
+    edit(copy / "dvc.yaml", "--out data/rec/adapter ${rec.finetune} --seed ${rec.seed}",
+         "--out data/rec/adapter ${rec.finetune}")
+    assert "rec_finetune: option --seed is neither fed by params nor a path in its cmd" in check(copy)
+
+
+def test_reports_a_param_fed_option_with_a_default(copy):
+    edit(copy / "stages/rec_finetune.py", '@click.option("--lr", required=True, type=finite(0, min_open=True))',
+         '@click.option("--lr", default=2e-4, type=finite(0, min_open=True))')
+    assert check(copy) == ["rec_finetune: option --lr is fed by rec.finetune.lr but has a default of its own "
+                           "(0.0002, required=False)"]
+
+
+def test_reports_a_library_default_for_a_param_fed_kwarg(copy, monkeypatch):
+    from posttrain.pref import density
+
+    def knn_density(x, *, k, method="auto", auto_threshold, seed):  # a drifting default
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(density, "knn_density", knn_density)
+    assert check(copy) == ["pref_density: knn_density() has a default for method, which params.yaml feeds"]
+
+
+def test_reports_an_interpolation_params_do_not_cover(copy):
+    edit(copy / "dvc.yaml", "      - rec.seed\n      - rec.finetune\n", "      - rec.seed\n")
+    assert check(copy) == ["rec_finetune: cmd interpolates ${rec.finetune} but its params: do not list it"]
+
+
+def test_reports_an_unpacked_key_the_script_lacks(copy):
+    edit(copy / "params.yaml", "    quantization: none     # none | 4bit (QLoRA, bitsandbytes NF4)\n",
+         "    quantization: none\n    packing: true\n")
+    assert check(copy) == ["rec_finetune: cmd passes --packing (from rec.finetune.packing) "
+                           "but the script has no such option"]
+
+
+# ------------------------------------------------------------------ rendered commands parse
+
+def rendered_commands(tmp_path: Path, profile: str | None) -> dict[str, str]:
+    """Every stage's cmd as DVC renders it from params.yaml (deep-merged with a profile)."""
+    from dvc.repo import Repo
+
+    from posttrain.core import profiles
+
+    params = profiles.load_yaml(REPO / "params.yaml")
+    if profile:
+        params = profiles.deep_merge(params, profiles.load_yaml(REPO / "profiles" / f"{profile}.yaml"))
+    (tmp_path / ".dvc").mkdir()
+    config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")  # keeps [parsing]
+    assert config.count("[core]\n") == 1
+    (tmp_path / ".dvc" / "config").write_text(config.replace("[core]\n", "[core]\n    no_scm = true\n"),
+                                              encoding="utf-8")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with Repo(str(tmp_path)) as repo:
+        return {st.name: st.cmd for st in repo.index.stages}
+
+
+@pytest.mark.parametrize("profile", [None, "tiny", "full"])
+def test_every_rendered_command_parses(tmp_path, monkeypatch, profile):
+    from posttrain.core.launch import pop_num_processes
+
+    # Inputs need not exist here: only the command line is under test.
+    monkeypatch.setattr(click.Path, "convert", lambda self, value, param, ctx: value)
+    cmds = rendered_commands(tmp_path, profile)
+    assert set(cmds) == set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    for name, cmd in cmds.items():
+        argv = shlex.split(cmd)
+        assert argv[0] == "python", cmd
+        argv = argv[1:]
+        if argv[:2] == ["-m", "posttrain.core.launch"]:
+            n, argv = pop_num_processes(argv[2:])
+            assert n is not None and n >= 1, f"{name}: no --num_processes for the launcher"
+        script, args = argv[0], argv[1:]
+        assert script == f"stages/{name}.py"
+        command = load_script(REPO / script).main
+        ctx = command.make_context(name, list(args))  # raises on any unknown, missing or bad option
+        assert not ctx.args or name == "pref_download", f"{name}: leftover {ctx.args}"
+    assert "--use_graded" in cmds["reason_verifier"] and "--no-chat_template" in cmds["reason_verifier"]
+
+
+# ------------------------------------------------------------------ bad values end in one line
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1e-4"])
+def test_bad_float_is_rejected_by_click_naming_the_option(value, capsys):
+    from posttrain.core.cli import run
+
+    command = load_script(REPO / "stages/pref_grpo.py").main
+    args = ["--prefixes", str(REPO / "params.yaml"), "--policy", str(REPO), "--rm", str(REPO), "--out", "o",
+            "--metrics", "m", "--curve", "c",
+            *sum((["--" + k, str(v)] for k, v in {
+                "eval_prompts": 8, "max_prompts": 32, "max_steps": 4, "batch_size": 8, "num_generations": 4,
+                "max_completion_length": 32, "max_length": 512, "temperature": 1.0, "beta": 0.0,
+                "lora_r": 8, "lora_alpha": 16, "lora_layers": 4, "seed": 0}.items()), []),
+            "--lr", value]
+    with pytest.raises(SystemExit) as e:
+        run(command, args, prog="pref_grpo")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pref_grpo: error: Invalid value for '--lr'"), err
+    assert "finite" in err[0] if value in ("nan", "inf") else "range" in err[0]
+
+
+def test_ratios_must_leave_a_train_split(tmp_path, capsys):
+    from posttrain.core.cli import run
+
+    command = load_script(REPO / "stages/rec_prepare.py").main
+    with pytest.raises(SystemExit) as e:
+        run(command, ["--source", "x", "--history-len", "5", "--rating-threshold", "4", "--val-ratio", "0.5",
+                      "--test-ratio", "0.5", "--seed", "0", "--out-dir", str(tmp_path)], prog="rec_prepare")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val_ratio + test_ratio must be < 1" in err[0]
