@@ -126,11 +126,13 @@ CASES = [
     Case("rec-duplicate-movie-id", "rec_prepare", rec_prepare(movies=MOVIES + "3,Film 3 again (1973),Drama\n"),
          r"^rec_prepare: error: .*movies\.csv, line 32: field 'movieId': duplicate movie id '3'$"),
     Case("rec-threshold-7", "rec_prepare", rec_prepare(threshold="7"),
-         r"^rec_prepare: error: rating_threshold must be in \(0.5, 5\] \(the MovieLens star scale\), got 7.0$"),
+         r"^rec_prepare: error: Invalid value for --rating-threshold: rating_threshold must be in \(0.5, 5\] "
+         r"\(the MovieLens star scale\), got 7.0$"),
     Case("rec-threshold-nan", "rec_prepare", rec_prepare(threshold="nan"),
-         r"^rec_prepare: error: rating_threshold must be in \(0.5, 5\] .*got nan$"),
+         r"^rec_prepare: error: Invalid value for '--rating-threshold' .*'nan' is not a finite number.$"),
     Case("rec-split-ratios", "rec_prepare", rec_prepare(val="0.6", test="0.5"),
-         r"^rec_prepare: error: need 0 <= val_ratio, test_ratio and val_ratio \+ test_ratio < 1; got 0.6, 0.5$"),
+         r"^rec_prepare: error: Invalid value for --val-ratio/--test-ratio: val_ratio \+ test_ratio must be < 1 "
+         r"\(a train split must remain\), got 0.6 \+ 0.5$"),
     Case("rec-missing-folder", "rec_prepare", rec_prepare(source="in/no-such-folder/ml"),
          r"^rec_prepare: error: in/no-such-folder/ml: file not found$"),
     # user 1 re-rates movie 11 later (1.0) and repeats a row exactly: 2 dropped, latest kept
@@ -358,7 +360,7 @@ CASES += [
     Case("density-not-npy", "pref_density", pref_density(emb_bytes=b"not an array"),
          rf"{D}: not a readable \.npy array"),
     Case("density-eps-nan", "pref_density", pref_density(eps="nan"),
-         r"^pref_density: error: Invalid value for --eps: must be a finite number > 0, got nan$"),
+         r"^pref_density: error: Invalid value for '--eps': 'nan' is not a finite number.$"),
 ]
 
 
@@ -429,9 +431,9 @@ def rec_tokenize(train=None, cutoff="64"):
 T = r"^rec_tokenize: error: .*train\.json"
 CASES += [
     Case("tokenize-cutoff-0", "rec_tokenize", rec_tokenize(cutoff="0"),
-         r"^rec_tokenize: error: Invalid value for --cutoff-len: cutoff_len must be an integer >= 1, got 0$"),
+         r"^rec_tokenize: error: Invalid value for '--cutoff-len' / '--cutoff_len': 0 is not in the range x>=1.$"),
     Case("tokenize-cutoff-negative", "rec_tokenize", rec_tokenize(cutoff="-5"),
-         r"^rec_tokenize: error: Invalid value for --cutoff-len: cutoff_len must be an integer >= 1, got -5$"),
+         r"^rec_tokenize: error: Invalid value for '--cutoff-len' / '--cutoff_len': -5 is not in the range x>=1.$"),
     Case("tokenize-missing-output", "rec_tokenize",
          rec_tokenize(json.dumps([ALPACA, {k: v for k, v in ALPACA.items() if k != "output"}])),
          rf"{T}: field 'output': record 2: expected a non-empty string, got None$"),
@@ -532,6 +534,25 @@ def run_stage(stage: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
     env.pop("POSTTRAIN_DEBUG", None)  # the one-line form is what is under test
     return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *map(str, args)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_library_refuses_what_the_options_refuse():
+    """Click ranges stop these at the command line; the library refuses them too (callers
+    that skip the stage script must not get emptied examples or all-"No" labels)."""
+    from posttrain.pref.density import density_weights
+    from posttrain.rec import alpaca
+    from posttrain.rec.tokenization import tokenize_records
+
+    for cutoff in (0, -5):
+        with pytest.raises(ValueError, match="cutoff_len must be an integer >= 1"):
+            tokenize_records(None, [ALPACA], cutoff_len=cutoff, strategy="left")
+    for t in (7.0, float("nan")):
+        with pytest.raises(ValueError, match="rating_threshold must be in"):
+            alpaca.check_params(history_len=3, rating_threshold=t)
+    with pytest.raises(ValueError, match="val_ratio"):
+        alpaca.check_split(val_ratio=0.6, test_ratio=0.5)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        density_weights(np.zeros(3), float("nan"))
 
 
 def test_corpus_is_broad():
