@@ -268,4 +268,4 @@ def test_same_source_twice_is_refused(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(ValueError, match="more than once"):
-        collect([(f"path:{f}", 0), (f"path:{f}", 0)])
+        collect([(f"path:{f}", 0), (f"path:{f}", 0)], per_prompt=4, seed=0)
