@@ -11,7 +11,6 @@ most pairs taken from it (0 = all).
 
 import click
 
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.pref.pairs import collect
 from posttrain.core.cli import run

@@ -8,7 +8,7 @@
 import click
 
 from posttrain.core.io import outputs
-from posttrain.pref.reward import check_split, train_reward_model
+from posttrain.pref.reward import train_reward_model
 from posttrain.core.cli import finite, run
 
 
@@ -41,10 +41,6 @@ from posttrain.core.cli import finite, run
 def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
-    try:
-        check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     res = train_reward_model(
         pairs, ids, weights, backbone, out_dir, density_aware=density_aware, max_pairs=max_pairs,
         heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile, max_length=max_length,

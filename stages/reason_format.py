@@ -7,7 +7,6 @@
 
 import click
 
-from posttrain.core.cli import run
 from posttrain.core.io import outputs
 from posttrain.reason.problems import index, read_problem_records, read_problems
 from posttrain.reason.sft_format import build_sft, parse_mix

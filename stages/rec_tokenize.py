@@ -11,7 +11,7 @@ import click
 
 from posttrain.rec import alpaca, seqlen
 from posttrain.core.io import outputs
-from posttrain.rec.tokenization import STRATEGIES, check_cutoff, tokenize_dataset
+from posttrain.rec.tokenization import STRATEGIES, tokenize_dataset
 from posttrain.core.cli import run
 
 
@@ -27,10 +27,6 @@ from posttrain.core.cli import run
 @click.option("--show-examples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Dev only: print N rendered train examples with their label masks to stderr.")
 def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, hist_path, show_examples):
-    try:
-        check_cutoff(cutoff_len)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--cutoff-len") from None
     records = {name: alpaca.read_records(Path(data_dir) / f"{name}.json") for name in ("train", "eval")}
     import datasets
     from transformers import AutoTokenizer

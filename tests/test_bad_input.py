@@ -496,9 +496,9 @@ CASES += [
          r"^pref_rm: error: .*pairs\.jsonl, line 1: field 'prefix.messages': last prefix message must be "
          r"from the user$", slow=True),
     Case("rm-heldout-nan", "pref_rm", pref_rm(heldout="nan"),
-         r"^pref_rm: error: heldout_fraction must be in \(0, 1\), got nan$", slow=True),
+         r"^pref_rm: error: Invalid value for '--heldout-fraction' .*'nan' is not a finite number.$", slow=True),
     Case("rm-quantile-too-big", "pref_rm", pref_rm(quantile="0.9"),
-         r"^pref_rm: error: bucket_quantile must be in \(0, 0.5\], got 0.9$", slow=True),
+         r"^pref_rm: error: Invalid value for '--bucket-quantile' .*0.9 is not in the range 0<x<=0.5.$", slow=True),
 ]
 
 
@@ -553,6 +553,12 @@ def test_library_refuses_what_the_options_refuse():
         alpaca.check_split(val_ratio=0.6, test_ratio=0.5)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         density_weights(np.zeros(3), float("nan"))
+    from posttrain.pref.reward import check_split
+
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        check_split(heldout_fraction=float("nan"), bucket_quantile=0.25)
+    with pytest.raises(ValueError, match="bucket_quantile"):
+        check_split(heldout_fraction=0.2, bucket_quantile=0.9)
 
 
 def test_corpus_is_broad():

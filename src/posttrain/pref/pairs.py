@@ -29,7 +29,6 @@ naming file, line and field.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
