@@ -41,7 +41,7 @@ def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[
                                              trainable_layers=2, max_length=256,
                                              batch_size=global_batch // n, max_steps=steps),
            "--out-model", str(out / "model"), "--out-scores", str(out / "scores.jsonl"),
-           "--metrics", str(out / "metrics.json")]
+           "--metrics", str(out / "metrics.json"), "--predictions", str(out / "predictions.jsonl")]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0

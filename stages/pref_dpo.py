@@ -7,7 +7,7 @@ are evaluated on the same held-out prompts.
 import click
 
 from posttrain.pref.dpo import train_dpo
-from posttrain.core.io import write_json
+from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.cli import finite, run
 
 
@@ -19,6 +19,8 @@ from posttrain.core.cli import finite, run
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per evaluated pair implicit rewards (jsonl) for `posttrain compare`.")
 @click.option("--density-aware", "--density_aware", required=True, type=bool)
 @click.option("--split-max-pairs", required=True, type=click.IntRange(min=0))
 @click.option("--split-heldout-fraction", required=True, type=finite(0, 1, min_open=True, max_open=True))
@@ -38,7 +40,7 @@ from posttrain.core.cli import finite, run
 @click.option("--eval-pairs", "--eval_pairs", required=True, type=click.IntRange(min=0),
               help="held-out pairs evaluated (seeded subset; 0 = all, plus rare/common buckets)")
 @click.option("--seed", required=True, type=int)
-def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density_aware,
+def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, predictions_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
          batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, eval_pairs, seed):
     res = train_dpo(
@@ -51,9 +53,10 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, curve_path, density
         return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
+    write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
-    click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']:.3f}, "
-               f"margin {h['reward_margin']:.4f} on {h['n']} pairs", err=True)
+    click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']}, "
+               f"margin {h['reward_margin']} on {h['n']} pairs", err=True)
 
 
 if __name__ == "__main__":

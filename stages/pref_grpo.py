@@ -4,7 +4,7 @@ on the prefixes the reward model held out; mean RM reward before/after on eval p
 import click
 
 from posttrain.pref.grpo import train_grpo
-from posttrain.core.io import write_json
+from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.cli import finite, run
 
 
@@ -15,6 +15,8 @@ from posttrain.core.cli import finite, run
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per eval prompt RM reward before/after (jsonl) for `posttrain compare`.")
 @click.option("--eval-prompts", "--eval_prompts", required=True, type=click.IntRange(min=1))
 @click.option("--max-prompts", "--max_prompts", required=True, type=click.IntRange(min=0),
               help="GRPO training prompts cap (0 = all)")
@@ -32,7 +34,7 @@ from posttrain.core.cli import finite, run
 @click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
 @click.option("--seed", required=True, type=int)
-def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_prompts, max_prompts,
+def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, predictions_path, eval_prompts, max_prompts,
          max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed):
     res = train_grpo(
@@ -45,6 +47,7 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, curve_path, eval_promp
         return
     write_json(metrics_path, res["metrics"])
     write_json(curve_path, res["curve"])
+    write_jsonl(predictions_path, res["predictions"])
     r = res["metrics"]["eval_reward"]
     click.echo(f"pref_grpo: mean RM reward on eval prompts {r['before']:.4f} -> {r['after']:.4f}", err=True)
 

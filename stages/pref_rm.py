@@ -20,6 +20,8 @@ from posttrain.core.cli import finite, run
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--curve", "curve_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per held-out pair scores (jsonl) for `posttrain compare`.")
 @click.option("--density-aware", "--density_aware", required=True, type=bool)
 @click.option("--max-pairs", "--max_pairs", required=True, type=click.IntRange(min=0), help="0 = all pairs")
 @click.option("--heldout-fraction", "--heldout_fraction", required=True,
@@ -38,7 +40,7 @@ from posttrain.core.cli import finite, run
 @click.option("--trainable-layers", "--trainable_layers", required=True, type=click.IntRange(min=0),
               help="train only the top N kept layers + head (0 = all)")
 @click.option("--seed", required=True, type=int)
-def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, density_aware, max_pairs,
+def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, predictions_path, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     res = train_reward_model(
@@ -51,8 +53,9 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, curve_path, densi
     with outputs() as o:
         o.write_json(metrics_path, res["metrics"])
         o.write_json(curve_path, res["curve"])
+        o.write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
-    click.echo(f"pref_rm: held-out accuracy {h['accuracy']:.3f} on {h['n']} pairs "
+    click.echo(f"pref_rm: held-out accuracy {h['accuracy']} on {h['n']} pairs "
                f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",
                err=True)
 

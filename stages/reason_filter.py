@@ -3,7 +3,8 @@
     python stages/reason_filter.py --problems data/reason/problems.jsonl --samples data/reason/samples.jsonl \
         --graded data/reason/graded.jsonl --filtered data/reason/filtered.jsonl \
         --pairs data/reason/graded_pairs.jsonl --metrics metrics/reason_filter.json \
-        --timeout-s 5 --memory-mb 512 --workers 2
+        --timeout-s 5 --memory-mb 512 --workers 2 --seed 0 \
+        --predictions metrics/reason_filter_predictions.jsonl
 
 Math: final answer extracted and compared with the gold answer; code: last Python
 block run against the tests in the sandbox. graded.jsonl keeps every sample with its
@@ -14,7 +15,7 @@ incorrect solutions of the same problem in the pref pair format.
 import click
 
 from posttrain.core.cli import finite, run
-from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples
+from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples, prediction_rows
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
 from posttrain.reason.sandbox import protections
@@ -35,8 +36,11 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
               help="Wall-time limit per code run.")
 @click.option("--memory-mb", "--memory_mb", required=True, type=click.IntRange(min=16))
 @click.option("--workers", required=True, type=click.IntRange(min=1))
+@click.option("--seed", required=True, type=int, help="Seed of the bootstrap CIs on the pass rates.")
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per sample grades (jsonl) for `posttrain compare`.")
 def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, metrics_path,
-         timeout_s, memory_mb, workers):
+         timeout_s, memory_mb, workers, seed, predictions_path):
     problems = index(read_problems(problems_path))
     samples = read_problem_records(samples_path, problems, SAMPLE_FIELDS)
     graded = grade_samples(samples, problems, timeout_s=timeout_s, memory_mb=memory_mb, workers=workers)
@@ -45,9 +49,10 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
     write_jsonl(graded_path, graded)
     write_jsonl(filtered_path, accepted)
     write_jsonl(pairs_path, pairs)
-    metrics = {**filter_metrics(graded), "pairs": pair_stats}
+    metrics = {**filter_metrics(graded, seed=seed), "pairs": pair_stats}
     metrics["sandbox"] = protections()  # which isolation this host gave the code runs
     write_json(metrics_path, metrics)
+    write_jsonl(predictions_path, prediction_rows(graded))
     click.echo(f"reason_filter: {len(accepted)}/{len(graded)} accepted, {len(pairs)} pairs", err=True)
 
 

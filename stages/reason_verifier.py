@@ -57,9 +57,12 @@ log = logging.getLogger("reason_verifier")
 @click.option("--out-scores", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--loss-plot", default=None, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per held-out record predictions (jsonl) for `posttrain compare`.")
 def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, heldout_frac, seed,
          max_length, padding, chat_template, batch_size, eval_batch_size, max_steps, lr, warmup_ratio,
-         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, loss_plot):
+         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, loss_plot,
+         predictions_path):
     t0 = time.perf_counter()
     records, counts = verifier.load_records(
         champ=None if champ.lower() == "none" else champ,
@@ -78,13 +81,14 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
         return
     scored = verifier.predict(model, tokenizer, heldout, batch_size=eval_batch_size,
                               max_length=max_length, chat_template=chat_template)
-    metrics = verifier.summarize(model, train, heldout, scored, history, counts, threshold)
+    metrics = verifier.summarize(model, train, heldout, scored, history, counts, threshold, seed=seed)
 
     save_folder(model, tokenizer, out_model, {"source": str(model_dir), "task": "verifier-regression"})
     write_jsonl(out_scores, scored)
     if loss_plot:
         verifier.write_loss_csv(loss_plot, history)
     write_json(metrics_path, metrics)
+    write_jsonl(predictions_path, verifier.heldout_predictions(train, scored, threshold))
     # Wall time goes to the log, not the metrics: outputs stay byte-identical across runs.
     log.info("train %.1fs, total %.1fs; held-out %s", t_train, time.perf_counter() - t0,
              {k: metrics["heldout"].get(k) for k in ("n", "auc", "accuracy", "mse", "baseline_mse_train_mean")})

@@ -1,5 +1,6 @@
 """rec_evaluate: P(Yes) vs P(No) of the fine-tuned model and a non-LLM baseline on the
-same test rows -> AUC, accuracy, n (one metrics file) and ROC points (DVC plots).
+same test rows -> AUC, accuracy, n, user-clustered 95% CIs and the paired LLM - baseline
+difference (one metrics file), per-row scores (predictions jsonl) and ROC points (DVC plots).
 
     python stages/rec_evaluate.py --model data/models/policy --adapter data/rec/adapter \
         --data-dir data/rec --max-test-examples 300 --cutoff-len 1024 --truncation left
@@ -11,7 +12,7 @@ import click
 
 from posttrain.rec import scoring
 from posttrain.rec.baseline import LikeRateBaseline
-from posttrain.core.io import read_jsonl, write_json
+from posttrain.core.io import read_jsonl, write_json, write_jsonl
 from posttrain.rec.lora import load_for_eval
 from posttrain.rec.tokenization import STRATEGIES, tokenize_prompts
 from posttrain.core.cli import run
@@ -31,8 +32,10 @@ from posttrain.core.cli import run
 @click.option("--metrics", "metrics_path", default="metrics/rec_evaluate.json", show_default=True)
 @click.option("--roc-llm", default="metrics/rec_evaluate_roc_llm.json", show_default=True)
 @click.option("--roc-baseline", default="metrics/rec_evaluate_roc_baseline.json", show_default=True)
+@click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
+              help="Per-row scores (jsonl) for `posttrain compare`.")
 def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, truncation, batch_size, seed,
-         metrics_path, roc_llm, roc_baseline):
+         metrics_path, roc_llm, roc_baseline, predictions_path):
     import torch
     from transformers import AutoTokenizer
 
@@ -52,12 +55,16 @@ def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, trunca
     train_meta = read_jsonl(data_dir / "train_meta.jsonl", required=("user_id", "item_id", "rating", "label"))
     base = LikeRateBaseline(seed=seed).fit(train_meta).predict_proba(test)
 
-    metrics = {"llm": scoring.binary_metrics(labels, p_yes), "baseline": scoring.binary_metrics(labels, base),
+    users = [r["user_id"] for r in test]  # a user's rows are correlated: the bootstrap resamples users
+    metrics = {"llm": scoring.binary_metrics(labels, p_yes, users, seed=seed),
+               "baseline": scoring.binary_metrics(labels, base, users, seed=seed),
+               "llm_minus_baseline": scoring.paired_metrics(labels, p_yes, base, users, seed=seed),
                "llm_mean_p_yes": round(float(p_yes.mean()), 6) if len(p_yes) else None,
                "adapter": bool(adapter_dir)}
     write_json(metrics_path, metrics)
     write_json(roc_llm, scoring.roc_points(labels, p_yes))
     write_json(roc_baseline, scoring.roc_points(labels, base))
+    write_jsonl(predictions_path, scoring.prediction_rows(test, p_yes, base))
     click.echo(f"rec_evaluate: llm {metrics['llm']}, baseline {metrics['baseline']}", err=True)
 
 

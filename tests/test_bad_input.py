@@ -465,7 +465,8 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
         w = put(tmp, "w.npy", b"")
         np.save(w, np.full(4, 0.25) if weights is None else weights)
         return ["--pairs", p, "--ids", idp, "--weights", w, "--backbone", model, "--out", out(tmp, "rm"),
-                "--metrics", out(tmp, "m.json"), "--curve", out(tmp, "curve.json"), "--density-aware", "true",
+                "--metrics", out(tmp, "m.json"), "--curve", out(tmp, "curve.json"),
+                "--predictions", out(tmp, "predictions.jsonl"), "--density-aware", "true",
                 "--max-pairs", 0, "--heldout-fraction", heldout, "--bucket-quantile", quantile, "--seed", 0,
                 "--max-length", 64, "--max-steps", 1, "--batch-size", 2, "--grad-accum", 1, "--lr", 1e-4,
                 "--lora-r", 0, "--lora-alpha", 16, "--num-layers", 0, "--trainable-layers", 0]
@@ -478,6 +479,7 @@ def _rm_empty_buckets(tmp):
     assert m["heldout"]["buckets"]["rare"] == {"n": 0, "accuracy": None, "margin": None}
     assert m["sampling"]["draws_per_rare_item"] is None and m["sampling"]["rare_vs_common_draw_ratio"] is None
     assert (out(tmp, "rm") / "split.json").is_file() and out(tmp, "curve.json").is_file()
+    assert out(tmp, "predictions.jsonl").is_file()
 
 
 W = r"^pref_rm: error: .*w\.npy"

@@ -117,6 +117,18 @@ def test_rarity_buckets_follow_weights(pref_dir):
     assert reward.bucket_of(min(w.values()), th) == "common"
 
 
+def test_pairwise_report_has_cis_and_empty_buckets_are_null():
+    pairs = [{"prefix_id": f"p{i // 2}", "src": "s", "density": 1.0} for i in range(8)]
+    chosen, rejected = np.array([1, 1, 1, 0, 1, 1, 0, 1.0]), np.zeros(8)
+    rep = reward.pairwise_report(chosen, rejected, pairs, (0.5, 2.0), seed=0)
+    assert rep["n"] == 8 and rep["n_clusters"] == 4 and rep["accuracy"] == 0.75
+    assert rep["accuracy_ci_low"] <= 0.75 <= rep["accuracy_ci_high"]
+    assert rep["buckets"]["rare"] == {"accuracy": None, "accuracy_ci_low": None, "accuracy_ci_high": None,
+                                      "margin": None, "margin_ci_low": None, "margin_ci_high": None,
+                                      "n": 0, "n_clusters": 0}
+    json.dumps(rep, allow_nan=False)  # a NaN here once crashed pref_rm after saving the model
+
+
 def test_render_keeps_answer_when_truncated(tokenizer):
     msgs = [{"role": "user", "content": "word " * 300}]
     ids, truncated = reward.render_ids(tokenizer, msgs, "THE ANSWER", 64)
@@ -156,6 +168,13 @@ def test_reward_model_smoke(trained_rm):
     assert h["n"] == m["pairs"]["heldout"] and 0.0 <= h["accuracy"] <= 1.0
     assert sum(v["n"] for v in h["per_source"].values()) == h["n"]
     assert sum(v["n"] for v in h["buckets"].values()) == h["n"]
+    # Per-pair predictions are what the metrics (and `posttrain compare`) are computed from.
+    pred = res["predictions"]
+    assert len(pred) == h["n"] and [r["id"] for r in pred] == sorted(r["id"] for r in pred)
+    assert h["accuracy"] == pytest.approx(np.mean([r["correct"] for r in pred]), abs=1e-6)
+    assert h["n_clusters"] == len({r["prefix_id"] for r in pred}) == m["pairs"]["heldout_prefixes"]
+    for b in ("rare", "common"):
+        assert h["buckets"][b]["n"] == sum(r["bucket"] == b for r in pred)
     # The sampler handed out exactly steps * batch indices.
     assert m["sampling"]["draws"] == 6 * 4
     assert m["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
@@ -192,6 +211,11 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     assert 0.0 <= h["reward_accuracy"] <= 1.0 and np.isfinite(h["reward_margin"])
     assert h["buckets"]["rare"]["n"] + h["buckets"]["common"]["n"] <= h["n"]
     assert len(res["curve"]) == 3
+    # Per-pair implicit rewards were captured (they agree with trl's batch means, else empty).
+    pred = res["predictions"]
+    assert len(pred) == h["n"] and h["n_clusters"] == len({r["prefix_id"] for r in pred})
+    assert h["reward_accuracy"] == pytest.approx(np.mean([r["correct"] for r in pred]), abs=1e-6)
+    assert h["reward_margin"] == pytest.approx(np.mean([r["margin"] for r in pred]), abs=1e-5)
 
 
 def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
@@ -208,6 +232,11 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     assert m["prompts"]["train"] + m["prompts"]["eval"] == len(held)
     assert m["train"]["steps"] == 2
     assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
+    r = m["eval_reward"]
+    assert r["n"] == r["n_clusters"] == 2 and r["delta"] == pytest.approx(r["after"] - r["before"], abs=1e-5)
+    pred = res["predictions"]
+    assert [p["id"] for p in pred] == sorted(p["id"] for p in pred) and len(pred) == 2
+    assert r["delta"] == pytest.approx(np.mean([p["reward_after"] - p["reward_before"] for p in pred]), abs=1e-5)
     rows = [json.loads(x) for x in (out / "eval_completions.jsonl").read_text().splitlines()]
     assert {r["prefix_id"] for r in rows} <= set(held) and len(rows) == 2
 

@@ -129,9 +129,12 @@ def test_filter_metrics():
               sample(MATH_P["id"], 2, "no idea", 0, "no_answer"),
               sample(CODE_P["id"], 0, CODE_OK, 1, "correct"),
               sample(CODE_P["id"], 1, "while True: pass", 0, "timeout")]
-    m = G.filter_metrics(graded)
+    m = G.filter_metrics(graded, seed=0)
     assert m["n_samples"] == 5 and m["n_accepted"] == 2 and m["pass_rate"] == 0.4
-    assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 4)
+    assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
+    # Two problems: the CI resamples problems, so it spans the two problems' rates (1/3 and 1/2).
+    assert m["n_clusters"] == 2 and m["pass_rate_ci_low"] == round(1 / 3, 6) and m["pass_rate_ci_high"] == 0.5
+    assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
     assert m["by_domain"]["code"]["reasons"] == {"correct": 1, "timeout": 1}
     assert m["by_source"]["gsm8k-test"]["problems_solved"] == 1
     assert m["answer_extraction_failures"] == 1
@@ -171,7 +174,7 @@ def fake_grading(monkeypatch):
                 for t, _ in items]
 
     sandbox.SandboxLimits, sandbox.grade_many = SandboxLimits, grade_many
-    sandbox.protections = lambda limits=None: {}  # reason_filter records the host's isolation
+    sandbox.protections = lambda limits=None: {}  # reason_filter reports the host's isolation
     monkeypatch.setitem(sys.modules, "posttrain.reason.grading", grading)
     monkeypatch.setitem(sys.modules, "posttrain.reason.sandbox", sandbox)
     return seen
@@ -198,7 +201,8 @@ def test_filter_and_format_stages_with_stand_in_graders(tmp_path, fake_grading):
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "graded.jsonl"), "--filtered", str(d / "filtered.jsonl"),
         "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "mf.json"),
-        "--timeout-s", "3", "--memory-mb", "128", "--workers", "2"])
+        "--timeout-s", "3", "--memory-mb", "128", "--workers", "2", "--seed", "0",
+        "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code == 0, res.output
     assert fake_grading["workers"] == 2 and fake_grading["n"] == 2
     assert fake_grading["limits"].timeout_s == 3 and fake_grading["limits"].memory_mb == 128
@@ -230,7 +234,8 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "g.jsonl"), "--filtered", str(d / "f.jsonl"), "--pairs", str(d / "p.jsonl"),
-        "--metrics", str(d / "m.json"), "--timeout-s", "5", "--memory-mb", "512", "--workers", "1"])
+        "--metrics", str(d / "m.json"), "--timeout-s", "5", "--memory-mb", "512", "--workers", "1",
+        "--seed", "0", "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)
     assert not (d / "g.jsonl").exists()

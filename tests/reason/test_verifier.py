@@ -126,15 +126,22 @@ def test_split_by_problem_is_disjoint_and_seeded(tmp_path):
 
 
 def test_score_metrics_hand_computed():
-    scored = [{"score": 1.0, "verifier_score": 0.9}, {"score": 0.0, "verifier_score": 0.2},
-              {"score": 0.5, "verifier_score": 0.6}, {"score": 1.0, "verifier_score": 0.4}]
-    m = score_metrics(scored, threshold=0.5, train_mean=0.5)
+    scored = [{"id": f"r{i}", "problem_id": f"p{i % 3}", "score": s, "verifier_score": v}
+              for i, (s, v) in enumerate([(1.0, 0.9), (0.0, 0.2), (0.5, 0.6), (1.0, 0.4)])]
+    m = score_metrics(scored, threshold=0.5, train_mean=0.5, seed=0)
     assert m["mse"] == pytest.approx((0.01 + 0.04 + 0.01 + 0.36) / 4)
     assert m["accuracy"] == pytest.approx(0.5)  # right on rows 1 and 2; 0.6 >= .5 but 0.5 != correct
     # correct = rows 0, 3 (0.9, 0.4) vs rows 1, 2 (0.2, 0.6): 3 of 4 pairs ordered right.
     assert m["auc"] == pytest.approx(0.75)
     assert m["baseline_mse_train_mean"] == pytest.approx((0.25 + 0.25 + 0 + 0.25) / 4)
     assert m["baseline_accuracy_majority"] == pytest.approx(0.5)
+    # Paired differences against the baselines, over the same rows; problems are the clusters.
+    assert m["mse_minus_baseline"] == pytest.approx(m["mse"] - m["baseline_mse_train_mean"], abs=1e-6)
+    assert m["accuracy_minus_baseline"] == pytest.approx(0.0)
+    assert m["n"] == 4 and m["n_clusters"] == 3
+    assert m["mse_ci_low"] <= m["mse"] <= m["mse_ci_high"]
+    empty = score_metrics([], threshold=0.5, train_mean=0.5, seed=0)
+    assert empty["n"] == 0 and empty["auc"] is None and empty["mse_ci_low"] is None
 
 
 def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
@@ -151,7 +158,8 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
                 *param_args("reason.verifier", champ=champ, max_steps=3, batch_size=4, max_length=48,
                             trainable_layers=1, heldout_frac=0.3, num_layers=0, max_graded=0),
                 "--out-model", str(out / "verifier"), "--out-scores", str(out / "scores.jsonl"),
-                "--metrics", str(out / "metrics.json"), "--loss-plot", str(out / "loss.csv")]
+                "--metrics", str(out / "metrics.json"), "--loss-plot", str(out / "loss.csv"),
+                "--predictions", str(out / "pred.jsonl")]
         res = CliRunner().invoke(reason_verifier.main, args, catch_exceptions=False)
         assert res.exit_code == 0, res.output
         return out
@@ -165,6 +173,10 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     assert m["train"]["steps"] == 3
     for key in ("mse", "accuracy", "auc", "baseline_mse_train_mean"):
         assert key in m["heldout"]
+    pred = read_jsonl(a / "pred.jsonl")
+    assert [p["id"] for p in pred] == [r["id"] for r in held] == sorted(p["id"] for p in pred)
+    assert m["heldout"]["accuracy"] == pytest.approx(sum(p["hit"] for p in pred) / len(pred), abs=1e-6)
+    assert m["heldout"]["n_clusters"] == len({p["problem_id"] for p in pred})
     # Metadata rides along: every held-out record keeps its sample fields.
     r = held[0]
     assert {"id", "problem_id", "problem", "proof", "score", "origin", "verifier_score"} <= set(r)
@@ -188,3 +200,4 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     b = run(tmp_path / "b")
     assert (a / "scores.jsonl").read_bytes() == (b / "scores.jsonl").read_bytes()
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
+    assert (a / "pred.jsonl").read_bytes() == (b / "pred.jsonl").read_bytes()

@@ -7,8 +7,8 @@ import pytest
 from stage_runner import param_args, run
 
 from posttrain.rec.baseline import LikeRateBaseline
-from posttrain.core.io import read_json
-from posttrain.rec.scoring import binary_metrics, roc_points
+from posttrain.core.io import read_json, read_jsonl
+from posttrain.rec.scoring import binary_metrics, paired_metrics, roc_points
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,10 +58,20 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
                          "--max-test-examples", 12, "--batch-size", 8, "--cutoff-len", 128,
                          "--truncation", "history", "--seed", 13,
                          "--metrics", met / "eval.json", "--roc-llm", met / "roc_llm.json",
-                         "--roc-baseline", met / "roc_base.json"])
+                         "--roc-baseline", met / "roc_base.json", "--predictions", met / "pred.jsonl"])
     ev = read_json(met / "eval.json")
-    assert ev["llm"]["n"] == ev["baseline"]["n"] == 12
-    assert 0 <= ev["llm"]["auc"] <= 1 and 0 <= ev["baseline"]["accuracy"] <= 1
+    assert ev["llm"]["n"] == ev["baseline"]["n"] == ev["llm_minus_baseline"]["n"] == 12
+    pred = read_jsonl(met / "pred.jsonl")
+    assert [r["id"] for r in pred] == sorted(r["id"] for r in pred) and len(pred) == 12
+    # The metrics are those of the predictions file, so `posttrain compare` measures the same thing.
+    assert ev["llm"]["accuracy"] == pytest.approx(np.mean([r["llm_correct"] for r in pred]), abs=1e-6)
+    assert ev["llm_minus_baseline"]["accuracy"] == pytest.approx(
+        np.mean([r["llm_correct"] - r["baseline_correct"] for r in pred]), abs=1e-6)
+    assert ev["llm"]["n_clusters"] == len({r["user"] for r in pred})
+    for block in ("llm", "baseline"):
+        m = ev[block]
+        if m["auc_ci_low"] is not None:
+            assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
     assert read_json(met / "roc_llm.json")[-1] == {"fpr": 1.0, "tpr": 1.0}
 
 
@@ -86,9 +96,14 @@ def test_baseline_uses_train_statistics_only():
 
 
 def test_metrics_helpers():
-    m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
-    assert m == {"n": 4, "positives": 2, "auc": 0.75, "accuracy": 0.5}
-    assert binary_metrics([1, 1], [0.2, 0.9])["auc"] is None
+    m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], ["a", "a", "b", "c"], seed=0)
+    assert {k: m[k] for k in ("n", "n_clusters", "positives", "auc", "accuracy")} == \
+        {"n": 4, "n_clusters": 3, "positives": 2, "auc": 0.75, "accuracy": 0.5}
+    assert m["accuracy_ci_low"] <= 0.5 <= m["accuracy_ci_high"]
+    one = binary_metrics([1, 1], [0.2, 0.9], seed=0)
+    assert one["auc"] is None and one["auc_ci_low"] is None and one["accuracy"] == 0.5
+    d = paired_metrics([0, 1, 1, 0], [0.2, 0.8, 0.9, 0.1], [0.6, 0.4, 0.9, 0.1], seed=0)
+    assert d["accuracy"] == 0.5 and d["auc"] == 0.25
     pts = roc_points([0, 1], [0.2, 0.9])
     assert pts[0] == {"fpr": 0.0, "tpr": 0.0} and pts[-1] == {"fpr": 1.0, "tpr": 1.0}
 

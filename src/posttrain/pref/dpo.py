@@ -14,6 +14,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from posttrain.core import stats
 from posttrain.core.io import write_json
 from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
                      training_device_args)
@@ -32,13 +35,47 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
     }
 
 
+def _pair_recording(trainer_cls):
+    """The trainer class, keeping trl's per-batch eval reward lists (`_metrics["eval"]`) before
+    `log` averages and clears them: with one pair per batch, each pair's implicit rewards."""
+
+    class PairRecording(trainer_cls):
+        eval_pair_rewards: tuple[list, list] = ([], [])
+
+        def log(self, logs, start_time=None):
+            if not self.model.training:
+                ev = self._metrics["eval"]
+                self.eval_pair_rewards = (list(ev.get("rewards/chosen", [])), list(ev.get("rewards/rejected", [])))
+            super().log(logs, start_time)
+
+    return PairRecording
+
+
+def pair_report(chosen_rewards, rejected_rewards, pairs: list[dict], *, seed: int) -> dict:
+    """Held-out reward accuracy and margin of DPO's implicit rewards, with n and
+    prefix-clustered CIs (`posttrain.core.stats`); no pairs give n = 0 and nulls."""
+    c, r = np.asarray(chosen_rewards, dtype=np.float64), np.asarray(rejected_rewards, dtype=np.float64)
+    return stats.report({"reward_accuracy": ("mean", [(c > r).astype(int)]), "reward_margin": ("mean", [c - r])},
+                        [p["prefix_id"] for p in pairs], seed=seed)
+
+
+def pair_rows(chosen_rewards, rejected_rewards, pairs: list[dict], thresholds) -> list[dict]:
+    """Per evaluated pair: ids, bucket, implicit rewards, sorted by id (`posttrain compare` input)."""
+    rows = [{"id": p["id"], "prefix_id": p["prefix_id"], "src": p["src"],
+             "bucket": bucket_of(p["density"], thresholds),
+             "chosen_reward": round(float(c), 6), "rejected_reward": round(float(r), 6),
+             "margin": round(float(c) - float(r), 6), "correct": int(c > r)}
+            for p, c, r in zip(pairs, chosen_rewards, rejected_rewards)]
+    return sorted(rows, key=lambda x: x["id"])
+
+
 def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
               max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
               max_steps: int, batch_size: int, grad_accum: int, lr: float,
               beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
               lora_layers: int, eval_pairs: int,
               bucket_quantile: float, seed: int, eval_batch_size: int = 4) -> dict:
-    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve"} (None on
+    """Train a DPO LoRA adapter, save it to `out_dir`, return {"metrics", "curve", "predictions"} (None on
     ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
@@ -72,7 +109,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
         **training_device_args())
-    trainer = weighted_trainer_class(DPOTrainer)(
+    trainer = _pair_recording(weighted_trainer_class(DPOTrainer))(
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
         processing_class=tok,
         peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
@@ -82,22 +119,34 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     try:
         trainer.train()
 
-        def evaluate(subset: list[dict]) -> dict:
+        def evaluate(subset: list[dict]) -> tuple[dict, list[dict]]:
             if not subset:
-                return {"n": 0, "reward_accuracy": None, "reward_margin": None}
-            # DPOTrainer.log adds its reward stats to the returned dict as "eval_*" (mean over batches).
-            m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
-            return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
-                    "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}
+                return pair_report([], [], [], seed=seed), []
+            # One pair per eval batch, so trl's per-batch reward stats are per pair (see
+            # _pair_recording); DPOTrainer.log also returns their means as "eval_*".
+            args.per_device_eval_batch_size = 1
+            try:
+                m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
+            finally:
+                args.per_device_eval_batch_size = eval_batch_size
+            rc, rr = trainer.eval_pair_rewards
+            # Under several processes the ranks' pairs are gathered per step: no per-pair values.
+            if args.world_size > 1 or len(rc) != len(subset) or not np.isclose(
+                    np.mean(np.asarray(rc) > np.asarray(rr)), m["eval_rewards/accuracies"]):
+                log.warning("pref_dpo: no per-pair rewards under %d processes; means only", args.world_size)
+                return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
+                        "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}, []
+            return ({**pair_report(rc, rr, subset, seed=seed), "loss": float(m["eval_loss"])},
+                    pair_rows(rc, rr, subset, thresholds))
 
         # DPO eval costs 4 full forward passes per pair (policy + reference, chosen +
         # rejected): on CPU a seeded subset of `eval_pairs` held-out pairs (0 = all).
         subset = cap_pairs(held, eval_pairs, split_seed)
-        heldout = evaluate(subset)
+        heldout, predictions = evaluate(subset)
         heldout["heldout_pairs"] = len(held)
         if not eval_pairs:
             buckets = [bucket_of(p["density"], thresholds) for p in held]
-            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])
+            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])[0]
                                   for b in ("rare", "common")}
         from accelerate.utils import gather_object
 
@@ -125,4 +174,4 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "rewards/accuracies", "rewards/margins"))
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics, "curve": curve, "predictions": predictions}

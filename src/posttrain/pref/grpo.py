@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain.core import stats
 from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.pref.pairs import prefix_id
@@ -95,7 +96,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
                max_completion_length: int, max_length: int, lr: float,
                temperature: float, beta: float, lora_r: int, lora_alpha: int,
                lora_layers: int, seed: int) -> dict:
-    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve"} (None on
+    """Train a GRPO LoRA adapter on held-out prefixes; returns {"metrics", "curve", "predictions"} (None on
     ranks other than the main one under `accelerate launch`)."""
     import torch
     from datasets import Dataset
@@ -164,16 +165,24 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     save_dir(out_dir, fill)
     metrics = {
         "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
-        "eval_reward": {"before": float(before.mean()), "after": float(after.mean()),
-                        "delta": float(after.mean() - before.mean()),
-                        "improved_fraction": float((after > before).mean())},
+        "eval_reward": reward_report(before, after, eval_ids, seed=seed),
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "first_reward": _first(trainer.state.log_history, "reward"),
                   "last_reward": _last(trainer.state.log_history, "reward"),
                   "runtime_s": _last(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "reward", "reward_std"))
-    return {"metrics": metrics, "curve": curve}
+    predictions = [{"id": i, "prefix_id": i, "reward_before": round(float(b), 6), "reward_after": round(float(a), 6)}
+                   for i, b, a in sorted(zip(eval_ids, before, after))]
+    return {"metrics": metrics, "curve": curve, "predictions": predictions}
+
+
+def reward_report(before, after, prefix_ids: list[str], *, seed: int) -> dict:
+    """Mean RM reward on the eval prompts before and after GRPO and the paired delta, each
+    with n and a CI (one prompt per prefix, so prefixes are the resampled clusters)."""
+    b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    return stats.report({"before": ("mean", [b]), "after": ("mean", [a]), "delta": ("mean", [a], [b]),
+                         "improved_fraction": ("mean", [(a > b).astype(int)])}, prefix_ids, seed=seed)
 
 
 def _first(history: list[dict], key: str):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain.core import stats
 from posttrain.core.batching import padded_by_length
 from posttrain.core.io import DataError, read_json
 from posttrain.pref.pairs import prefix_id, read_pairs
@@ -161,16 +162,18 @@ def score_ids(model, tokenizer, seqs: list[list[int]], batch_size: int = 8) -> n
 
 
 def pairwise_report(chosen: np.ndarray, rejected: np.ndarray, pairs: list[dict],
-                    thresholds: tuple[float, float]) -> dict:
-    """Pairwise accuracy (chosen scored above rejected) and margin: overall, per source, per bucket."""
-    margin = np.asarray(chosen) - np.asarray(rejected)
-    correct = margin > 0
+                    thresholds: tuple[float, float], *, seed: int) -> dict:
+    """Pairwise accuracy (chosen scored above rejected) and margin, each with n and a
+    prefix-clustered bootstrap CI (`posttrain.core.stats`): overall, per source, per bucket.
+    An empty bucket gives n = 0 and nulls."""
+    margin = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    correct = (margin > 0).astype(int)
+    prefixes = np.array([p["prefix_id"] for p in pairs], dtype=object)
 
     def summary(mask) -> dict:
-        mask = np.asarray(mask, dtype=bool)
-        n = int(mask.sum())
-        return {"n": n, "accuracy": float(correct[mask].mean()) if n else None,
-                "margin": float(margin[mask].mean()) if n else None}
+        mask = np.asarray(mask, dtype=bool).reshape(len(pairs))
+        return stats.report({"accuracy": ("mean", [correct[mask]]), "margin": ("mean", [margin[mask]])},
+                            prefixes[mask].tolist(), seed=seed)
 
     report = summary(np.ones(len(pairs), dtype=bool))
     report["per_source"] = {s: summary([p["src"] == s for p in pairs])
@@ -178,6 +181,16 @@ def pairwise_report(chosen: np.ndarray, rejected: np.ndarray, pairs: list[dict],
     buckets = [bucket_of(p["density"], thresholds) for p in pairs]
     report["buckets"] = {b: summary([x == b for x in buckets]) for b in ("rare", "middle", "common")}
     return report
+
+
+def pair_predictions(chosen, rejected, pairs: list[dict], thresholds: tuple[float, float]) -> list[dict]:
+    """Per held-out pair: ids, bucket and both scores, sorted by id (`posttrain compare` input)."""
+    rows = [{"id": p["id"], "prefix_id": p["prefix_id"], "src": p["src"],
+             "bucket": bucket_of(p["density"], thresholds),
+             "chosen_score": round(float(c), 6), "rejected_score": round(float(r), 6),
+             "margin": round(float(c) - float(r), 6), "correct": int(c > r)}
+            for p, c, r in zip(pairs, chosen, rejected)]
+    return sorted(rows, key=lambda r: r["id"])
 
 
 def load_reward_model(path):
@@ -288,7 +301,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                        bucket_quantile: float, seed: int, eval_batch_size: int = 8) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics.
 
-    Returns {"metrics": {...}, "curve": [...]} for the stage to write; None on ranks other
+    Returns {"metrics": {...}, "curve": [...], "predictions": [...]} for the stage to write; None on ranks other
     than the main one under `accelerate launch` (they train, then leave the rest to rank 0)."""
     import torch
     from datasets import Dataset
@@ -348,7 +361,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     hcols, n_trunc_held = tokenize_pairs(tok, held, max_length)
     rc = score_ids(model, tok, hcols["chosen_ids"], eval_batch_size)
     rr = score_ids(model, tok, hcols["rejected_ids"], eval_batch_size)
-    heldout = pairwise_report(rc, rr, held, thresholds)
+    heldout = pairwise_report(rc, rr, held, thresholds, seed=seed)
 
     # Spread of weights actually used: draws per pair in the rare vs common buckets.
     counts = np.bincount(np.asarray(drawn, dtype=np.int64), minlength=len(train))
@@ -393,9 +406,10 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
 
     # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
     # anything is saved, instead of after the model folder already looks finished.
-    dumps({"metrics": metrics, "curve": curve})
+    predictions = pair_predictions(rc, rr, held, thresholds)
+    dumps({"metrics": metrics, "curve": curve, "predictions": predictions})
     save_dir(out_dir, fill)
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics, "curve": curve, "predictions": predictions}
 
 
 def save_dir(out_dir, fill) -> Path:

@@ -143,8 +143,7 @@ def draw_spread(draw_counts: np.ndarray, rare: np.ndarray, common: np.ndarray) -
     counts = np.asarray(draw_counts, dtype=np.float64)
     out = {"draws": int(counts.sum()), "unique_drawn": int((counts > 0).sum()),
            "items": int(len(counts))}
-    # An empty bucket has no mean: None (JSON null), since NaN is not JSON and the metrics
-    # file would fail after the model was already saved.
+    # An empty bucket gives null, never NaN: NaN is not JSON (write_json refuses it).
     r = float(counts[rare].mean()) if rare.any() else None
     c = float(counts[common].mean()) if common.any() else None
     out["draws_per_rare_item"] = r

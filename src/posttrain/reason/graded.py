@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
 
+from posttrain.core import stats
 from posttrain.reason import prompts
 from posttrain.reason.sft_format import count_steps
 
@@ -64,16 +65,18 @@ def grade_samples(samples: list[dict], problems: dict[str, dict], *, timeout_s: 
     return [{**s, **_grade_dict(g)} for s, g in zip(samples, grades)]
 
 
-def _rate(acc: int, n: int) -> float:
-    return round(acc / n, 4) if n else 0.0
-
-
 def _mean(xs) -> float:
     xs = list(xs)
     return round(sum(xs) / len(xs), 2) if xs else 0.0
 
 
-def _group(graded: list[dict], key: str) -> dict[str, dict]:
+def _pass_rate(rows: list[dict], seed: int) -> dict:
+    """pass_rate with n and a CI; a problem's samples are correlated, so problems are resampled."""
+    return stats.estimate("mean", [[g["grade"] for g in rows]], [g["problem_id"] for g in rows],
+                          seed=seed, name="pass_rate")
+
+
+def _group(graded: list[dict], key: str, seed: int) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in sorted({g[key] for g in graded}):
         rows = [g for g in graded if g[key] == name]
@@ -82,20 +85,21 @@ def _group(graded: list[dict], key: str) -> dict[str, dict]:
         reasons: dict[str, int] = {}
         for g in rows:
             reasons[g["reason"]] = reasons.get(g["reason"], 0) + 1
-        out[name] = {"n": len(rows), "accepted": acc, "pass_rate": _rate(acc, len(rows)),
+        out[name] = {**_pass_rate(rows, seed), "accepted": acc,
                      "problems": len({g["problem_id"] for g in rows}), "problems_solved": len(solved),
                      "reasons": dict(sorted(reasons.items()))}
     return out
 
 
-def filter_metrics(graded: list[dict]) -> dict:
-    """Pass rates per domain and source, reasons, extraction failures, lengths and steps."""
+def filter_metrics(graded: list[dict], *, seed: int) -> dict:
+    """Pass rates (with problem-clustered CIs) per domain and source, reasons, extraction
+    failures, lengths and steps."""
     acc = [g for g in graded if g["grade"] == 1]
     no_answer = [g for g in graded if g["reason"] == "no_answer"]
     steps = {id(g): count_steps(g["text"], g["domain"]) for g in graded}
     return {
-        "n_samples": len(graded), "n_accepted": len(acc), "pass_rate": _rate(len(acc), len(graded)),
-        "by_domain": _group(graded, "domain"), "by_source": _group(graded, "source"),
+        "n_samples": len(graded), "n_accepted": len(acc), **_pass_rate(graded, seed),
+        "by_domain": _group(graded, "domain", seed), "by_source": _group(graded, "source", seed),
         "answer_extraction_failures": len(no_answer),
         "answer_extraction_failures_by_domain": {
             d: sum(1 for g in no_answer if g["domain"] == d) for d in sorted({g["domain"] for g in graded})},
@@ -105,6 +109,13 @@ def filter_metrics(graded: list[dict]) -> dict:
         "mean_steps": _mean(steps.values()),
         "mean_steps_accepted": _mean(steps[id(g)] for g in acc),
     }
+
+
+def prediction_rows(graded: list[dict]) -> list[dict]:
+    """Per sample: id, problem, source, domain and grade, sorted by id (`posttrain compare` input)."""
+    rows = [{"id": g["id"], "problem_id": g["problem_id"], "source": g["source"], "domain": g["domain"],
+             "grade": int(g["grade"])} for g in graded]
+    return sorted(rows, key=lambda r: str(r["id"]))
 
 
 def build_pairs(graded: list[dict], problems: dict[str, dict]) -> tuple[list[dict], dict]:

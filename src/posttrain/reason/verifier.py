@@ -298,38 +298,55 @@ def is_correct(score: float) -> bool:
     return score >= 1.0 - 1e-9
 
 
-def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: float | None = None) -> dict:
-    """MSE vs the score; AUC and accuracy for "fully correct" at `threshold`."""
+def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: float | None = None, *,
+                  seed: int) -> dict:
+    """MSE vs the score; AUC and accuracy for "fully correct" at `threshold`; each with n and a
+    problem-clustered bootstrap CI (`posttrain.core.stats`), and MSE and accuracy also as paired
+    differences against their baselines (a constant baseline has AUC 0.5). No rows: nulls."""
     import numpy as np
-    from sklearn.metrics import roc_auc_score
 
-    scored = list(scored)
-    if not scored:
-        return {"n": 0}
-    y = np.array([r["score"] for r in scored], dtype=np.float64)
-    p = np.array([r["verifier_score"] for r in scored], dtype=np.float64)
-    correct = np.array([is_correct(s) for s in y])
-    m = {
-        "n": len(scored),
-        "n_correct": int(correct.sum()),
-        "mse": float(np.mean((p - y) ** 2)),
-        "accuracy": float(np.mean((p >= threshold) == correct)),
-        # Always answering the majority class: the bar accuracy must clear.
-        "baseline_accuracy_majority": float(max(correct.mean(), 1 - correct.mean())),
-        "auc": float(roc_auc_score(correct, p)) if 0 < correct.sum() < len(correct) else None,
-        "mean_score": float(y.mean()),
-        "mean_prediction": float(p.mean()),
-    }
+    from posttrain.core import stats
+
+    rows = prediction_rows(scored, threshold, train_mean)
+    col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
+    y, p, label, hit, base_hit = col("score"), col("verifier_score"), col("label"), col("hit"), col("baseline_hit")
+    specs = {"mse": ("mse", [p, y]), "accuracy": ("mean", [hit]),
+             # Always answering the majority class: the bar accuracy must clear.
+             "baseline_accuracy_majority": ("mean", [base_hit]),
+             "accuracy_minus_baseline": ("mean", [hit], [base_hit]),
+             "auc": ("auc", [label, p])}
     if train_mean is not None:
         # What predicting the training mean would score: the bar a verifier must clear.
-        m["baseline_mse_train_mean"] = float(np.mean((train_mean - y) ** 2))
+        base = np.full(len(rows), float(train_mean))
+        specs.update({"baseline_mse_train_mean": ("mse", [base, y]), "mse_minus_baseline": ("mse", [p, y], [base, y])})
+    m = {**stats.report(specs, [r["problem_id"] for r in rows], seed=seed), "n_correct": int(label.sum()),
+         "mean_score": float(y.mean()) if rows else None, "mean_prediction": float(p.mean()) if rows else None}
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def evaluate(scored: Sequence[dict], threshold: float, train_mean: float) -> dict:
+def prediction_rows(scored: Iterable[dict], threshold: float, train_mean: float | None) -> list[dict]:
+    """Per held-out record: score, prediction, "fully correct" label, whether the verifier and
+    the majority-class baseline got it right; sorted by id (`posttrain compare` input)."""
+    scored = list(scored)
+    labels = [int(is_correct(r["score"])) for r in scored]
+    majority = int(2 * sum(labels) >= len(labels))
+    rows = [{"id": r["id"], "problem_id": r["problem_id"], "origin": r.get("origin"), "score": r["score"],
+             "verifier_score": r["verifier_score"], "label": y, "hit": int((r["verifier_score"] >= threshold) == y),
+             "baseline_hit": int(y == majority),
+             "baseline_score": None if train_mean is None else round(float(train_mean), 6)}
+            for r, y in zip(scored, labels)]
+    return sorted(rows, key=lambda r: str(r["id"]))
+
+
+def heldout_predictions(train: Sequence[dict], scored: Sequence[dict], threshold: float) -> list[dict]:
+    """`prediction_rows` of the held-out records, the baseline being the training mean score."""
+    return prediction_rows(scored, threshold, sum(r["score"] for r in train) / len(train))
+
+
+def evaluate(scored: Sequence[dict], threshold: float, train_mean: float, *, seed: int) -> dict:
     """Overall metrics plus one block per origin (champ / graded)."""
-    out = score_metrics(scored, threshold, train_mean)
-    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean)
+    out = score_metrics(scored, threshold, train_mean, seed=seed)
+    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean, seed=seed)
                         for o in sorted({r["origin"] for r in scored})}
     return out
 
@@ -373,12 +390,12 @@ def load_records(*, champ: str | None, graded: str | Path | None, problems: str 
 
 
 def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict], history: list[dict],
-              counts: dict, threshold: float) -> dict:
+              counts: dict, threshold: float, *, seed: int) -> dict:
     """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
     train_mean = sum(r["score"] for r in train) / len(train)
     last = history[-10:]
     return {
-        "heldout": evaluate(scored, threshold, train_mean),
+        "heldout": evaluate(scored, threshold, train_mean, seed=seed),
         "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
         "train": {"steps": len(history), "world_size": world_size(), "final_loss": history[-1]["loss"],
                   "mean_loss_last_10": round(sum(h["loss"] for h in last) / len(last), 6),

@@ -1,4 +1,4 @@
-"""Yes/No scoring: P(Yes) vs P(No) at the first answer token -> AUC, accuracy, ROC points.
+"""Yes/No scoring: P(Yes) vs P(No) at the first answer token -> AUC, accuracy (with CIs), ROC points.
 
 The model reads the generation prompt (the user turn plus the template's assistant
 header); the score is softmax over just the two logits of the first token of
@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from posttrain.core import stats
 from posttrain.core.batching import padded_by_length
 from posttrain.rec.tokenization import IGNORE_INDEX, tokenize_records
 
@@ -47,14 +48,31 @@ def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id
     return out
 
 
-def binary_metrics(labels, scores, threshold: float = 0.5) -> dict:
-    from sklearn.metrics import roc_auc_score
-
+def binary_metrics(labels, scores, users=None, *, seed: int, threshold: float = 0.5) -> dict:
+    """AUC and accuracy with n and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
     y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
-    both = len(set(y.tolist())) == 2
-    return {"n": int(len(y)), "positives": int(y.sum()),
-            "auc": round(float(roc_auc_score(y, s)), 6) if both else None,
-            "accuracy": round(float(((s >= threshold).astype(int) == y).mean()), 6) if len(y) else None}
+    correct = ((s >= threshold).astype(int) == y).astype(int)
+    return {"positives": int(y.sum()),
+            **stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct])}, users, seed=seed)}
+
+
+def paired_metrics(labels, new, old, users=None, *, seed: int, threshold: float = 0.5) -> dict:
+    """AUC and accuracy of `new` minus those of `old` on the same rows, with paired CIs."""
+    y = np.asarray(labels, dtype=int)
+    hit = [((np.asarray(x, dtype=float) >= threshold).astype(int) == y).astype(int) for x in (new, old)]
+    return stats.report({"auc": ("auc", [y, new], [y, old]), "accuracy": ("mean", [hit[0]], [hit[1]])},
+                        users, seed=seed)
+
+
+def prediction_rows(rows: list[dict], llm, baseline, threshold: float = 0.5) -> list[dict]:
+    """One record per test row (id = user:item), sorted by id: the input of `posttrain compare`."""
+    out = []
+    for r, p, b in zip(rows, llm, baseline):
+        y = int(r["label"])
+        out.append({"id": f"{r['user_id']}:{r['item_id']}", "user": str(r["user_id"]), "label": y,
+                    "llm": round(float(p), 6), "baseline": round(float(b), 6),
+                    "llm_correct": int((p >= threshold) == y), "baseline_correct": int((b >= threshold) == y)})
+    return sorted(out, key=lambda r: r["id"])
 
 
 def roc_points(labels, scores) -> list[dict]:

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+
+from posttrain.core import stats
+
+
+def test_mean_ci_covers_true_value_at_about_nominal_rate():
+    # 200 seeded datasets of 60 Bernoulli(0.3) items: a 95% CI should miss about 10.
+    rng = np.random.default_rng(0)
+    covered = 0
+    for rep in range(200):
+        x = (rng.random(60) < 0.3).astype(int)
+        r = stats.estimate("mean", [x], seed=rep, n_resamples=400)
+        covered += r["mean_ci_low"] <= 0.3 <= r["mean_ci_high"]
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+def test_auc_ci_covers_true_value():
+    # Scores ~ N(label, 1): true AUC = Phi(1 / sqrt(2)) = 0.7602.
+    rng = np.random.default_rng(1)
+    covered = 0
+    for rep in range(100):
+        y = rng.integers(0, 2, 120)
+        s = y + rng.normal(size=120)
+        r = stats.estimate("auc", [y, s], seed=rep, n_resamples=500)
+        covered += r["auc_ci_low"] <= 0.7602 <= r["auc_ci_high"]
+    assert covered >= 88  # nominal 95 of 100
+
+
+def test_cluster_resampling_is_wider_when_items_within_a_cluster_are_correlated():
+    rng = np.random.default_rng(2)
+    clusters = np.repeat(np.arange(20), 10)
+    x = rng.normal(size=20)[clusters] + 0.1 * rng.normal(size=200)  # cluster effect dominates
+    item = stats.estimate("mean", [x], None, seed=0)
+    clus = stats.estimate("mean", [x], clusters, seed=0)
+    assert item["n_clusters"] == 200 and clus["n_clusters"] == 20 and clus["n"] == 200
+    w_item = item["mean_ci_high"] - item["mean_ci_low"]
+    w_clus = clus["mean_ci_high"] - clus["mean_ci_low"]
+    assert w_clus > 2 * w_item  # design effect ~ sqrt(10)
+
+
+def test_same_seed_same_result_other_seed_other_interval():
+    rng = np.random.default_rng(3)
+    y, s, users = rng.integers(0, 2, 80), rng.random(80), rng.integers(0, 15, 80)
+    a = stats.report({"auc": ("auc", [y, s]), "acc": ("mean", [(s >= 0.5) == y])}, users, seed=7)
+    b = stats.report({"auc": ("auc", [y, s]), "acc": ("mean", [(s >= 0.5) == y])}, users, seed=7)
+    c = stats.report({"auc": ("auc", [y, s]), "acc": ("mean", [(s >= 0.5) == y])}, users, seed=8)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["auc"] == c["auc"] and a["auc_ci_low"] != c["auc_ci_low"]
+
+
+def test_mse_point_and_interval():
+    pred, target = np.array([0.0, 1.0, 0.5, 0.5]), np.array([0.0, 0.0, 1.0, 0.5])
+    r = stats.estimate("mse", [pred, target], seed=0)
+    assert r["mse"] == pytest.approx((0 + 1 + 0.25 + 0) / 4)
+    assert r["mse_ci_low"] <= r["mse"] <= r["mse_ci_high"]
+
+
+def test_paired_difference_exact_and_excludes_zero():
+    rng = np.random.default_rng(4)
+    old = (rng.random(300) < 0.5).astype(int)
+    new = old.copy()
+    flip = np.flatnonzero(old == 0)[:60]
+    new[flip] = 1  # 60 of 300 items become correct, none worse: +0.2 exactly
+    r = stats.difference("mean", [new], [old], np.arange(300) // 3, seed=0, name="acc_diff")
+    assert r["acc_diff"] == pytest.approx(0.2)
+    assert r["acc_diff_ci_low"] > 0
+    same = stats.difference("mean", [old], [old], None, seed=0, name="d")
+    assert same["d"] == 0 and same["d_ci_low"] == 0 and same["d_ci_high"] == 0
+
+
+def test_paired_difference_is_tighter_than_unpaired_spread():
+    # Two scorers sharing most of their per-item signal: pairing cancels it.
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    base = y + rng.normal(size=200)
+    other = base + 0.05 * rng.normal(size=200)
+    d = stats.difference("auc", [y, other], [y, base], seed=0)
+    one = stats.estimate("auc", [y, base], seed=0)
+    assert (d["auc_diff_ci_high"] - d["auc_diff_ci_low"]) < 0.5 * (one["auc_ci_high"] - one["auc_ci_low"])
+
+
+def test_empty_input_gives_nulls_not_nan():
+    r = stats.estimate("mean", [[]], [], seed=0)
+    assert r == {"mean": None, "mean_ci_low": None, "mean_ci_high": None, "n": 0, "n_clusters": 0}
+    a = stats.estimate("auc", [[], []], seed=0)
+    assert a["auc"] is None and a["n"] == 0
+    json.dumps(r, allow_nan=False)
+    d = stats.difference("mse", [[], []], [[], []], seed=0, name="d")
+    assert d["d"] is None and d["d_ci_low"] is None
+
+
+def test_one_cluster_has_a_value_but_no_interval():
+    r = stats.estimate("mean", [[1, 0, 1]], ["u1", "u1", "u1"], seed=0)
+    assert r["mean"] == pytest.approx(2 / 3) and r["n_clusters"] == 1
+    assert r["mean_ci_low"] is None and r["mean_ci_high"] is None
+
+
+def test_auc_one_class_is_null_and_one_class_resamples_are_skipped_and_counted():
+    one = stats.estimate("auc", [[1, 1, 1], [0.2, 0.5, 0.9]], seed=0)
+    assert one["auc"] is None and one["auc_ci_low"] is None
+    # One positive among 6 items: a resample misses it with probability (5/6)^6 ~ 0.33.
+    r = stats.estimate("auc", [[1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]], seed=0, n_resamples=1000)
+    assert r["auc"] == 1.0
+    assert 250 < r["auc_skipped"] < 420
+    assert r["auc_ci_low"] == 1.0
+
+
+def test_mismatched_lengths_are_an_error():
+    with pytest.raises(ValueError):
+        stats.estimate("mse", [[1, 2], [1]], seed=0)
+    with pytest.raises(ValueError):
+        stats.estimate("mean", [[1, 2]], ["a"], seed=0)
+
+
+def test_vectorized_resample_auc_equals_sklearn_weighted_auc():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 50)
+    s = np.round(rng.random(50), 1)  # many ties
+    w = stats.resample_weights(rng.integers(0, 12, 50), 50, seed=0, n_resamples=300)
+    got = stats.METRICS["auc"](w, y, s)
+    for r in range(300):
+        keep = w[r] > 0
+        if 0 < y[keep].sum() < keep.sum():
+            assert got[r] == pytest.approx(roc_auc_score(y[keep], s[keep], sample_weight=w[r][keep]))
+        else:
+            assert np.isnan(got[r])
