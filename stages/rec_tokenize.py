@@ -45,8 +45,7 @@ def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, his
         row = splits["train"][i]
         click.echo(seqlen.render_example(tokenizer, row["input_ids"], row["labels"]), err=True)
     with outputs() as o:  # the dataset folder and both metrics files renamed together
-        tmp = o.path(out_dir, suffix=".tmpdir")
-        tmp.unlink()
+        tmp = o.path(out_dir, directory=True)
         # An explicit shard count: datasets writes no shard at all for an empty split
         # (then cannot load it back); ~500 MB per shard otherwise, as datasets does.
         shards = {k: 1 + ds.data.nbytes // 500_000_000 for k, ds in splits.items()}

@@ -556,7 +556,7 @@ def test_library_refuses_what_the_options_refuse():
         alpaca.check_split(val_ratio=0.6, test_ratio=0.5)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         density_weights(np.zeros(3), float("nan"))
-    from posttrain.pref.reward import check_split
+    from posttrain.pref.common import check_split
 
     with pytest.raises(ValueError, match="heldout_fraction"):
         check_split(heldout_fraction=float("nan"), bucket_quantile=0.25)

@@ -4,7 +4,6 @@ The committed dvc.yaml must equal what `make deps` would write, so a stage that 
 a module its deps do not cover fails here before it can skip a needed rerun.
 """
 
-import textwrap
 from pathlib import Path
 
 import yaml

@@ -58,6 +58,25 @@ def test_written_files_get_normal_permissions(tmp_path):
     assert p.stat().st_mode & 0o044  # group/other readable as with a plain open()
 
 
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "model"
+    with io.atomic_path(out, directory=True) as tmp:
+        assert tmp.is_dir() and not any(tmp.iterdir()) and tmp.parent == tmp_path
+        (tmp / "a.txt").write_text("1")
+        (tmp / "old.txt").write_text("1")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "old.txt"]
+    assert out.stat().st_mode & 0o055  # group/other can list it, as with a plain mkdir
+    with io.atomic_path(out, directory=True) as tmp:  # an existing folder is replaced whole
+        (tmp / "a.txt").write_text("2")
+    assert [p.name for p in out.iterdir()] == ["a.txt"] and (out / "a.txt").read_text() == "2"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(out, directory=True) as tmp:
+            (tmp / "a.txt").write_text("3")
+            raise RuntimeError("killed mid-save")
+    assert (out / "a.txt").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp folder left
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"a": 1}\n\n{"a": 2\n', encoding="utf-8")

@@ -34,6 +34,33 @@ def test_base_models_stage_tiny(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
+def test_shrink_layers_keeps_first_layers_and_trains_the_top(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.core.models import shrink_layers
+
+    def load():
+        return AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+
+    m = load()
+    first = m.model.layers[0].self_attn.q_proj.weight.clone()
+    shrink_layers(m, num_layers=1, trainable_layers=1)
+    assert len(m.model.layers) == 1 and m.config.num_hidden_layers == 1
+    assert (m.model.layers[0].self_attn.q_proj.weight == first).all()  # the first layer, not the last
+    assert not m.model.embed_tokens.weight.requires_grad
+    assert all(p.requires_grad for p in m.model.layers[0].parameters()) and m.score.weight.requires_grad
+    assert m.model.norm.weight.requires_grad
+
+    m = shrink_layers(load(), num_layers=0, trainable_layers=0)  # head and final norm only
+    assert len(m.model.layers) == 2
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {"model.norm.weight", "score.weight"}
+    m = shrink_layers(load(), num_layers=0, trainable_layers=-1)  # everything
+    assert all(p.requires_grad for p in m.parameters())
+    m = shrink_layers(load(), num_layers=0, trainable_layers=1)  # top one of two
+    assert not any(p.requires_grad for p in m.model.layers[0].parameters())
+    assert all(p.requires_grad for p in m.model.layers[1].parameters())
+
+
 def _check_converted(folder):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,11 +1,11 @@
-"""pref_density: exact k-NN vs a brute-force reference, edge cases, weights, pynndescent
-agreement, 3-D projection."""
+"""pref_density: exact (faiss) k-NN vs a brute-force reference, edge cases, weights,
+pynndescent agreement, 3-D projection."""
 
 import numpy as np
 import pytest
 
-from posttrain.pref.density import (choose_method, density_weights, knn_density, knn_exact, knn_pynndescent,
-                               weight_histogram, weight_stats)
+from posttrain.pref.density import (choose_method, density_weights, knn_density, knn_faiss, knn_pynndescent,
+                                    weight_histogram, weight_stats)
 from posttrain.pref.projection import projection_records
 
 
@@ -30,14 +30,40 @@ def clustered(n_dense=200, n_rare=10, dim=32, seed=0):
     return np.vstack([dense, rare]).astype(np.float32), n_dense
 
 
-def test_exact_matches_brute_force_with_tiny_blocks():
+def test_exact_matches_brute_force():
     x = np.random.default_rng(1).normal(size=(157, 24)).astype(np.float32)
-    idx, sim = knn_exact(x, 7, block_bytes=4 * 157 * 10)  # 10 rows per block
+    idx, sim = knn_faiss(x, 7)
     d, info = knn(x, 7, method="exact")
     assert np.allclose(d, brute_force_density(x, 7), atol=1e-6)
     assert (idx != np.arange(157)[:, None]).all()  # never self
     assert (np.diff(sim, axis=1) <= 1e-7).all()  # most similar first
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(sim, np.einsum("nd,nkd->nk", xn, xn[idx]), atol=1e-6)  # the indices go with the sims
     assert info == {"method": "exact", "method_requested": "exact", "k": 7, "k_effective": 7, "n": 157}
+
+
+def test_exact_excludes_self_among_many_copies():
+    # 6 identical rows, k = 2: the search's k + 1 may not hold the row itself; still never self
+    x = np.vstack([np.tile([[1.0, 2.0, 3.0]], (6, 1)), np.eye(3)]).astype(np.float32)
+    idx, sim = knn_faiss(x, 2)
+    assert (idx != np.arange(len(x))[:, None]).all()
+    assert np.allclose(sim[:6], 1.0, atol=1e-6)
+    same = idx[(sim[:, 0] == sim[:, 1])]
+    assert (same[:, 0] < same[:, 1]).all()  # equal similarities in index order
+
+
+def test_exact_weights_do_not_depend_on_the_thread_count():
+    faiss = pytest.importorskip("faiss")
+    x = np.random.default_rng(4).normal(size=(3000, 64)).astype(np.float32)  # big enough for faiss' BLAS path
+    before = faiss.omp_get_max_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            out.append(knn(x, 10, method="exact")[0].tobytes())
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert out[0] == out[1]
 
 
 def test_edge_cases():
@@ -89,14 +115,14 @@ def test_method_choice():
 def test_pynndescent_tiny_inputs_fall_back_to_exact():
     x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
     i1, s1 = knn_pynndescent(x, 10)  # k >= N - 1: the whole set, computed exactly
-    i2, s2 = knn_exact(x, 10)
+    i2, s2 = knn_faiss(x, 10)
     assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
 
 
 @pytest.mark.slow  # the first pynndescent call JIT-compiles numba code: minutes of CPU here
 def test_pynndescent_agrees_with_exact():
     x, _ = clustered(n_dense=300, n_rare=30, dim=16, seed=2)
-    ie, se = knn_exact(x, 10)
+    ie, se = knn_faiss(x, 10)
     ia, sa = knn_pynndescent(x, 10, seed=0)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ia)])
     assert recall >= 0.95

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from posttrain.pref import reward
+from posttrain.pref import common, reward
 from posttrain.core.io import DataError, read_json
 
 
@@ -66,7 +66,7 @@ def _paths(d):
 # ------------------------------------------------------------------ data helpers
 
 def test_prefix_id_is_md5_of_first_user_message(pref_dir):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
     tsv = dict(line.split("\t") for line in (pref_dir / "prefix_id_map.tsv").read_text().split("\n")[1:] if line)
     assert all(p["prefix_id"] == tsv[p["id"]] for p in pairs)
     multi = [p for p in pairs if len(p["messages"]) == 3][0]
@@ -76,14 +76,14 @@ def test_prefix_id_is_md5_of_first_user_message(pref_dir):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("frac", [0.1, 0.3, 0.5])
 def test_heldout_split_never_shares_a_prefix(pref_dir, seed, frac):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
-    train, held = reward.split_by_prefix(pairs, frac, seed)
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
+    train, held = common.split_by_prefix(pairs, frac, seed)
     assert train and held
     assert not {p["prefix_id"] for p in train} & {p["prefix_id"] for p in held}
     assert len(train) + len(held) == len(pairs)
     n_prefixes = len({p["prefix_id"] for p in pairs})
     assert len({p["prefix_id"] for p in held}) == int(np.ceil(frac * n_prefixes))
-    assert reward.split_by_prefix(pairs, frac, seed) == (train, held)  # deterministic
+    assert common.split_by_prefix(pairs, frac, seed) == (train, held)  # deterministic
 
 
 def test_bad_pairs_raise_with_line_and_field(tmp_path):
@@ -94,27 +94,27 @@ def test_bad_pairs_raise_with_line_and_field(tmp_path):
     f = tmp_path / "pairs_all.jsonl"
     f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(DataError) as e:
-        reward.load_pairs(f)
+        common.load_pairs(f)
     assert "line 2" in str(e.value) or e.value.line == 2
     assert "prefix.messages" in str(e.value)
 
 
 def test_stale_weights_raise(pref_dir, tmp_path):
-    pairs = reward.load_pairs(pref_dir / "pairs_all.jsonl")
-    weights = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    pairs = common.load_pairs(pref_dir / "pairs_all.jsonl")
+    weights = common.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
     weights.pop(pairs[0]["prefix_id"])
     with pytest.raises(DataError, match="no weight"):
-        reward.attach_weights(pairs, weights)
+        common.attach_weights(pairs, weights)
     (tmp_path / "ids.json").write_text(json.dumps(["a"]))
     with pytest.raises(DataError, match="weights vs"):
-        reward.load_prefix_weights(tmp_path / "ids.json", pref_dir / "density_weights.npy")
+        common.load_prefix_weights(tmp_path / "ids.json", pref_dir / "density_weights.npy")
 
 
 def test_rarity_buckets_follow_weights(pref_dir):
-    w = reward.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
-    th = reward.rarity_thresholds(w.values(), 0.25)
-    assert reward.bucket_of(max(w.values()), th) == "rare"
-    assert reward.bucket_of(min(w.values()), th) == "common"
+    w = common.load_prefix_weights(pref_dir / "ids.json", pref_dir / "density_weights.npy")
+    th = common.rarity_thresholds(w.values(), 0.25)
+    assert common.bucket_of(max(w.values()), th) == "rare"
+    assert common.bucket_of(min(w.values()), th) == "common"
 
 
 def test_pairwise_report_has_cis_and_empty_buckets_are_null():
@@ -131,7 +131,7 @@ def test_pairwise_report_has_cis_and_empty_buckets_are_null():
 
 def test_render_keeps_answer_when_truncated(tokenizer):
     msgs = [{"role": "user", "content": "word " * 300}]
-    ids, truncated = reward.render_ids(tokenizer, msgs, "THE ANSWER", 64)
+    ids, truncated = common.render_ids(tokenizer, msgs, "THE ANSWER", 64)
     assert truncated and len(ids) == 64
     assert "THE ANSWER" in tokenizer.decode(ids)
 
@@ -181,7 +181,7 @@ def test_reward_model_smoke(trained_rm):
     assert len(res["curve"]) == 6 and all("loss" in r for r in res["curve"])
     split = read_json(out / "split.json")
     assert not set(split["heldout_prefix_ids"]) & set(split["train_prefix_ids"])
-    model, tok = reward.load_reward_model(out)
+    model, tok = common.load_reward_model(out)
     assert model.config.num_labels == 1 and model.config.num_hidden_layers == 1
 
 
@@ -253,19 +253,9 @@ def test_grpo_prompt_split_is_disjoint():
 def test_reward_function_scores_prompt_plus_completion(trained_rm):
     from posttrain.pref.grpo import RewardModelScore
 
-    model, tok = reward.load_reward_model(trained_rm[0])
+    model, tok = common.load_reward_model(trained_rm[0])
     fn = RewardModelScore(model, tok, max_length=64)
     prompts = [[{"role": "user", "content": "hi"}]] * 2
     r = fn(prompts, [[{"role": "assistant", "content": "A good, correct answer."}],
                      [{"role": "assistant", "content": "no"}]])
     assert len(r) == 2 and all(np.isfinite(r)) and r[0] != r[1]
-
-
-def test_shrink_backbone_freezes_all_but_top_layers(tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification
-
-    m = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    reward.shrink_backbone(m, num_layers=1, trainable_layers=1)
-    assert len(m.model.layers) == 1 and m.config.num_hidden_layers == 1
-    assert not m.model.embed_tokens.weight.requires_grad
-    assert all(p.requires_grad for p in m.model.layers[0].parameters()) and m.score.weight.requires_grad

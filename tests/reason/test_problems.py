@@ -102,8 +102,9 @@ def test_last_boxed_and_gsm8k_answer():
     assert P.last_boxed(r"so \boxed{3} then \boxed{\frac{1}{2}}.") == r"\frac{1}{2}"
     assert P.last_boxed(r"\boxed{x^{2}+\sqrt{y}}") == r"x^{2}+\sqrt{y}"
     assert P.last_boxed("no box") is None
-    assert P.gsm8k_answer("a\n#### 1,000") == "1000"
-    assert P.gsm8k_answer("no marker") is None
+    assert P.gold_from_gsm8k("a\n#### 1,000") == "1000"
+    with pytest.raises(ValueError):
+        P.gold_from_gsm8k("no marker")
 
 
 def _rows(rows):

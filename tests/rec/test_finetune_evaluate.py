@@ -84,9 +84,15 @@ def test_baseline_uses_train_statistics_only():
     base = LikeRateBaseline(seed=0).fit(train)
     # Test ratings never reach the features: changing them changes nothing.
     assert np.array_equal(base.predict_proba(test), base.predict_proba(flipped))
-    # Leave-one-out: a train row's own label is not in its features.
-    feats = base._features(train[:1], leave_one_out=True)
-    assert feats[0, 0] != base._features(train[:1], leave_one_out=False)[0, 0]
+    # Cross-fitting: a train row's own label and rating are not in its features...
+    flipped_row = [{**train[0], "rating": 6.0 - train[0]["rating"], "label": 1 - train[0]["label"]}] + train[1:]
+    b_flip = LikeRateBaseline(seed=0).fit(flipped_row)
+    assert np.array_equal(b_flip.train_features_[0], base.train_features_[0])
+    assert not np.array_equal(b_flip.features(train[:1]), base.features(train[:1]))  # ...but in unseen rows'
+    # Unseen rows: the user's like-rate over all train rows, shrunk with prior_weight pseudo-ratings.
+    u1 = [r["label"] for r in train if r["user_id"] == "1"]
+    prior = np.mean([r["label"] for r in train])
+    assert np.isclose(base.features(test)[0, 0], (sum(u1) + 5 * prior) / (len(u1) + 5))
     # A user who likes everything in train scores higher than one who likes nothing.
     train2 = train + [{"user_id": "fan", "item_id": "0", "rating": 5.0, "label": 1}] * 10 \
         + [{"user_id": "hater", "item_id": "0", "rating": 1.0, "label": 0}] * 10

@@ -32,33 +32,59 @@ def _is_gz(path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path, suffix: str | None = None, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
 
-    The temp file lives in the same directory so the final rename is atomic.
-    On any exception the temp file is removed and `path` is left untouched.
+    The temp path lives in the same directory so the final rename is atomic. With
+    `directory=True` it is an empty folder to fill (save_pretrained, save_to_disk, ...);
+    an existing folder at `path` is replaced whole. On any exception the temp path is
+    removed and `path` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    prefix = f".{path.name}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix or ".tmpdir", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700; give the result the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
         if tmp.is_file():
-            # mkstemp creates 0600; give the result the usual umask-based mode.
-            umask = os.umask(0)
-            os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        elif tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)  # os.replace cannot put a directory over a non-empty one
+        elif tmp.is_dir():
+            os.chmod(tmp, 0o777 & ~umask)
+        if tmp.is_dir() and (path.exists() or path.is_symlink()):
+            _swap_in(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Replace `path` (a folder or file) by the folder `tmp`: rename can't overwrite a
+    non-empty folder, so the old one is moved aside first and deleted last."""
+    old = tmp.with_name(tmp.name + ".old")
+    os.replace(path, old)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        os.replace(old, path)
         raise
+    _remove(old)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -147,9 +173,9 @@ class Outputs:
     def __init__(self, stack: contextlib.ExitStack):
         self._stack = stack
 
-    def path(self, path, suffix: str | None = None) -> Path:
-        """A temp path to fill (a file, or a directory after unlinking it) for `path`."""
-        return self._stack.enter_context(atomic_path(path, suffix))
+    def path(self, path, suffix: str | None = None, *, directory: bool = False) -> Path:
+        """A temp path to fill for `path`: a file, or with `directory=True` an empty folder."""
+        return self._stack.enter_context(atomic_path(path, suffix, directory=directory))
 
     @contextlib.contextmanager
     def open(self, path, mode: str = "w"):

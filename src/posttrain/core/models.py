@@ -10,7 +10,6 @@ stage loads the folder with plain `from_pretrained(path)`.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from posttrain.core import assets
@@ -113,15 +112,42 @@ def materialize(ref: str, out_dir, meta: dict | None = None) -> Path:
     return out_dir
 
 
+def shrink_layers(model, *, num_layers: int, trainable_layers: int):
+    """CPU-sized backbone: keep the first `num_layers` decoder layers (0 = all) and train
+    only the top `trainable_layers` of them plus the final norm and the head (-1 = train
+    everything; 0 = norm and head only).
+
+    Backward then stops at the first trainable layer, so a step costs little more than a
+    forward pass through the kept layers."""
+    prefix = model.base_model_prefix
+    base = getattr(model, prefix)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        if num_layers or trainable_layers >= 0:
+            raise ValueError(f"{type(model).__name__}: no `.layers` to shrink; "
+                             "use num_layers 0 and trainable_layers -1")
+        return model
+    if num_layers and num_layers < len(layers):
+        base.layers = layers[:num_layers]
+        model.config.num_hidden_layers = num_layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = list(model.config.layer_types)[:num_layers]
+    if trainable_layers >= 0:
+        keep = base.layers[max(0, len(base.layers) - trainable_layers):]  # [-0:] would be all
+        trainable = {id(p) for m in (*keep, getattr(base, "norm", None)) if m is not None
+                     for p in m.parameters()}
+        for name, p in model.named_parameters():
+            # the head is everything outside the base model (score / lm_head)
+            p.requires_grad = id(p) in trainable or not name.startswith(f"{prefix}.")
+    return model
+
+
 def save_folder(model, tokenizer, out_dir, meta: dict) -> Path:
     """save_pretrained model + tokenizer into a temp dir, then swap it into place."""
     out_dir = Path(out_dir)
-    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
-        tmp.unlink()  # atomic_path makes a file; save_pretrained wants a directory
+    with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {
             "n_parameters": sum(p.numel() for p in model.parameters()), **meta})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
     return out_dir

@@ -15,9 +15,9 @@ Defined edge cases:
 - a mean similarity below 0 (anti-correlated neighbourhood) is clipped to 0 so
   weights stay positive and finite.
 
-Methods: `exact` is a blocked matrix product (rows x N blocks, never an N x N
-matrix); `pynndescent` is approximate (NN-descent graph); `auto` picks exact up
-to `auto_threshold` points.
+Methods: `exact` is faiss' flat inner-product index (exact search, blocked, never
+an N x N matrix); `pynndescent` is approximate (NN-descent graph); `auto` picks
+exact up to `auto_threshold` points.
 """
 
 from __future__ import annotations
@@ -67,29 +67,37 @@ def effective_k(n: int, k: int) -> int:
     return max(0, min(k, n - 1))
 
 
-def knn_exact(x: np.ndarray, k: int, block_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """(indices [N, k_eff], similarities [N, k_eff]) of the k most similar other rows,
-    most similar first; ties broken by lower index. Memory: one block of
-    `block_bytes` of similarities at a time."""
-    x = normalize_rows(x)
+def knn_faiss(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k-NN (cosine): (indices [N, k_eff], similarities [N, k_eff]) of the k most
+    similar other rows, most similar first, equal similarities in index order.
+
+    faiss `IndexFlatIP` on unit rows (inner product = cosine; a zero row scores 0 with
+    everything); it searches in blocks, so no N x N matrix. `python bench/density.py`
+    measures it against scikit-learn's brute-force `NearestNeighbors`."""
+    x = np.ascontiguousarray(normalize_rows(x))
     n = len(x)
     ke = effective_k(n, k)
-    idx = np.zeros((n, ke), dtype=np.int64)
-    sim = np.zeros((n, ke), dtype=np.float32)
     if ke == 0:
-        return idx, sim
-    rows = max(1, block_bytes // (4 * n))
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        s = x[start:stop] @ x.T  # [b, N]
-        s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # exclude self by index
-        # stable sort on -s: equal similarities keep index order, so results are deterministic
-        part = np.argpartition(-s, ke - 1, axis=1)[:, :ke] if ke < n - 1 else np.argsort(-s, axis=1)[:, :ke]
-        ps = np.take_along_axis(s, part, axis=1)
-        order = np.lexsort((part, -ps), axis=1)
-        idx[start:stop] = np.take_along_axis(part, order, axis=1)
-        sim[start:stop] = np.take_along_axis(ps, order, axis=1)
-    return idx, sim
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    # One thread: faiss' threaded search changes the last bits of the similarities with the
+    # thread count, and the weights must be byte-identical on any machine.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        sim, idx = index.search(x, ke + 1)  # one extra for the row itself
+    finally:
+        faiss.omp_set_num_threads(threads)
+    # Drop the row itself by index; when identical copies crowd it out of the k + 1, drop
+    # the last one instead (same similarity, so the same density).
+    keep = idx != np.arange(n)[:, None]
+    keep[keep.all(axis=1), -1] = False
+    idx, sim = idx[keep].reshape(n, ke).astype(np.int64), sim[keep].reshape(n, ke)
+    order = np.lexsort((idx, -sim), axis=1)
+    return np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
 
 
 def knn_pynndescent(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +105,7 @@ def knn_pynndescent(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, n
     n = len(x)
     ke = effective_k(n, k)
     if ke >= n - 1 or n <= 2:  # the graph would hold everything: exact is the same and cheaper
-        return knn_exact(x, k)
+        return knn_faiss(x, k)
     from pynndescent import NNDescent  # imports numba: only when really used
     x = normalize_rows(x)
     # one extra neighbour for self; n_jobs=1 keeps the graph reproducible for a seed
@@ -138,7 +146,7 @@ def knn_density(x: np.ndarray, *, k: int, method: str, auto_threshold: int,
     if n == 0 or ke == 0:
         density = np.zeros(n, dtype=np.float64)
     else:
-        _, sim = knn_exact(x, k) if used == "exact" else knn_pynndescent(x, k, seed)
+        _, sim = knn_faiss(x, k) if used == "exact" else knn_pynndescent(x, k, seed)
         density = np.clip(sim.astype(np.float64).mean(axis=1), 0.0, None)
     return density, {"method": used, "method_requested": method, "k": k, "k_effective": ke, "n": n}
 

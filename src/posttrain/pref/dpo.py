@@ -1,7 +1,7 @@
 """DPO with LoRA on the policy, optionally density-aware through the weighted sampler.
 
 Same pairs, weights, held-out split (by prefix) and rarity buckets as the reward
-model (`posttrain.pref.reward`), so DPO's held-out implicit-reward accuracy and margin
+model (`posttrain.pref.common`), so DPO's held-out implicit-reward accuracy and margin
 are comparable with the RM's pairwise accuracy. The reference model is the
 policy with the LoRA adapter disabled (peft), so no second copy is loaded.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.core import stats
-from posttrain.core.io import write_json
-from posttrain.pref.reward import (_last, bucket_of, cap_pairs, curve_from_log, load_split, lora_config, render_ids, save_dir,
-                     training_device_args)
+from posttrain.core.io import atomic_path, write_json
+from posttrain.pref.common import (bucket_of, cap_pairs, curve_from_log, last_logged, load_split, lora_config,
+                                   render_ids, training_device_args)
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
                                                    "density_aware": bool(density_aware)})
 
-    save_dir(out_dir, fill)
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
     metrics = {
         "density_aware": bool(density_aware),
         "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
@@ -170,8 +171,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
-                  "final_loss": _last(trainer.state.log_history, "loss"),
-                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+                  "final_loss": last_logged(trainer.state.log_history, "loss"),
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "rewards/accuracies", "rewards/margins"))
     return {"metrics": metrics, "curve": curve, "predictions": predictions}

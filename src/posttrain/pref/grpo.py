@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.core import stats
-from posttrain.core.io import DataError, iter_jsonl, read_json, write_json, write_jsonl
+from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
+from posttrain.pref.common import (curve_from_log, first_logged, last_logged, load_reward_model, lora_config,
+                                   render_ids, score_ids, training_device_args)
 from posttrain.pref.pairs import prefix_id
-from posttrain.pref.reward import (_last, curve_from_log, load_reward_model, lora_config, render_ids,
-                     save_dir, score_ids, training_device_args)
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +162,15 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
             {"prefix_id": i, "before": b, "after": a, "reward_before": float(rb), "reward_after": float(ra)}
             for i, b, a, rb, ra in zip(eval_ids, before_text, after_text, before, after)))
 
-    save_dir(out_dir, fill)
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
     metrics = {
         "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
         "eval_reward": reward_report(before, after, eval_ids, seed=seed),
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
-                  "first_reward": _first(trainer.state.log_history, "reward"),
-                  "last_reward": _last(trainer.state.log_history, "reward"),
-                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+                  "first_reward": first_logged(trainer.state.log_history, "reward"),
+                  "last_reward": last_logged(trainer.state.log_history, "reward"),
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "reward", "reward_std"))
     predictions = [{"id": i, "prefix_id": i, "reward_before": round(float(b), 6), "reward_after": round(float(a), 6)}
@@ -184,7 +185,3 @@ def reward_report(before, after, prefix_ids: list[str], *, seed: int) -> dict:
     return stats.report({"before": ("mean", [b]), "after": ("mean", [a]), "delta": ("mean", [a], [b]),
                          "improved_fraction": ("mean", [(a > b).astype(int)])}, prefix_ids, seed=seed)
 
-
-def _first(history: list[dict], key: str):
-    vals = [h[key] for h in history if key in h]
-    return float(vals[0]) if vals else None

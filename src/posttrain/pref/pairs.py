@@ -34,11 +34,11 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from posttrain.core.io import DataError, dumps, iter_jsonl, read_json
+from posttrain.reason.grading import answers_equal
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +325,6 @@ _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?![\d])|-?\d+(?:\.\d+)?(?:/\d+)?")
 _NUMERIC_GOLD = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
 
 
-def _number(s: str) -> Fraction:
-    return Fraction(s.replace(",", ""))
-
-
 def grade_final_answer(summary: str, gold: str) -> bool | None:
     """Grade a one-sentence final answer against the gold answer; None = can't tell.
 
@@ -337,17 +333,17 @@ def grade_final_answer(summary: str, gold: str) -> bool | None:
     ambiguous (None). Yes/No gold: the summary must say exactly one of yes/no.
     Other gold answers: correct when the summary contains the gold text
     (whitespace and case ignored), else None: a mismatch there may be an
-    equivalent form, so it never counts as wrong.
+    equivalent form, so it never counts as wrong. Equal means
+    `posttrain.reason.grading.answers_equal`.
     """
     g = gold.replace("@@", "").strip()
     if _NUMERIC_GOLD.fullmatch(g.replace(",", "")):
-        value = _number(g)
-        nums = [_number(n) for n in _NUMBER.findall(summary)]
-        if not nums:
+        same = [answers_equal(n, g) for n in _NUMBER.findall(summary)]
+        if not same:
             return None
-        if nums[-1] == value:
+        if same[-1]:
             return True
-        return None if value in nums else False
+        return None if any(same) else False
     low = summary.lower()
     if g.lower() in ("yes", "no"):
         said = {w for w in ("yes", "no") if re.search(rf"\b{w}\b", low)}

@@ -12,125 +12,29 @@ per source, and in rarity buckets defined by density-weight quantiles over all
 prefixes), so uniform and density-aware runs are judged on identical pairs and
 identical buckets.
 
-The helpers here (pairs, weights, split, buckets, scoring) are shared by
-`posttrain.pref.dpo` and `posttrain.pref.grpo`.
+What this trainer shares with `posttrain.pref.dpo` and `posttrain.pref.grpo` (pairs,
+weights, split, buckets, rendering, scoring) lives in `posttrain.pref.common`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from posttrain.core import stats
-from posttrain.core.batching import padded_by_length
-from posttrain.core.io import DataError, read_json
-from posttrain.pref.pairs import prefix_id, read_pairs
+from posttrain.core.io import atomic_path, dumps
+from posttrain.core.models import shrink_layers
+from posttrain.pref.common import (bucket_of, curve_from_log, last_logged, load_split, lora_config, render_ids,
+                                   score_ids, training_device_args)
 from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
                                              weighted_trainer_class)
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- pairs and weights
-
-def load_pairs(path) -> list[dict]:
-    """Read and check `pairs_all.jsonl` (`pairs.read_pairs`); adds `prefix_id`."""
-    pairs = [{"id": rec["id"], "messages": rec["prefix"]["messages"], "chosen": rec["chosen"],
-              "rejected": rec["rejected"], "src": rec["src"], "prefix_id": prefix_id(rec["prefix"])}
-             for rec in read_pairs(path)]
-    if not pairs:
-        raise DataError(path, "no pairs")
-    return pairs
-
-
-def load_prefix_weights(ids_path, weights_path) -> dict[str, float]:
-    """prefix_id -> density weight, from `ids.json` and the aligned `density_weights.npy`."""
-    ids = read_json(ids_path)
-    try:
-        w = np.load(weights_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(weights_path, f"not a readable .npy array ({e})") from None
-    if not isinstance(ids, list) or w.ndim != 1 or len(ids) != len(w):
-        raise DataError(weights_path, f"{len(w)} weights vs {len(ids) if isinstance(ids, list) else '?'} "
-                        f"ids in {ids_path}", field="density_weights")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise DataError(weights_path, "weights must be finite and non-negative", field="density_weights")
-    return {str(i): float(x) for i, x in zip(ids, w)}
-
-
-def attach_weights(pairs: list[dict], weights: dict[str, float], source="density_weights.npy") -> None:
-    """Each pair gets its prefix's density weight (`density` key). Unknown prefix -> DataError:
-    the weights are stale relative to the pairs."""
-    missing = sorted({p["prefix_id"] for p in pairs if p["prefix_id"] not in weights})
-    if missing:
-        raise DataError(source, f"{len(missing)} prefix ids of pairs have no weight "
-                        f"(first: {missing[0]}); rerun pref_density", field="prefix_id")
-    for p in pairs:
-        p["density"] = weights[p["prefix_id"]]
-
-
-def cap_pairs(pairs: list[dict], cap: int, seed: int) -> list[dict]:
-    """At most `cap` pairs (0 = all), a seeded subset kept in file order."""
-    if not cap or len(pairs) <= cap:
-        return list(pairs)
-    keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=cap, replace=False))
-    return [pairs[i] for i in keep]
-
-
-def check_split(*, heldout_fraction: float, bucket_quantile: float) -> None:
-    """ValueError naming the param: a NaN fraction or quantile would otherwise reach ceil()
-    or np.quantile (a crash) or bucket every prefix as "middle" (silent)."""
-    if not (math.isfinite(heldout_fraction) and 0 < heldout_fraction < 1):
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    if not (math.isfinite(bucket_quantile) and 0 < bucket_quantile <= 0.5):
-        raise ValueError(f"bucket_quantile must be in (0, 0.5], got {bucket_quantile}")
-
-
-def split_by_prefix(pairs: list[dict], heldout_fraction: float, seed: int) -> tuple[list, list]:
-    """(train, heldout): whole prefixes go to one side, about `heldout_fraction` of them held out."""
-    ids = sorted({p["prefix_id"] for p in pairs})
-    n_held = min(len(ids) - 1, max(1, math.ceil(heldout_fraction * len(ids)))) if len(ids) > 1 else 0
-    order = np.random.default_rng(seed).permutation(len(ids))
-    held = {ids[i] for i in order[:n_held]}
-    return ([p for p in pairs if p["prefix_id"] not in held], [p for p in pairs if p["prefix_id"] in held])
-
-
-def rarity_thresholds(all_weights, quantile: float) -> tuple[float, float]:
-    """(common_max, rare_min): prefixes with weight <= common_max are the most common
-    (densest) `quantile`; weight >= rare_min the rarest. Computed over all prefixes so
-    every run buckets identically."""
-    w = np.asarray(list(all_weights), dtype=np.float64)
-    return float(np.quantile(w, quantile)), float(np.quantile(w, 1.0 - quantile))
-
-
-def bucket_of(weight: float, thresholds: tuple[float, float]) -> str:
-    common_max, rare_min = thresholds
-    if weight >= rare_min and rare_min > common_max:
-        return "rare"
-    if weight <= common_max and rare_min > common_max:
-        return "common"
-    return "middle"
-
-
-# ---------------------------------------------------------------- tokenization
-
-def render_ids(tokenizer, messages: list[dict], answer: str, max_length: int) -> tuple[list[int], bool]:
-    """Chat-template token ids of prefix + answer as the assistant turn; (ids, truncated).
-
-    Over-long sequences keep their *end*: the reward head reads the last token, and
-    the answer must survive (trl would otherwise drop the whole pair)."""
-    text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                         tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if max_length and len(ids) > max_length:
-        return ids[-max_length:], True
-    return ids, False
 
 
 def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[dict, int]:
@@ -144,21 +48,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[dict,
         cols["rejected_ids"].append(r)
         n_trunc += int(tc or tr)
     return cols, n_trunc
-
-
-# ---------------------------------------------------------------- scoring
-
-def score_ids(model, tokenizer, seqs: list[list[int]], batch_size: int = 8) -> np.ndarray:
-    """Scalar reward per token sequence (right-padded batches, eval mode, no grad)."""
-    import torch
-
-    model.eval()
-    out = np.zeros(len(seqs), dtype=np.float64)
-    with torch.no_grad():
-        for idx, ids, mask in padded_by_length(seqs, batch_size, tokenizer.pad_token_id):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            out[idx] = logits[:, 0].float().numpy()
-    return out
 
 
 def pairwise_report(chosen: np.ndarray, rejected: np.ndarray, pairs: list[dict],
@@ -193,105 +82,6 @@ def pair_predictions(chosen, rejected, pairs: list[dict], thresholds: tuple[floa
     return sorted(rows, key=lambda r: r["id"])
 
 
-def load_reward_model(path):
-    """(model, tokenizer) of a saved reward model folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    return model, tok
-
-
-# ---------------------------------------------------------------- training
-
-def training_device_args() -> dict:
-    """CPU here, CUDA (bf16) where present."""
-    import torch
-
-    if torch.cuda.is_available():
-        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported()}
-    return {"use_cpu": True, "bf16": False}
-
-
-def curve_from_log(log_history: list[dict], keys: tuple[str, ...]) -> list[dict]:
-    """Training log -> DVC plot rows ({step, key...}), only rows that have a loss."""
-    rows = []
-    for entry in log_history:
-        if "loss" in entry and "step" in entry:
-            rows.append({"step": int(entry["step"]),
-                         **{k.replace("/", "_"): float(entry[k]) for k in keys if k in entry}})
-    return rows
-
-
-def lora_config(r: int, alpha: int, dropout: float, task_type: str, modules_to_save=None,
-                top_layers: int = 0, model=None):
-    """peft LoRA on all linear layers (of the top `top_layers` of `n_layers` decoder layers
-    when top_layers > 0: backward then stops there, the main CPU saving), or None when
-    r == 0 (full fine-tune)."""
-    if not r:
-        return None
-    from peft import LoraConfig
-
-    import torch
-
-    targets, kw = "all-linear", {}
-    n_layers = int(getattr(model.config, "num_hidden_layers", 0)) if model is not None else 0
-    if top_layers and n_layers and top_layers < n_layers:
-        # peft allows layers_to_transform only with explicit module names, not "all-linear".
-        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-                          if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"})
-        kw["layers_to_transform"] = list(range(n_layers - top_layers, n_layers))
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                      task_type=task_type, modules_to_save=modules_to_save, **kw)
-
-
-def shrink_backbone(model, num_layers: int = 0, trainable_layers: int = 0):
-    """CPU-sized reward model: keep the first `num_layers` decoder layers (0 = all) and
-    train only the top `trainable_layers` of them (0 = all) plus the final norm and head.
-
-    Backward then stops at the first trainable layer, so a step costs little more than
-    a forward pass through the kept layers."""
-    base = getattr(model, model.base_model_prefix)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        if num_layers or trainable_layers:
-            raise ValueError(f"{type(model).__name__}: no `.layers` to shrink; set num_layers/trainable_layers 0")
-        return model
-    if num_layers and num_layers < len(layers):
-        base.layers = layers[:num_layers]
-        model.config.num_hidden_layers = num_layers
-        if getattr(model.config, "layer_types", None):
-            model.config.layer_types = list(model.config.layer_types)[:num_layers]
-    if trainable_layers:
-        for p in base.parameters():
-            p.requires_grad = False
-        for layer in base.layers[-trainable_layers:]:
-            for p in layer.parameters():
-                p.requires_grad = True
-        if getattr(base, "norm", None) is not None:
-            for p in base.norm.parameters():
-                p.requires_grad = True
-    return model
-
-
-def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fraction: float,
-               split_seed: int, bucket_quantile: float):
-    """Pairs with their prefix weights, capped and split by prefix: the one split that
-    pref_rm and pref_dpo share (same args -> same held-out prompts).
-
-    Returns (pairs in the file, pairs used, train, held, weights, rarity thresholds)."""
-    check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
-    all_pairs = load_pairs(pairs_path)
-    weights = load_prefix_weights(ids_path, weights_path)
-    attach_weights(all_pairs, weights, source=weights_path)
-    pairs = cap_pairs(all_pairs, max_pairs, split_seed)
-    train, held = split_by_prefix(pairs, heldout_fraction, split_seed)
-    if not train or not held:
-        raise DataError(pairs_path, f"need pairs on both sides of the split (train {len(train)}, "
-                        f"held-out {len(held)}); add pairs or change heldout_fraction")
-    return len(all_pairs), pairs, train, held, weights, rarity_thresholds(weights.values(), bucket_quantile)
-
 
 def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                        density_aware: bool, max_pairs: int, heldout_fraction: float,
@@ -308,7 +98,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from posttrain.core.io import dumps, write_json
+    from posttrain.core.io import write_json
 
     set_seed(seed)
     n_file, pairs, train, held, weights, thresholds = load_split(
@@ -320,7 +110,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     model = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=1,
                                                                dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
-    shrink_backbone(model, num_layers, trainable_layers)
+    # pref.rm.trainable_layers 0 means the whole backbone (shrink_layers says -1)
+    shrink_layers(model, num_layers=num_layers, trainable_layers=trainable_layers or -1)
 
     cols, n_trunc_train = tokenize_pairs(tok, train, max_length)
     sample_w = pair_sampling_weights(train, density_aware)
@@ -387,8 +178,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
         "heldout": heldout,
         "sampling": spread,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
-                  "final_loss": _last(trainer.state.log_history, "loss"),
-                  "runtime_s": _last(trainer.state.log_history, "train_runtime")},
+                  "final_loss": last_logged(trainer.state.log_history, "loss"),
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
     curve = curve_from_log(trainer.state.log_history, ("loss", "accuracy", "margin"))
 
@@ -404,35 +195,11 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                                                    "num_layers": int(model.config.num_hidden_layers),
                                                    "density_aware": bool(density_aware)})
 
+    predictions = pair_predictions(rc, rr, held, thresholds)
     # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
     # anything is saved, instead of after the model folder already looks finished.
-    predictions = pair_predictions(rc, rr, held, thresholds)
     dumps({"metrics": metrics, "curve": curve, "predictions": predictions})
-    save_dir(out_dir, fill)
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
     return {"metrics": metrics, "curve": curve, "predictions": predictions}
 
-
-def save_dir(out_dir, fill) -> Path:
-    """Fill a temp directory beside `out_dir` with `fill(tmp)`, then swap it into place."""
-    from posttrain.core.io import atomic_path
-
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir, suffix=".tmpdir") as tmp:
-        tmp.unlink()
-        tmp.mkdir()
-        fill(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-    return out_dir
-
-
-def _last(history: list[dict], key: str):
-    vals = [h[key] for h in history if key in h]
-    return float(vals[-1]) if vals else None
-
-
-def pairs_by_prefix(pairs: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    for p in pairs:
-        out[p["prefix_id"]].append(p)
-    return dict(out)

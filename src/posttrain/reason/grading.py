@@ -2,11 +2,16 @@
 
 `extract_answer` looks for, in order of trust: the last `\\boxed{...}` (nested braces),
 the last `#### x` line, the last "final answer: x", the last "the answer is x", and
-finally the last number in the text; it reports which method matched.
+finally the last number in the text; it reports which method matched. `last_boxed` and
+`gold_from_gsm8k` also read the gold answers in `posttrain.reason.problems`.
 
-`answers_equal` first tries an exact numeric comparison on normalized strings
-(`\\frac{1}{2}` = 0.5 = 1/2, `1,000` = 1000, `$5` = 5, `50\\%` = 50, `\\text{}` units
-dropped), then symbolic equivalence with math-verify (sympy underneath).
+`answers_equal` is the one answer comparator of the project (reason_filter grading and
+the CHAMP pair labels of pref_download). After surface
+normalization (`\\dfrac` -> `\\frac`, `1,000` -> 1000, `$5` -> 5, `50\\%` -> 50,
+`\\text{}` units dropped): equal strings are equal; two plain numbers (`0.5`, `1/2`,
+`\\frac{1}{2}`) compare as exact rationals (math-verify agrees, ~150x slower:
+`python bench/answers.py`); everything else is math-verify's symbolic equivalence (sympy
+underneath), with one fallback after it for a number followed by units (`18 dollars` = 18).
 
 Time bound: math-verify's own timeouts use `signal.alarm`, which only works on the main
 thread. On the main thread we use them; elsewhere (a grading thread) we switch them off and
@@ -71,6 +76,12 @@ def _boxed_contents(text: str) -> list[str]:
         if depth == 0:
             out.append(text[m.end():i - 1].strip())
     return out
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if absent."""
+    found = _boxed_contents(text)
+    return found[-1] if found else None
 
 
 def _clean_phrase(s: str) -> str:
@@ -186,7 +197,7 @@ def _symbolic_equal(pred: str, gold: str) -> bool:
 
 
 def answers_equal(pred: str | None, gold: str | None) -> bool:
-    """True when pred and gold denote the same value: numerically (exact rationals) or symbolically."""
+    """True when pred and gold denote the same value (the module docstring says how)."""
     if pred is None or gold is None:
         return False
     p, g = normalize_answer(pred), normalize_answer(gold)
@@ -195,14 +206,20 @@ def answers_equal(pred: str | None, gold: str | None) -> bool:
     if p == g:
         return True
     pn, gn = _as_number(p), _as_number(g)
-    if gn is not None and pn is None:
-        pn = _number_with_unit(p)
     if pn is not None and gn is not None:
-        if pn == gn:
-            return True
-        # decimals written with finite digits vs a repeating fraction (0.333333 vs 1/3)
-        return abs(pn - gn) <= Fraction(1, 10**6) * max(1, abs(gn)) and ("." in p or "." in g)
-    return _symbolic_equal(p, g)
+        return _rationals_equal(pn, gn, p, g)  # math-verify would add nothing, ~150x slower
+    if _symbolic_equal(p, g):
+        return True
+    # math-verify reads "18 dollars" as a product with a symbol; the number is the answer
+    pn = _number_with_unit(p) if gn is not None else None
+    return pn is not None and _rationals_equal(pn, gn, p, g)
+
+
+def _rationals_equal(pn: Fraction, gn: Fraction, p: str, g: str) -> bool:
+    if pn == gn:
+        return True
+    # decimals written with finite digits vs a repeating fraction (0.333333 vs 1/3)
+    return abs(pn - gn) <= Fraction(1, 10**6) * max(1, abs(gn)) and ("." in p or "." in g)
 
 
 def grade_math(text: str, gold: str) -> Grade:

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from posttrain.core import assets
 from posttrain.core.io import DataError, iter_jsonl, read_json
+from posttrain.reason.grading import gold_from_gsm8k, last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +86,6 @@ def parse_sources(obj) -> list[SourceSpec]:
     return specs
 
 
-# --------------------------------------------------------------------------- answers
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if absent."""
-    best = None
-    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            best = text[m.end():i - 1].strip()
-    return best
-
-
-def gsm8k_answer(solution: str) -> str | None:
-    """Final answer after `####`; thousands separators dropped (`1,000` -> `1000`)."""
-    if "####" not in solution:
-        return None
-    ans = solution.rsplit("####", 1)[1].strip()
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", ans):
-        ans = ans.replace(",", "")
-    return ans or None
-
-
 def _id(label: str, index: int) -> str:
     return f"{label}/{index:04d}"
 
@@ -143,8 +119,9 @@ def convert_gsm8k(rows, label: str, where) -> Converted:
     out, skipped = [], 0
     for i, (line, row) in enumerate(rows):
         q = _text(row, ["question"], where, line)
-        ans = gsm8k_answer(str(_field(row, ["answer"], where, line)))
-        if ans is None:
+        solution = str(_field(row, ["answer"], where, line))
+        ans = gold_from_gsm8k(solution) if "####" in solution else ""
+        if not ans:
             raise DataError(where, "no '#### <answer>' in the solution", line=line, field="answer")
         out.append({"id": _id(label, i), "domain": MATH, "source": label, "problem": q, "answer": ans})
     return out, skipped

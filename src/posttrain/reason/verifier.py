@@ -163,48 +163,28 @@ def load_regressor(model_dir, *, trainable_layers: int, seed: int, num_layers: i
     """(model, tokenizer): a 1-output regression head on the policy folder's LM.
 
     `num_layers` > 0 keeps only the bottom `num_layers` transformer blocks (a shallower,
-    much cheaper backbone for CPU runs); 0 keeps them all.
+    much cheaper backbone for CPU runs); 0 keeps them all. Only the top `trainable_layers`
+    of them (+ final norm + head) are trained, -1 trains all (`core.models.shrink_layers`).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from posttrain.core.models import shrink_layers
 
     torch.manual_seed(seed)  # the new head is randomly initialized inside from_pretrained
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:
         raise ValueError(f"{model_dir}: tokenizer has no pad token (the base_models folder sets one)")
-    config = AutoConfig.from_pretrained(str(model_dir), num_labels=1, problem_type="regression")
-    if num_layers and num_layers < config.num_hidden_layers:
-        config.num_hidden_layers = num_layers
-        if getattr(config, "layer_types", None):
-            config.layer_types = config.layer_types[:num_layers]
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), config=config, dtype=torch.float32)
+        str(model_dir), num_labels=1, problem_type="regression", dtype=torch.float32)
     # The head pools the last non-pad token, found by pad id.
     model.config.pad_token_id = tokenizer.pad_token_id
     # A random head on LM hidden states (norm ~50-100) starts with predictions of std ~1-2
     # on a [0, 1] target and short CPU runs never recover; a zero head starts at 0 and
     # moves smoothly.
     torch.nn.init.zeros_(model.score.weight)
-    freeze_lower_layers(model, trainable_layers)
+    shrink_layers(model, num_layers=num_layers, trainable_layers=trainable_layers)
     return model, tokenizer
-
-
-def freeze_lower_layers(model, trainable_layers: int) -> None:
-    """Train only the top `trainable_layers` blocks, the final norm and the head (-1: all).
-    Backward then stops at the first trainable block, which is what makes CPU runs cheap."""
-    if trainable_layers < 0:
-        return
-    base = getattr(model, model.base_model_prefix)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__}: no .layers to freeze; use trainable_layers=-1")
-    for p in model.parameters():
-        p.requires_grad = False
-    keep = list(layers[len(layers) - trainable_layers:]) if trainable_layers else []
-    for module in keep + [getattr(base, "norm", None), model.score]:
-        if module is not None:
-            for p in module.parameters():
-                p.requires_grad = True
 
 
 def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[int]:

@@ -128,11 +128,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings) -> dict:
             metrics["eval_examples"] = len(eval_ds)
         if not trainer.is_world_process_zero():
             return None  # rank 0 writes the adapter and metrics
-        with atomic_path(adapter_dir, suffix=".tmpdir") as tmp:
-            tmp.unlink()
+        with atomic_path(adapter_dir, directory=True) as tmp:
             model.save_pretrained(str(tmp))
-            if Path(adapter_dir).exists():
-                shutil.rmtree(adapter_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"loss_history": history, "metrics": metrics}

@@ -269,8 +269,7 @@ def download(url: str, cache_dir) -> Path:
         log.info("downloading %s", url)
         with urllib.request.urlopen(url, timeout=60) as resp:  # online only; offline default never gets here
             blob = resp.read()
-        with atomic_path(target, suffix=".tmpdir") as tmp:
-            tmp.unlink()
+        with atomic_path(target, directory=True) as tmp:
             zipfile.ZipFile(io.BytesIO(blob)).extractall(tmp)
     # Zips hold one top-level folder (ml-latest-small/...).
     subdirs = [p for p in target.iterdir() if p.is_dir()]
