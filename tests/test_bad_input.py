@@ -555,7 +555,7 @@ def test_library_refuses_what_the_options_refuse():
     with pytest.raises(ValueError, match="val_ratio"):
         alpaca.check_split(val_ratio=0.6, test_ratio=0.5)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):
-        density_weights(np.zeros(3), float("nan"))
+        density_weights(np.zeros(3), float("nan"), 1.0)
     from posttrain.pref.common import check_split
 
     with pytest.raises(ValueError, match="heldout_fraction"):

@@ -165,6 +165,13 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     spread["weight_max_over_min"] = float(sw.max() / sw.min()) if sw.min() > 0 else None
     # Kish effective sample size of the sampling distribution, as a fraction of n.
     spread["effective_sample_fraction"] = float(sw.sum() ** 2 / (sw ** 2).sum() / len(sw))
+    # The contract is per prompt: draws of a rare prompt (all its pairs) vs a common one.
+    pids = sorted({p["prefix_id"] for p in train})
+    pix = {pid: i for i, pid in enumerate(pids)}
+    per_prompt = np.bincount([pix[p["prefix_id"]] for p in train], weights=counts, minlength=len(pids))
+    bucket_by_pid = {p["prefix_id"]: b for p, b in zip(train, tb)}
+    pb = np.array([bucket_by_pid[pid] for pid in pids])
+    spread["prompts"] = draw_spread(per_prompt, pb == "rare", pb == "common")
 
     train_bucket_counts = Counter(tb.tolist())
     metrics = {
