@@ -11,7 +11,7 @@ most pairs taken from it (0 = all).
 
 import click
 
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import outputs
 from posttrain.pref.pairs import collect
 from posttrain.core.cli import run
 
@@ -29,6 +29,10 @@ def parse_sources(args: tuple[str, ...]) -> list[tuple[str, int]]:
             raise click.UsageError(f"cap of source {name[2:]!r} must be an integer, got {cap!r}") from None
     if not out:
         raise click.UsageError("no sources given (e.g. --champ 2000)")
+    names = [n for n, _ in out]
+    for n in names:
+        if names.count(n) > 1:
+            raise click.UsageError(f"source {n!r} given more than once")
     return out
 
 
@@ -41,8 +45,9 @@ def parse_sources(args: tuple[str, ...]) -> list[tuple[str, int]]:
 @click.argument("sources", nargs=-1, type=click.UNPROCESSED)
 def main(out, metrics_path, per_prompt, seed, sources):
     pairs, metrics = collect(parse_sources(sources), per_prompt=per_prompt, seed=seed)
-    write_jsonl(out, pairs)
-    write_json(metrics_path, metrics)
+    with outputs() as o:  # renamed together: never pairs without their accounting
+        o.write_jsonl(out, pairs)
+        o.write_json(metrics_path, metrics)
     click.echo(f"pref_download: {len(pairs)} pairs -> {out}; skipped {metrics['skipped_total']}", err=True)
 
 

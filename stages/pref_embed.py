@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from posttrain.pref.embedding import TEXT_MODES, embed_texts, prefix_text
-from posttrain.core.io import atomic_path, read_jsonl, write_json
+from posttrain.core.io import outputs, read_jsonl
 from posttrain.core.cli import run
 
 
@@ -34,13 +34,13 @@ def main(prefixes_path, embedder, text_mode, batch_size, cache_dir, emb_path, id
     prefixes = read_jsonl(prefixes_path, required=("prefix_id", "prefix"))
     texts = [prefix_text(p["prefix"], text_mode) for p in prefixes]
     emb, stats = embed_texts(texts, embedder, batch_size=batch_size, cache_dir=cache_dir)
-    with atomic_path(emb_path, suffix=".npy") as tmp:
-        np.save(tmp, emb)
-    write_json(ids_path, [p["prefix_id"] for p in prefixes])
     info = {"embedder": embedder, "model_key": stats["model_key"], "text_mode": text_mode,
             "n": int(emb.shape[0]), "dim": int(emb.shape[1]), "normalized": True}
-    write_json(info_path, info)
-    write_json(metrics_path, {**info, **{k: stats[k] for k in ("unique_texts", "embedded", "cache_hits")}})
+    with outputs() as o:  # the aligned embeddings and ids land together or not at all
+        np.save(o.path(emb_path, suffix=".npy"), emb)
+        o.write_json(ids_path, [p["prefix_id"] for p in prefixes])
+        o.write_json(info_path, info)
+        o.write_json(metrics_path, {**info, **{k: stats[k] for k in ("unique_texts", "embedded", "cache_hits")}})
     click.echo(f"pref_embed: {emb.shape} (embedded {stats['embedded']}, cache hits {stats['cache_hits']})",
                err=True)
 

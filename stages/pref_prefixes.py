@@ -7,7 +7,8 @@
 
 import click
 
-from posttrain.core.io import read_jsonl, write_json, write_jsonl
+from posttrain.core.io import outputs
+from posttrain.pref.pairs import read_pairs
 from posttrain.pref.prefixes import build_prefixes, write_id_map
 from posttrain.core.cli import run
 
@@ -18,11 +19,12 @@ from posttrain.core.cli import run
 @click.option("--id-map", "id_map_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(pairs_path, prefixes_path, id_map_path, metrics_path):
-    pairs = read_jsonl(pairs_path, required=("id", "prefix", "chosen", "rejected", "src"))
+    pairs = read_pairs(pairs_path)
     prefixes, id_map, stats = build_prefixes(pairs)
-    write_jsonl(prefixes_path, prefixes)
-    write_id_map(id_map_path, id_map)
-    write_json(metrics_path, stats)
+    with outputs() as o:
+        o.write_jsonl(prefixes_path, prefixes)
+        write_id_map(o.path(id_map_path), id_map)
+        o.write_json(metrics_path, stats)
     click.echo(f"pref_prefixes: {stats['pairs']} pairs -> {stats['unique_prefixes']} prefixes", err=True)
 
 

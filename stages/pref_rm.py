@@ -7,7 +7,7 @@
 
 import click
 
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import outputs
 from posttrain.pref.reward import train_reward_model
 from posttrain.core.cli import finite, run
 
@@ -51,8 +51,9 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, live_dir, predict
         lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
-    write_json(metrics_path, res["metrics"])
-    write_jsonl(predictions_path, res["predictions"])
+    with outputs() as o:
+        o.write_json(metrics_path, res["metrics"])
+        o.write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
     click.echo(f"pref_rm: held-out accuracy {h['accuracy']} on {h['n']} pairs "
                f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",

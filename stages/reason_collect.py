@@ -12,14 +12,21 @@ import json
 import click
 import yaml
 
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import DataError, outputs
 from posttrain.reason.problems import collect, parse_sources
 from posttrain.core.cli import run
 
 
 def _sources_from(params_file: str, key: str):
-    with open(params_file, encoding="utf-8") as fh:
-        node = yaml.safe_load(fh) or {}
+    try:
+        with open(params_file, encoding="utf-8") as fh:
+            node = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise DataError(params_file, f"cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(params_file, f"not YAML: {getattr(e, 'problem', e)}",
+                        line=mark.line + 1 if mark else None) from None
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             raise click.BadParameter(f"{params_file}: no key {key!r}", param_hint="--params-file")
@@ -40,14 +47,23 @@ def _sources_from(params_file: str, key: str):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 def main(params_file, sources_key, sources_json, sample, seed, out, metrics_path):
-    raw = json.loads(sources_json) if sources_json else _sources_from(params_file, sources_key)
+    try:
+        raw = json.loads(sources_json) if sources_json else _sources_from(params_file, sources_key)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e.msg} (column {e.colno})", param_hint="--sources") from None
     try:
         specs = parse_sources(raw)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="reason.sources") from None
-    problems, metrics = collect(specs, sample or None, seed)
-    write_jsonl(out, problems)
-    write_json(metrics_path, metrics)
+    try:
+        problems, metrics = collect(specs, sample or None, seed)
+    except DataError:
+        raise
+    except ValueError as e:  # a source the loaders cannot read (unknown dataset / loader)
+        raise click.BadParameter(str(e), param_hint="reason.sources") from e
+    with outputs() as o:
+        o.write_jsonl(out, problems)
+        o.write_json(metrics_path, metrics)
     click.echo(f"reason_collect: {metrics['n_problems']} problems {metrics['by_domain']} -> {out}", err=True)
 
 

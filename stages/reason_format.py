@@ -7,7 +7,7 @@
 
 import click
 
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import outputs
 from posttrain.reason.problems import index, read_problem_records, read_problems
 from posttrain.reason.sft_format import build_sft, parse_mix
 from posttrain.core.cli import run
@@ -28,8 +28,9 @@ def main(problems_path, filtered_path, out, metrics_path, mix, seed):
     problems = index(read_problems(problems_path))
     accepted = read_problem_records(filtered_path, problems, ("id", "problem_id", "domain", "source", "text"))
     examples, metrics = build_sft(accepted, problems, mix, seed)
-    write_jsonl(out, examples)
-    write_json(metrics_path, metrics)
+    with outputs() as o:
+        o.write_jsonl(out, examples)
+        o.write_json(metrics_path, metrics)
     click.echo(f"reason_format: {metrics['n_examples']} examples {metrics['by_domain']} -> {out}", err=True)
 
 

@@ -9,7 +9,7 @@ import time
 import click
 
 from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
 from posttrain.core.cli import finite, run
 
@@ -32,22 +32,23 @@ from posttrain.core.cli import finite, run
 @click.option("--progress/--no-progress", default=True, help="Dev only: tqdm progress bar.")
 def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
          batch_size, seed, threads, progress):
+    problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     cfg = SamplingConfig(n_samples=n_samples, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    problems = read_problems(problems_path)
     model, tokenizer = load_model(model_ref)
     t0 = time.perf_counter()
     samples = generate(model, tokenizer, problems, cfg, progress=progress)
     secs = time.perf_counter() - t0
-    write_jsonl(out, samples)
     metrics = summarize(samples)
     # Throughput is machine-dependent; it sits in the metrics (not the data outputs).
     metrics["completion_tokens_per_s"] = round(metrics["completion_tokens"] / secs, 2) if secs else 0.0
-    write_json(metrics_path, metrics)
+    with outputs() as o:
+        o.write_jsonl(out, samples)
+        o.write_json(metrics_path, metrics)
     click.echo(f"reason_generate: {len(samples)} samples, {metrics['completion_tokens']} tokens "
                f"in {secs:.1f}s -> {out}", err=True)
 

@@ -15,7 +15,7 @@ import click
 from posttrain.rec import alpaca
 
 from posttrain.rec import movielens
-from posttrain.core.io import write_json, write_jsonl
+from posttrain.core.io import outputs
 from posttrain.core.cli import finite, run
 
 
@@ -33,24 +33,31 @@ def main(source, history_len, rating_threshold, val_ratio, test_ratio, seed, out
     if val_ratio + test_ratio >= 1:
         raise click.BadParameter(f"val_ratio + test_ratio must be < 1 (a train split must remain), "
                                  f"got {val_ratio} + {test_ratio}", param_hint="--val-ratio/--test-ratio")
+    try:
+        alpaca.check_params(history_len=history_len, rating_threshold=rating_threshold)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--rating-threshold") from None
     out = Path(out_dir)
     ratings = movielens.load(source, cache_dir=out / "download")
     examples = alpaca.build_examples(ratings, history_len, rating_threshold)
     splits = alpaca.split_examples(examples, val_ratio, test_ratio, seed)
     alpaca.check_no_leakage(splits)
-    write_json(out / "train.json", [alpaca.alpaca_record(e) for e in splits["train"]], indent=None)
-    write_json(out / "eval.json", [alpaca.alpaca_record(e) for e in splits["eval"]], indent=None)
-    write_jsonl(out / "test_raw.jsonl", (alpaca.raw_record(e) for e in splits["test"]))
-    # Same order as train.json; the baseline's statistics come from these rows only.
-    write_jsonl(out / "train_meta.jsonl", (alpaca.meta_record(e) for e in splits["train"]))
     n_users = int(ratings["user_id"].nunique())
     metrics = {
         "source": source, "ratings": len(ratings), "users": n_users, "movies": int(ratings["item_id"].nunique()),
+        "duplicate_ratings_dropped": int(ratings.attrs.get("duplicate_ratings_dropped", 0)),
         "users_with_examples": len({e["user_id"] for e in examples}),
         "users_skipped_short_history": n_users - len({e["user_id"] for e in examples}),
         "examples": len(examples), "splits": alpaca.split_stats(splits),
     }
-    write_json(metrics_path, metrics)
+    # All or nothing: the files are renamed together once every one is written.
+    with outputs() as o:
+        o.write_json(out / "train.json", [alpaca.alpaca_record(e) for e in splits["train"]], indent=None)
+        o.write_json(out / "eval.json", [alpaca.alpaca_record(e) for e in splits["eval"]], indent=None)
+        o.write_jsonl(out / "test_raw.jsonl", (alpaca.raw_record(e) for e in splits["test"]))
+        # Same order as train.json; the baseline's statistics come from these rows only.
+        o.write_jsonl(out / "train_meta.jsonl", (alpaca.meta_record(e) for e in splits["train"]))
+        o.write_json(metrics_path, metrics)
     click.echo(f"rec_prepare: {len(examples)} examples -> " +
                ", ".join(f"{k} {v['n']}" for k, v in metrics["splits"].items()), err=True)
 

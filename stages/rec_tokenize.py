@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from posttrain.rec import seqlen
-from posttrain.core.io import atomic_path, read_json, write_json
+from posttrain.rec import alpaca, seqlen
+from posttrain.core.io import outputs
 from posttrain.rec.tokenization import STRATEGIES, tokenize_dataset
 from posttrain.core.cli import run
 
@@ -27,14 +27,14 @@ from posttrain.core.cli import run
 @click.option("--show-examples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Dev only: print N rendered train examples with their label masks to stderr.")
 def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, hist_path, show_examples):
+    records = {name: alpaca.read_records(Path(data_dir) / f"{name}.json") for name in ("train", "eval")}
     import datasets
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     splits, metrics, all_lengths = {}, {"cutoff_len": cutoff_len, "truncation": truncation}, []
     for name in ("train", "eval"):
-        records = read_json(Path(data_dir) / f"{name}.json")
-        ds, stats = tokenize_dataset(tokenizer, records, cutoff_len=cutoff_len, strategy=truncation, desc=name)
+        ds, stats = tokenize_dataset(tokenizer, records[name], cutoff_len=cutoff_len, strategy=truncation, desc=name)
         splits[name] = ds
         metrics[name] = seqlen.length_report(stats, *seqlen.mask_counts(ds), cutoff_len)
         all_lengths += stats.full_len
@@ -44,13 +44,14 @@ def main(model_dir, data_dir, cutoff_len, truncation, out_dir, metrics_path, his
     for i in range(min(show_examples, len(splits["train"]))):
         row = splits["train"][i]
         click.echo(seqlen.render_example(tokenizer, row["input_ids"], row["labels"]), err=True)
-    with atomic_path(out_dir, directory=True) as tmp:
+    with outputs() as o:  # the dataset folder and both metrics files renamed together
+        tmp = o.path(out_dir, directory=True)
         # An explicit shard count: datasets writes no shard at all for an empty split
         # (then cannot load it back); ~500 MB per shard otherwise, as datasets does.
         shards = {k: 1 + ds.data.nbytes // 500_000_000 for k, ds in splits.items()}
         datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards)
-    write_json(metrics_path, metrics)
-    write_json(hist_path, seqlen.histogram(all_lengths))
+        o.write_json(metrics_path, metrics)
+        o.write_json(hist_path, seqlen.histogram(all_lengths))
     click.echo(f"rec_tokenize: train {len(splits['train'])}, eval {len(splits['eval'])}; "
                f"p99 length {metrics['train'].get('p99')}, truncated {metrics['train']['truncated']}, "
                f"answer_truncated {metrics['answer_truncated']}", err=True)

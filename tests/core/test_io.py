@@ -100,3 +100,31 @@ def test_non_object_line_is_an_error(tmp_path):
     p.write_text('[1, 2]\n', encoding="utf-8")
     with pytest.raises(io.DataError, match="line 1: expected a JSON object"):
         io.read_jsonl(p)
+
+
+def test_outputs_are_renamed_together_or_not_at_all(tmp_path):
+    with pytest.raises(RuntimeError):
+        with io.outputs() as o:
+            o.write_json(tmp_path / "a.json", {"v": 1})
+            o.write_jsonl(tmp_path / "sub" / "b.jsonl.gz", [{"v": 2}])
+            raise RuntimeError("a later output fails")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no output, no temp file
+    with io.outputs() as o:
+        o.write_json(tmp_path / "a.json", {"v": 1})
+        o.write_jsonl(tmp_path / "sub" / "b.jsonl.gz", [{"v": 2}])
+        assert not (tmp_path / "a.json").exists()  # staged until the block ends
+    assert io.read_json(tmp_path / "a.json") == {"v": 1}
+    assert io.read_jsonl(tmp_path / "sub" / "b.jsonl.gz") == [{"v": 2}]
+
+
+def test_truncated_gzip_and_non_finite_constants_are_located(tmp_path):
+    p = tmp_path / "r.jsonl.gz"
+    io.write_jsonl(p, [{"i": i, "pad": "x" * 64} for i in range(3000)])
+    blob = p.read_bytes()
+    p.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(io.DataError, match=r"r\.jsonl\.gz, line \d+: truncated or corrupt gzip after \d+"):
+        io.read_jsonl(p)
+    q = tmp_path / "n.jsonl"
+    q.write_text('{"a": 1}\n{"a": NaN}\n')
+    with pytest.raises(io.DataError, match=r"n\.jsonl, line 2: NaN is not a JSON value"):
+        io.read_jsonl(q)

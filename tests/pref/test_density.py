@@ -68,15 +68,15 @@ def test_exact_weights_do_not_depend_on_the_thread_count():
 
 def test_edge_cases():
     d, info = knn(np.zeros((0, 5)), 3)
-    assert d.shape == (0,) and density_weights(d, 0.01).shape == (0,) and info["k_effective"] == 0
+    assert d.shape == (0,) and density_weights(d, 0.01, 1.0).shape == (0,) and info["k_effective"] == 0
     d, info = knn(np.ones((1, 5)), 3)  # one point: no neighbours -> density 0, weight 1
-    assert d.tolist() == [0.0] and density_weights(d, 0.01).tolist() == [1.0]
+    assert d.tolist() == [0.0] and density_weights(d, 0.01, 1.0).tolist() == [1.0]
     x = np.random.default_rng(0).normal(size=(4, 5))
     d, info = knn(x, 50)  # k >= N: all others
     assert info["k_effective"] == 3 and np.allclose(d, brute_force_density(x, 3), atol=1e-6)
     d, _ = knn(np.tile([[1.0, 2.0, 3.0]], (6, 1)), 3)  # identical vectors
     assert np.allclose(d, 1.0, atol=1e-6)
-    w = density_weights(d, 0.01)
+    w = density_weights(d, 0.01, 1.0)
     assert np.allclose(w, 1 / 6)
     d, _ = knn(np.array([[1.0, 0.0], [-1.0, 0.0]]), 1)  # opposite: clipped at 0
     assert d.tolist() == [0.0, 0.0]
@@ -87,13 +87,13 @@ def test_edge_cases():
     with pytest.raises(ValueError):
         knn(np.ones(3), 1)
     with pytest.raises(ValueError):
-        density_weights(np.ones(3), 0.0)
+        density_weights(np.ones(3), 0.0, 1.0)
 
 
 def test_weights_sum_to_one_and_rare_prompts_weigh_more():
     x, n_dense = clustered()
     d, _ = knn(x, 10)
-    w = density_weights(d, 0.01)
+    w = density_weights(d, 0.01, 1.0)
     assert w.dtype == np.float64 and np.isfinite(w).all() and (w > 0).all()
     assert abs(w.sum() - 1.0) < 1e-12
     assert w[n_dense:].min() > w[:n_dense].max()
@@ -136,7 +136,7 @@ def test_pynndescent_agrees_with_exact():
 
 def test_projection_records():
     x, _ = clustered(20, 2, 8)
-    w = density_weights(knn(x, 3)[0], 0.01)
+    w = density_weights(knn(x, 3)[0], 0.01, 1.0)
     ids = [f"id{i}" for i in range(len(x))]
     recs = projection_records(ids, x, w, ["t " * 200] * len(x), seed=0)
     assert [r["id"] for r in recs] == ids and set(recs[0]) == {"id", "x", "y", "z", "weight", "text"}
@@ -145,3 +145,32 @@ def test_projection_records():
     assert (one[0]["x"], one[0]["y"], one[0]["z"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         projection_records(ids[:-1], x, w, ["t"] * len(x), seed=0)
+
+
+def test_non_finite_embedding_row_is_a_located_error(tmp_path):
+    import json
+
+    from posttrain.core.io import DataError
+    from posttrain.pref.density import knn_density, load_embeddings
+
+    emb = np.eye(4, 8, dtype=np.float32)
+    emb[2, 3] = np.nan
+    np.save(tmp_path / "e.npy", emb)
+    (tmp_path / "ids.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    with pytest.raises(DataError, match=r"e\.npy: field 'embedding': row 2 \(id c\) has non-finite"):
+        load_embeddings(tmp_path / "e.npy", tmp_path / "ids.json")
+    with pytest.raises(ValueError, match="non-finite"):
+        knn_density(emb, k=2, method="exact", auto_threshold=100, seed=0)
+
+
+def test_power_sharpens_weights_and_one_is_the_seed_formula():
+    d = np.array([0.1, 0.4, 0.8])
+    seed = 1 / (d + 0.01)
+    assert np.allclose(density_weights(d, 0.01, 1.0), seed / seed.sum())
+    w7 = density_weights(d, 0.01, 7.0)
+    assert np.allclose(w7, seed ** 7 / (seed ** 7).sum())
+    assert w7[0] / w7[2] == pytest.approx((seed[0] / seed[2]) ** 7)
+    assert np.allclose(density_weights(d, 0.01, 0.0), 1 / 3)  # power 0 = uniform
+    assert np.isfinite(density_weights(np.array([0.0, 1.0]), 1e-6, 200.0)).all()  # no overflow
+    with pytest.raises(ValueError, match="power"):
+        density_weights(d, 0.01, float("nan"))

@@ -244,3 +244,28 @@ def test_champ_asset_source():
     assert s["rows"] == s["rows_with_pairs"] + s["skipped_total"]
     assert all(p["src"] == "champ" and p["chosen"] != p["rejected"] for p in pairs)
     assert len({prefix_id(p) for p in pairs}) >= 4  # at most 3 pairs per problem
+
+
+def test_content_parts_are_joined_and_bad_content_is_an_error_or_a_skip(tmp_path):
+    parts = [{"type": "text", "text": "Name a prime."}, {"type": "text", "text": "Be brief."}]
+    row = {"prompt": [{"role": "user", "content": parts}],
+           "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "7"}]}],
+           "rejected": [{"role": "assistant", "content": "8"}]}
+    pair = messages_row_to_pair(row, "t")
+    assert pair["prefix"]["messages"] == [{"role": "user", "content": "Name a prime.\nBe brief."}]
+    assert (pair["chosen"], pair["rejected"]) == ("7", "8")
+    image = {**row, "prompt": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}
+    with pytest.raises(Skip, match="non_text_content"):
+        messages_row_to_pair(image, "t")
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
+                 + json.dumps({"prompt": None, "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"p\.jsonl, line 2: field 'prompt': expected a string .* got null"):
+        load_source(f"path:{f}", cap=0)
+
+
+def test_same_source_twice_is_refused(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(ValueError, match="more than once"):
+        collect([(f"path:{f}", 0), (f"path:{f}", 0)], per_prompt=4, seed=0)

@@ -186,6 +186,8 @@ def test_reward_model_smoke(trained_rm):
     # The sampler handed out exactly steps * batch indices.
     assert m["sampling"]["draws"] == 6 * 4
     assert m["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
+    p = m["sampling"]["prompts"]  # per prompt: all its pairs' draws together
+    assert p["draws"] == 6 * 4 and p["items"] == m["pairs"]["train_prefixes"]
     assert live_steps(out.parent / "dvclive", "loss") == [1, 2, 3, 4, 5, 6]
     split = read_json(out / "split.json")
     assert not set(split["heldout_prefix_ids"]) & set(split["train_prefix_ids"])

@@ -76,6 +76,10 @@ def test_draw_spread():
     none = draw_spread(counts, rare, np.zeros(5, dtype=bool))
     assert none["draws_per_common_item"] is None and none["rare_vs_common_draw_ratio"] is None
     assert none["draws_per_rare_item"] == 4.0
+    # and no rare items (all weights equal: every item "middle") is null, never NaN (not JSON)
+    empty = draw_spread(counts, np.zeros(5, bool), common)
+    assert empty["draws_per_rare_item"] is None and empty["rare_vs_common_draw_ratio"] is None
+    assert empty["draws_per_common_item"] == 1.0
 
 
 # ------------------------------------------------------------------ DDP: 2 processes, gloo

@@ -239,3 +239,11 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)
     assert not (d / "g.jsonl").exists()
+
+
+@pytest.mark.parametrize("mix", ["nan:1", "1:inf", "-1:1", "0:0", "1-1", "a:b"])
+def test_mix_must_be_two_finite_non_negative_weights(mix):
+    from posttrain.reason.sft_format import parse_mix
+
+    with pytest.raises(ValueError, match="reason.mix"):
+        parse_mix(mix)

@@ -79,16 +79,20 @@ def test_threshold_is_inclusive(tmp_path):
     assert [e["output"] for e in ex] == ["Yes", "Yes", "Yes"]
 
 
+# 25 films, so each synthetic user rates distinct ones (a repeat would be a re-rating).
+SYN_MOVIES = "movieId,title,genres\n" + "".join(f"{i},Film {i} ({1970 + i}),Drama\n" for i in range(1, 26))
+
+
 def _synthetic(n_users=6, n_ratings=25):
     rows = ["userId,movieId,rating,timestamp"]
     for u in range(1, n_users + 1):
         for k in range(n_ratings):
-            rows.append(f"{u},{(u * 7 + k * 3) % 6 + 1},{(u + k) % 5 + 1}.0,{1000 + 10 * k + u}")
+            rows.append(f"{u},{(u * 7 + k) % 25 + 1},{(u + k) % 5 + 1}.0,{1000 + 10 * k + u}")
     return "\n".join(rows) + "\n"
 
 
 def test_split_is_per_user_chronological_without_leakage(tmp_path):
-    df = movielens.load(str(write_ml_latest(tmp_path / "ml", ratings=_synthetic())))
+    df = movielens.load(str(write_ml_latest(tmp_path / "ml", ratings=_synthetic(), movies=SYN_MOVIES)))
     ex = alpaca.build_examples(df, history_len=5, rating_threshold=4.0)
     splits = alpaca.split_examples(ex, val_ratio=0.1, test_ratio=0.2, seed=1)
     assert sum(len(v) for v in splits.values()) == len(ex) == 6 * 20
@@ -109,7 +113,7 @@ def test_split_is_per_user_chronological_without_leakage(tmp_path):
 
 
 def test_rec_prepare_stage_is_deterministic(tmp_path):
-    src = write_ml_latest(tmp_path / "ml", ratings=_synthetic())
+    src = write_ml_latest(tmp_path / "ml", ratings=_synthetic(), movies=SYN_MOVIES)
     main = load_stage("rec_prepare").main
     outs = []
     for run in ("a", "b"):
@@ -186,3 +190,21 @@ def test_bad_input_names_file_row_and_field(tmp_path, ratings, movies, bad_file,
 def test_unknown_source_is_a_clear_error():
     with pytest.raises(DataError, match="unknown MovieLens source"):
         movielens.load("no-such-dataset")
+
+
+def test_rerating_keeps_the_latest_and_counts_the_rest(tmp_path):
+    # user 10 rates movie 1 twice (100: 4.0, 600: 1.0) and has an exact duplicate row of movie 2.
+    ratings = RATINGS + "10,1,1.0,600\n10,2,2.5,200\n"
+    df = movielens.load(str(write_ml_latest(tmp_path / "ml", ratings=ratings)))
+    assert df.attrs["duplicate_ratings_dropped"] == 2
+    u10 = df[df.user_id == "10"].set_index("item_id")
+    assert len(u10) == 5 and u10.at["1", "rating"] == 1.0 and u10.at["1", "timestamp"] == 600
+    ex = alpaca.build_examples(df, history_len=3, rating_threshold=4.0)
+    # the candidate's own earlier rating never appears in its history
+    assert all(e["title"] not in e["input"].split("\n", 1)[1].rsplit("\n", 1)[0] for e in ex)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 7.0, -3.0, float("nan"), float("inf")])
+def test_threshold_outside_the_star_scale_is_refused(threshold):
+    with pytest.raises(ValueError, match="rating_threshold"):
+        alpaca.check_params(history_len=3, rating_threshold=threshold)

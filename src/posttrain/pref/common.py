@@ -18,35 +18,17 @@ from collections import defaultdict
 import numpy as np
 
 from posttrain.core.batching import padded_by_length
-from posttrain.core.io import DataError, iter_jsonl, read_json
-from posttrain.pref.pairs import prefix_id
+from posttrain.core.io import DataError, read_json
+from posttrain.pref.pairs import prefix_id, read_pairs
 
 
 # ---------------------------------------------------------------- pairs, weights, split
 
 def load_pairs(path) -> list[dict]:
-    """Read and check `pairs_all.jsonl`; adds `prefix_id`. Bad records raise DataError."""
-    pairs = []
-    for line, rec in iter_jsonl(path, required=("id", "prefix", "chosen", "rejected", "src")):
-        msgs = rec["prefix"].get("messages") if isinstance(rec["prefix"], dict) else None
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(path, "prefix.messages must be a non-empty list", line=line, field="prefix")
-        for m in msgs:
-            if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-                raise DataError(path, "each message needs role and string content", line=line,
-                                field="prefix.messages")
-        if msgs[-1]["role"] != "user":
-            raise DataError(path, "last prefix message must be from the user", line=line,
-                            field="prefix.messages")
-        for f in ("chosen", "rejected"):
-            if not isinstance(rec[f], str):
-                raise DataError(path, f"{f} must be a string", line=line, field=f)
-        try:
-            pid = prefix_id(msgs)
-        except ValueError as e:
-            raise DataError(path, str(e), line=line, field="prefix.messages") from None
-        pairs.append({"id": str(rec["id"]), "messages": msgs, "chosen": rec["chosen"],
-                      "rejected": rec["rejected"], "src": str(rec["src"]), "prefix_id": pid})
+    """Read and check `pairs_all.jsonl` (`pairs.read_pairs`); adds `prefix_id`."""
+    pairs = [{"id": rec["id"], "messages": rec["prefix"]["messages"], "chosen": rec["chosen"],
+              "rejected": rec["rejected"], "src": rec["src"], "prefix_id": prefix_id(rec["prefix"])}
+             for rec in read_pairs(path)]
     if not pairs:
         raise DataError(path, "no pairs")
     return pairs
@@ -55,7 +37,10 @@ def load_pairs(path) -> list[dict]:
 def load_prefix_weights(ids_path, weights_path) -> dict[str, float]:
     """prefix_id -> density weight, from `ids.json` and the aligned `density_weights.npy`."""
     ids = read_json(ids_path)
-    w = np.load(weights_path)
+    try:
+        w = np.load(weights_path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(weights_path, f"not a readable .npy array ({e})") from None
     if not isinstance(ids, list) or w.ndim != 1 or len(ids) != len(w):
         raise DataError(weights_path, f"{len(w)} weights vs {len(ids) if isinstance(ids, list) else '?'} "
                         f"ids in {ids_path}", field="density_weights")
@@ -81,6 +66,15 @@ def cap_pairs(pairs: list[dict], cap: int, seed: int) -> list[dict]:
         return list(pairs)
     keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=cap, replace=False))
     return [pairs[i] for i in keep]
+
+
+def check_split(*, heldout_fraction: float, bucket_quantile: float) -> None:
+    """ValueError naming the param: a NaN fraction or quantile would otherwise reach ceil()
+    or np.quantile (a crash) or bucket every prefix as "middle" (silent)."""
+    if not (math.isfinite(heldout_fraction) and 0 < heldout_fraction < 1):
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    if not (math.isfinite(bucket_quantile) and 0 < bucket_quantile <= 0.5):
+        raise ValueError(f"bucket_quantile must be in (0, 0.5], got {bucket_quantile}")
 
 
 def split_by_prefix(pairs: list[dict], heldout_fraction: float, seed: int) -> tuple[list, list]:
@@ -122,6 +116,7 @@ def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fract
     pref_rm and pref_dpo share (same args -> same held-out prompts).
 
     Returns (pairs in the file, pairs used, train, held, weights, rarity thresholds)."""
+    check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
     all_pairs = load_pairs(pairs_path)
     weights = load_prefix_weights(ids_path, weights_path)
     attach_weights(all_pairs, weights, source=weights_path)

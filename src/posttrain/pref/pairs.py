@@ -29,7 +29,6 @@ naming file, line and field.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import re
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from posttrain.core.io import DataError, dumps, iter_jsonl, open_text
+from posttrain.core.io import DataError, dumps, iter_jsonl, read_json
 from posttrain.reason.grading import answers_equal
 
 log = logging.getLogger(__name__)
@@ -85,14 +84,40 @@ def pair_id(messages: list[dict], chosen: str, rejected: str) -> str:
     return hashlib.md5(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def _clean_messages(messages: Iterable[dict]) -> list[dict]:
-    return [{"role": str(m["role"]), "content": str(m["content"]).strip()} for m in messages]
+def content_text(value, what: str) -> str:
+    """Message content as text: a string, or OpenAI-style content parts
+    `[{"type": "text", "text": ...}, ...]` with their texts joined by newlines.
+
+    Anything else (null, a number, a dict, parts without a string `text`) raises
+    TypeError("what: ...") -> a DataError naming the field; well-formed parts that are
+    not text (images, audio) cannot be a text preference: Skip("non_text_content").
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, dict) and "type" in p for p in value):
+        if any(p["type"] != "text" for p in value):
+            raise Skip("non_text_content")
+        if not all(isinstance(p.get("text"), str) for p in value):
+            raise TypeError(f"{what}: a text part without a string 'text'")
+        return "\n".join(p["text"] for p in value)
+    kind = "null" if value is None else type(value).__name__
+    raise TypeError(f"{what}: expected a string or a list of text parts, got {kind}")
 
 
-def make_pair(messages: list[dict], chosen: str, rejected: str, src: str) -> dict:
+def _clean_messages(messages: Iterable[dict], what: str) -> list[dict]:
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m.get("role"), str):
+            raise TypeError(f"{what}[{i}].role: expected a string")
+        out.append({"role": m["role"], "content": content_text(m["content"], f"{what}[{i}].content").strip()})
+    return out
+
+
+def make_pair(messages: list[dict], chosen, rejected, src: str) -> dict:
     """Validate and build one normalized pair; `Skip` when it is not a usable preference."""
-    messages = _clean_messages(messages)
-    chosen, rejected = str(chosen).strip(), str(rejected).strip()
+    messages = _clean_messages(messages, "prefix")
+    chosen = content_text(chosen, "chosen").strip()
+    rejected = content_text(rejected, "rejected").strip()
     if not messages or messages[-1]["role"] != "user":
         raise Skip("prefix_not_ending_with_user")
     if not first_user_content(messages):
@@ -101,6 +126,31 @@ def make_pair(messages: list[dict], chosen: str, rejected: str, src: str) -> dic
         raise Skip("identical_answers")
     return {"id": pair_id(messages, chosen, rejected), "prefix": {"messages": messages},
             "chosen": chosen, "rejected": rejected, "src": src}
+
+
+def read_pairs(path) -> list[dict]:
+    """Normalized pairs from `pairs_all.jsonl`, checked: string id/chosen/rejected/src, a
+    non-empty `prefix.messages` list of {role, content} strings with a user message and a
+    user last. A bad record raises DataError naming file, line and field."""
+    pairs = []
+    for line, rec in iter_jsonl(path, required=("id", "prefix", "chosen", "rejected", "src")):
+        msgs = rec["prefix"].get("messages") if isinstance(rec["prefix"], dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(path, "prefix.messages must be a non-empty list", line=line, field="prefix")
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(path, "each message needs string role and content", line=line,
+                                field="prefix.messages")
+        if msgs[-1]["role"] != "user":
+            raise DataError(path, "last prefix message must be from the user", line=line,
+                            field="prefix.messages")
+        if not any(m["role"] == "user" for m in msgs):
+            raise DataError(path, "prefix has no user message", line=line, field="prefix.messages")
+        for f in ("id", "chosen", "rejected", "src"):
+            if not isinstance(rec[f], str):
+                raise DataError(path, f"expected a string, got {type(rec[f]).__name__}", line=line, field=f)
+        pairs.append(rec)
+    return pairs
 
 
 # ---------------------------------------------------------------- HH-RLHF
@@ -167,7 +217,7 @@ def messages_row_to_pair(row: dict, src: str) -> dict:
         chosen, rejected = prompt + chosen, prompt + rejected
     if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         raise Skip("last_turn_not_assistant")
-    if _clean_messages(chosen[:-1]) != _clean_messages(rejected[:-1]):
+    if _clean_messages(chosen[:-1], "chosen") != _clean_messages(rejected[:-1], "rejected"):
         raise Skip("prefix_mismatch")
     return make_pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], src)
 
@@ -181,7 +231,14 @@ def stack_exchange_row_to_pairs(row: dict, src: str, per_prompt: int) -> list[di
     is chosen against each lower-scored answer, largest score gap first, at most
     `per_prompt` pairs per question.
     """
-    answers = [a for a in row["answers"] if str(a.get("text", "")).strip()]
+    if not isinstance(row["answers"], list) or not all(isinstance(a, dict) for a in row["answers"]):
+        raise TypeError("answers: expected a list of objects")
+    answers = [a for i, a in enumerate(row["answers"])
+               if content_text(a.get("text"), f"answers[{i}].text").strip()]
+    for i, a in enumerate(answers):
+        score = a.get("pm_score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+            raise TypeError(f"answers[{i}].pm_score: expected a number, got {score!r}")
     if len(answers) < 2:
         raise Skip("too_few_answers")
     ranked = sorted(answers, key=lambda a: (-a["pm_score"], not a.get("selected", False),
@@ -191,7 +248,7 @@ def stack_exchange_row_to_pairs(row: dict, src: str, per_prompt: int) -> list[di
                    key=lambda a: (a["pm_score"], a.get("answer_id", 0)))
     if not lower:
         raise Skip("no_score_gap")
-    messages = [{"role": "user", "content": row["question"]}]
+    messages = [{"role": "user", "content": content_text(row["question"], "question")}]
     pairs = []
     for a in lower[: per_prompt if per_prompt > 0 else None]:
         try:
@@ -208,7 +265,7 @@ def stack_exchange_row_to_pairs(row: dict, src: str, per_prompt: int) -> list[di
 def legacy_row_to_pair(row: dict, src: str) -> dict:
     """{prompt: str, chosen: str, rejected: str}; a prompt in HH transcript form
     (`\\n\\nHuman: ...\\n\\nAssistant:`) is split into turns."""
-    prompt = str(row["prompt"])
+    prompt = content_text(row["prompt"], "prompt")
     if _HH_TURN.search(prompt):
         try:
             msgs = parse_hh_transcript(prompt)
@@ -314,7 +371,7 @@ def _champ_solution(messages: list[dict]) -> tuple[str, str, bool] | None:
 
 def champ_rows(path) -> Iterator[tuple[int, dict]]:
     """(problem index, problem) in identifier order."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json(path)
     if "problems" not in data:
         raise DataError(path, "missing", field="problems")
     for i, pid in enumerate(sorted(data["problems"]), start=1):
@@ -391,8 +448,7 @@ class SourceStats:
 def _iter_local(path: Path) -> Iterator[tuple[int, dict]]:
     """Records of a local file: JSON lines (optionally .gz) or one JSON list."""
     if path.suffix == ".json":
-        with open_text(path) as fh:
-            data = json.load(fh)
+        data = read_json(path)
         if not isinstance(data, list):
             raise DataError(path, "expected a JSON list of records")
         for i, rec in enumerate(data, start=1):
@@ -488,6 +544,10 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
 def collect(sources: list[tuple[str, int]], *, per_prompt: int, seed: int
             ) -> tuple[list[dict], dict[str, Any]]:
     """Pairs of every source in order, and metrics: per-source rows/pairs/skips."""
+    names = [name for name, _ in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # metrics are keyed by source: a repeat would overwrite the first one's
+        raise ValueError(f"preference source given more than once: {', '.join(twice)}")
     seen: set = set()
     out: list[dict] = []
     per_source = {}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.core import stats
-from posttrain.core.io import atomic_path
+from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
 from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config, render_ids,
@@ -167,21 +167,13 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     spread["weight_max_over_min"] = float(sw.max() / sw.min()) if sw.min() > 0 else None
     # Kish effective sample size of the sampling distribution, as a fraction of n.
     spread["effective_sample_fraction"] = float(sw.sum() ** 2 / (sw ** 2).sum() / len(sw))
-
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        # The held-out prefixes travel with the RM so GRPO uses prompts it never saw.
-        write_json(tmp / "split.json", {
-            "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
-            "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
-            "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
-        write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
-                                                   "num_layers": int(model.config.num_hidden_layers),
-                                                   "density_aware": bool(density_aware)})
-
-    with atomic_path(out_dir, directory=True) as tmp:
-        fill(tmp)
+    # The contract is per prompt: draws of a rare prompt (all its pairs) vs a common one.
+    pids = sorted({p["prefix_id"] for p in train})
+    pix = {pid: i for i, pid in enumerate(pids)}
+    per_prompt = np.bincount([pix[p["prefix_id"]] for p in train], weights=counts, minlength=len(pids))
+    bucket_by_pid = {p["prefix_id"]: b for p, b in zip(train, tb)}
+    pb = np.array([bucket_by_pid[pid] for pid in pids])
+    spread["prompts"] = draw_spread(per_prompt, pb == "rare", pb == "common")
 
     train_bucket_counts = Counter(tb.tolist())
     metrics = {
@@ -198,5 +190,24 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "final_loss": last_logged(trainer.state.log_history, "loss"),
                   "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
-    return {"metrics": metrics, "predictions": pair_predictions(rc, rr, held, thresholds)}
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        # The held-out prefixes travel with the RM so GRPO uses prompts it never saw.
+        write_json(tmp / "split.json", {
+            "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
+            "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
+            "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
+        write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
+                                                   "num_layers": int(model.config.num_hidden_layers),
+                                                   "density_aware": bool(density_aware)})
+
+    predictions = pair_predictions(rc, rr, held, thresholds)
+    # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
+    # anything is saved, instead of after the model folder already looks finished.
+    dumps({"metrics": metrics, "predictions": predictions})
+    with atomic_path(out_dir, directory=True) as tmp:
+        fill(tmp)
+    return {"metrics": metrics, "predictions": predictions}
 

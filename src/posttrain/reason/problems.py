@@ -99,6 +99,14 @@ def _field(row: dict, names: Iterable[str], where, line, required=True):
     return None
 
 
+def _text(row: dict, names: Iterable[str], where, line) -> str:
+    """A required text field: a number or a list where the problem text goes is bad input."""
+    value = _field(row, names, where, line)
+    if not isinstance(value, str):
+        raise DataError(where, f"expected a string, got {type(value).__name__}", line=line, field="/".join(names))
+    return value
+
+
 # --------------------------------------------------------------------------- converters
 # Each converter: (rows, label, where) -> (records, skipped). `rows` yields (line, dict);
 # `where` names the file / hub id for DataError messages. Skips are only for rows that
@@ -110,7 +118,7 @@ Converted = tuple[list[dict], int]
 def convert_gsm8k(rows, label: str, where) -> Converted:
     out, skipped = [], 0
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["question"], where, line)
+        q = _text(row, ["question"], where, line)
         solution = str(_field(row, ["answer"], where, line))
         ans = gold_from_gsm8k(solution) if "####" in solution else ""
         if not ans:
@@ -124,7 +132,7 @@ def convert_aime(rows, label: str, where) -> Converted:
     math-ai/aime25 (problem, answer), Maxwell-Jia/AIME_2024 (Problem, Answer)."""
     out = []
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["problem", "question", "Problem", "Question"], where, line)
+        q = _text(row, ["problem", "question", "Problem", "Question"], where, line)
         a = _field(row, ["answer", "Answer"], where, line)
         rec = {"id": _id(label, i), "domain": MATH, "source": label, "problem": str(q),
                "answer": str(a).strip(), "difficulty": "aime"}
@@ -141,7 +149,7 @@ def convert_math(rows, label: str, where) -> Converted:
     EleutherAI/hendrycks_math) only a `solution` whose last `\\boxed{}` is the answer."""
     out, skipped = [], 0
     for i, (line, row) in enumerate(rows):
-        q = _field(row, ["problem"], where, line)
+        q = _text(row, ["problem"], where, line)
         ans = row.get("answer")
         if ans in (None, ""):
             ans = last_boxed(str(_field(row, ["solution"], where, line)))
@@ -163,9 +171,9 @@ def convert_math(rows, label: str, where) -> Converted:
 def convert_humaneval(rows, label: str, where) -> Converted:
     out = []
     for i, (line, row) in enumerate(rows):
-        prompt = _field(row, ["prompt"], where, line)
-        test = _field(row, ["test"], where, line)
-        entry = _field(row, ["entry_point"], where, line)
+        prompt = _text(row, ["prompt"], where, line)
+        test = _text(row, ["test"], where, line)
+        entry = _text(row, ["entry_point"], where, line)
         if "def check(" not in test:
             raise DataError(where, "test program defines no check(candidate)", line=line, field="test")
         out.append({
@@ -360,8 +368,8 @@ def _hub_rows(spec: SourceSpec) -> Iterator[tuple[int, dict]]:
 
 def load_source(spec: SourceSpec) -> Converted:
     """All problems of one source (before caps), plus the count of skipped rows."""
+    ref = assets.resolve(spec.name)  # first: a missing local file is "file not found", not a dataset name
     kind = _loader_name(spec)
-    ref = assets.resolve(spec.name)
     label = spec.label
     if kind == "champ":
         if not isinstance(ref, Path):
@@ -456,10 +464,19 @@ def read_problem_records(path, problems: dict[str, dict], required: Iterable[str
         raise ValueError("required fields must include problem_id")
     out = []
     for line, rec in iter_jsonl(path, required=required):
+        for f in required:
+            if f in _STRING_FIELDS and not isinstance(rec[f], str):
+                raise DataError(path, f"expected a string, got {type(rec[f]).__name__}", line=line, field=f)
         if rec["problem_id"] not in problems:
             raise DataError(path, f"unknown problem {rec['problem_id']!r}", line=line, field="problem_id")
+        if "domain" in rec and rec["domain"] != problems[rec["problem_id"]]["domain"]:
+            raise DataError(path, f"domain {rec['domain']!r} differs from its problem's "
+                                  f"{problems[rec['problem_id']]['domain']!r}", line=line, field="domain")
         out.append(rec)
     return out
+
+
+_STRING_FIELDS = ("id", "problem_id", "domain", "source", "text")
 
 
 def read_problems(path) -> list[dict]:

@@ -12,6 +12,7 @@ sets the domain balance by downsampling the over-represented domain.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -110,8 +111,8 @@ def parse_mix(mix) -> dict[str, float]:
         m, c = (float(x) for x in parts)
     except ValueError:
         raise ValueError(f"reason.mix must look like 'MATH:CODE' (e.g. '1:1'), got {mix!r}") from None
-    if m < 0 or c < 0 or m + c == 0:
-        raise ValueError(f"reason.mix weights must be >= 0 and not both 0, got {mix!r}")
+    if not (math.isfinite(m) and math.isfinite(c)) or m < 0 or c < 0 or m + c == 0:
+        raise ValueError(f"reason.mix weights must be finite, >= 0 and not both 0, got {mix!r}")
     return {"math": m, "code": c}
 
 

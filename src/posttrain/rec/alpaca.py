@@ -17,10 +17,16 @@ head, which is then a random sample across users).
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
 import pandas as pd
+
+from posttrain.core.io import DataError, read_json
+
+# MovieLens stars: half stars 0.5-5 (ml-latest), whole stars 1-5 (ml-100k, ml-1m).
+RATING_SCALE = (0.5, 5.0)
 
 ALPACA_KEYS = ("instruction", "input", "output", "system", "history")
 META_KEYS = ("user_id", "item_id", "title", "rating", "timestamp", "label")
@@ -77,8 +83,7 @@ def _user_key(u: str):
 
 def build_examples(ratings: pd.DataFrame, history_len: int, rating_threshold: float) -> list[dict]:
     """Examples in (user, time) order; each has the Alpaca keys plus META_KEYS and `position`."""
-    if history_len < 1:
-        raise ValueError(f"history_len must be >= 1, got {history_len}")
+    check_params(history_len=history_len, rating_threshold=rating_threshold)
     instruction = INSTRUCTION.format(threshold=rating_threshold)
     df = ratings.sort_values(["user_id", "timestamp", "line"], kind="stable")
     examples = []
@@ -106,15 +111,31 @@ def build_examples(ratings: pd.DataFrame, history_len: int, rating_threshold: fl
     return examples
 
 
+def check_params(*, history_len: int, rating_threshold: float) -> None:
+    """ValueError naming the param when it cannot give meaningful labels: a threshold
+    outside (lowest star, highest star] makes every label the same."""
+    if history_len < 1:
+        raise ValueError(f"history_len must be >= 1, got {history_len}")
+    lo, hi = RATING_SCALE
+    if not (math.isfinite(rating_threshold) and lo < rating_threshold <= hi):
+        raise ValueError(f"rating_threshold must be in ({lo:g}, {hi:g}] (the MovieLens star scale), "
+                         f"got {rating_threshold}")
+
+
+def check_split(*, val_ratio: float, test_ratio: float) -> None:
+    if not all(math.isfinite(r) for r in (val_ratio, test_ratio)) or not (
+            0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
+        raise ValueError(f"need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1; "
+                         f"got {val_ratio}, {test_ratio}")
+
+
 def _n_of(n: int, ratio: float) -> int:
     return int(n * ratio + 0.5)
 
 
 def split_examples(examples: list[dict], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list[dict]]:
     """Per-user chronological split (see module docstring), then a seeded shuffle per split."""
-    if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
-        raise ValueError(f"need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1; "
-                         f"got {val_ratio}, {test_ratio}")
+    check_split(val_ratio=val_ratio, test_ratio=test_ratio)
     by_user: dict[str, list[dict]] = {}
     for ex in examples:  # already in (user, time) order
         by_user.setdefault(ex["user_id"], []).append(ex)
@@ -133,6 +154,25 @@ def split_examples(examples: list[dict], val_ratio: float, test_ratio: float, se
 
 def alpaca_record(ex: dict) -> dict:
     return {k: ex[k] for k in ALPACA_KEYS}
+
+
+def read_records(path) -> list[dict]:
+    """An Alpaca JSON list (train.json / eval.json), checked: every record an object with
+    string `instruction` and `input`, a non-empty string `output`, an optional string `system`.
+    The JSON list has no lines, so errors name the record number (1-based)."""
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(path, f"expected a JSON list of Alpaca records, got {type(data).__name__}")
+    for i, rec in enumerate(data, start=1):
+        if not isinstance(rec, dict):
+            raise DataError(path, f"record {i}: expected an object, got {type(rec).__name__}")
+        for key in ("instruction", "input", "output", "system"):
+            if key == "system" and rec.get(key) is None:
+                continue
+            if not isinstance(rec.get(key), str) or (key == "output" and not rec[key].strip()):
+                raise DataError(path, f"record {i}: expected a {'non-empty ' if key == 'output' else ''}"
+                                      f"string, got {rec.get(key)!r}"[:200], field=key)
+    return data
 
 
 def raw_record(ex: dict) -> dict:

@@ -10,9 +10,16 @@ Sources (`load(source)`):
 - `ml-latest-small`, `ml-1m`, `ml-25m` or a GroupLens zip URL: downloaded (online only)
   into `cache_dir`, unpacked, then read as above.
 
-Every loader validates as it reads: a missing column, a non-numeric rating or
-timestamp, a rating of a movie the movies file does not know, or an empty file
-raises `DataError` naming the file, the line and the field.
+Every loader validates as it reads: a missing column, a non-numeric or non-finite
+rating or timestamp, a rating outside the MovieLens star scale (`alpaca.RATING_SCALE`),
+a rating of a movie the movies file does not know, or an empty file raises `DataError`
+naming the file, the line and the field.
+
+Duplicates: MovieLens keeps one rating per user and movie (rating again overwrites),
+so a second row of the same (user, movie) is a re-rating: the latest one (by timestamp,
+then file order) is kept and the others dropped and counted in
+`df.attrs["duplicate_ratings_dropped"]`. Kept, an older rating of the candidate would sit
+in the candidate's own history and leak its label.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from posttrain.core import assets
+from posttrain.rec.alpaca import RATING_SCALE
 from posttrain.core.io import DataError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -100,11 +109,28 @@ def _require(df: pd.DataFrame, path: Path, cols) -> None:
 
 def _numeric(df: pd.DataFrame, path: Path, col: str, out: str | None = None) -> pd.Series:
     vals = pd.to_numeric(df[col].str.strip(), errors="coerce")
-    bad = vals.isna()
+    bad = ~np.isfinite(vals.to_numpy(dtype=np.float64))  # unparsable -> NaN; "inf", "nan" too
+    if bad.any():
+        line = int(vals.index[bad.argmax()])
+        raise DataError(path, f"not a finite number: {df.at[line, col]!r}", line=line, field=out or col)
+    return vals
+
+
+def _in_scale(ratings: pd.Series, path: Path, field: str) -> None:
+    lo, hi = RATING_SCALE
+    bad = (ratings < lo) | (ratings > hi)
     if bad.any():
         line = int(bad.idxmax())
-        raise DataError(path, f"not a number: {df.at[line, col]!r}", line=line, field=out or col)
-    return vals
+        raise DataError(path, f"rating {ratings[line]:g} outside the MovieLens scale {lo:g}-{hi:g}",
+                        line=line, field=field)
+
+
+def drop_duplicate_ratings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One rating per (user, movie): the latest (timestamp, then file line) wins."""
+    order = df.sort_values(["timestamp", "line"], kind="stable")
+    dup = order.duplicated(["user_id", "item_id"], keep="last")
+    keep = order.index[~dup]
+    return df.loc[df.index.isin(keep)].reset_index(drop=True), int(dup.sum())
 
 
 def _assemble(ratings_path: Path, r: pd.DataFrame, cols: dict, titles: dict[str, str], movie_col: str) -> pd.DataFrame:
@@ -115,6 +141,7 @@ def _assemble(ratings_path: Path, r: pd.DataFrame, cols: dict, titles: dict[str,
         "rating": _numeric(r, ratings_path, cols["rating"]).astype(float),
         "timestamp": _numeric(r, ratings_path, cols["timestamp"]).astype("int64"),
     }, index=r.index)
+    _in_scale(out["rating"], ratings_path, cols["rating"])
     for key in ("user", "item"):
         empty = out[f"{key}_id"] == ""
         if empty.any():
@@ -127,7 +154,11 @@ def _assemble(ratings_path: Path, r: pd.DataFrame, cols: dict, titles: dict[str,
                                       f"(not in the movies file)", line=line, field=movie_col)
     out["title"] = title
     out["line"] = out.index.astype("int64")
-    return out.reset_index(drop=True)
+    out, dropped = drop_duplicate_ratings(out.reset_index(drop=True))
+    out.attrs["duplicate_ratings_dropped"] = dropped
+    if dropped:
+        log.warning("%s: %d duplicate (user, movie) ratings dropped, the latest kept", ratings_path, dropped)
+    return out
 
 
 def _titles(df: pd.DataFrame, path: Path, id_col: str, title_col: str, year_col: str | None = None) -> dict[str, str]:

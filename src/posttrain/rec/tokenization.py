@@ -141,8 +141,15 @@ def _lines_to_drop(full: str, prompt_len: int, offsets, overflow: int) -> int:
     return len(spans)
 
 
+def check_cutoff(cutoff_len: int) -> None:
+    """A cutoff below 1 token would empty every example (and leave no room for the answer)."""
+    if not isinstance(cutoff_len, int) or cutoff_len < 1:
+        raise ValueError(f"cutoff_len must be an integer >= 1, got {cutoff_len!r}")
+
+
 def tokenize_records(tokenizer, records: list[dict], cutoff_len: int, strategy: str = "left"):
     """Records -> ({input_ids, attention_mask, labels} columns, Stats). Order is kept."""
+    check_cutoff(cutoff_len)
     if strategy not in STRATEGIES:
         raise ValueError(f"truncation must be one of {STRATEGIES}, got {strategy!r}")
     texts = [render(tokenizer, r) for r in records]
@@ -193,6 +200,7 @@ def tokenize_dataset(tokenizer, records: list[dict], *, cutoff_len: int, strateg
         "attention_mask": datasets.Sequence(datasets.Value("int8")),
         "labels": datasets.Sequence(datasets.Value("int32")),
     })
+    check_cutoff(cutoff_len)  # also when there are no records to tokenize
     parts, stats = [], Stats()
     for start in tqdm(range(0, len(records), batch_size), desc=desc, unit="batch", mininterval=5):
         cols, st = tokenize_records(tokenizer, records[start:start + batch_size], cutoff_len, strategy)
@@ -206,6 +214,7 @@ def tokenize_dataset(tokenizer, records: list[dict], *, cutoff_len: int, strateg
 def tokenize_prompts(tokenizer, records: list[dict], *, cutoff_len: int, strategy: str) -> list[list[int]]:
     """Generation prompts (no answer) for scoring, truncated the same way the training rows are,
     leaving room for one answer token."""
+    check_cutoff(cutoff_len)
     out = []
     for r in records:
         prompt = render_prompt(tokenizer, r)
