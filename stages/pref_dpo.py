@@ -38,18 +38,16 @@ from posttrain.core.cli import finite, run
 @click.option("--lora-dropout", "--lora_dropout", required=True, type=finite(0, 1, max_open=True))
 @click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
-@click.option("--eval-pairs", "--eval_pairs", required=True, type=click.IntRange(min=0),
-              help="held-out pairs evaluated (seeded subset; 0 = all, plus rare/common buckets)")
 @click.option("--seed", required=True, type=int)
 def main(pairs, ids, weights, policy, out_dir, metrics_path, live_dir, predictions_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
-         batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, eval_pairs, seed):
+         batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, seed):
     res = train_dpo(
         pairs, ids, weights, policy, out_dir, density_aware=density_aware, max_pairs=split_max_pairs,
         heldout_fraction=split_heldout_fraction, split_seed=split_seed, bucket_quantile=bucket_quantile,
         max_length=max_length, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_layers=lora_layers, eval_pairs=eval_pairs, seed=seed, live_dir=live_dir)
+        lora_layers=lora_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])

@@ -20,8 +20,9 @@ from posttrain.core import stats
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
-from posttrain.pref.common import (bucket_of, cap_pairs, last_logged, load_split, lora_config,
+from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config,
                                    render_ids, training_device_args)
+from posttrain.pref.implicit_reward import implicit_rewards
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
@@ -35,22 +36,6 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
         WEIGHT_COLUMN: pair_sampling_weights(pairs, density_aware),
     }
-
-
-def _pair_recording(trainer_cls):
-    """The trainer class, keeping trl's per-batch eval reward lists (`_metrics["eval"]`) before
-    `log` averages and clears them: with one pair per batch, each pair's implicit rewards."""
-
-    class PairRecording(trainer_cls):
-        eval_pair_rewards: tuple[list, list] = ([], [])
-
-        def log(self, logs, start_time=None):
-            if not self.model.training:
-                ev = self._metrics["eval"]
-                self.eval_pair_rewards = (list(ev.get("rewards/chosen", [])), list(ev.get("rewards/rejected", [])))
-            super().log(logs, start_time)
-
-    return PairRecording
 
 
 def pair_report(chosen_rewards, rejected_rewards, pairs: list[dict], *, seed: int) -> dict:
@@ -75,8 +60,8 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
               max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
               max_steps: int, batch_size: int, grad_accum: int, lr: float,
               beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
-              lora_layers: int, eval_pairs: int,
-              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int = 4) -> dict:
+              lora_layers: int,
+              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int = 8) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
 
@@ -111,7 +96,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
         **training_device_args())
-    trainer = _pair_recording(weighted_trainer_class(DPOTrainer))(
+    trainer = weighted_trainer_class(DPOTrainer)(
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
         processing_class=tok,
         peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
@@ -122,42 +107,26 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     try:
         trainer.train()
 
-        def evaluate(subset: list[dict]) -> tuple[dict, list[dict]]:
-            if not subset:
-                return pair_report([], [], [], seed=seed), []
-            # One pair per eval batch, so trl's per-batch reward stats are per pair (see
-            # _pair_recording); DPOTrainer.log also returns their means as "eval_*".
-            args.per_device_eval_batch_size = 1
-            try:
-                m = trainer.evaluate(eval_dataset=Dataset.from_dict(dpo_records(subset, False)))
-            finally:
-                args.per_device_eval_batch_size = eval_batch_size
-            rc, rr = trainer.eval_pair_rewards
-            # Under several processes the ranks' pairs are gathered per step: no per-pair values.
-            if args.world_size > 1 or len(rc) != len(subset) or not np.isclose(
-                    np.mean(np.asarray(rc) > np.asarray(rr)), m["eval_rewards/accuracies"]):
-                log.warning("pref_dpo: no per-pair rewards under %d processes; means only", args.world_size)
-                return {"n": len(subset), "reward_accuracy": float(m["eval_rewards/accuracies"]),
-                        "reward_margin": float(m["eval_rewards/margins"]), "loss": float(m["eval_loss"])}, []
-            return ({**pair_report(rc, rr, subset, seed=seed), "loss": float(m["eval_loss"])},
-                    pair_rows(rc, rr, subset, thresholds))
-
-        # DPO eval costs 4 full forward passes per pair (policy + reference, chosen +
-        # rejected): on CPU a seeded subset of `eval_pairs` held-out pairs (0 = all).
-        subset = cap_pairs(held, eval_pairs, split_seed)
-        heldout, predictions = evaluate(subset)
-        heldout["heldout_pairs"] = len(held)
-        if not eval_pairs:
-            buckets = [bucket_of(p["density"], thresholds) for p in held]
-            heldout["buckets"] = {b: evaluate([p for p, x in zip(held, buckets) if x == b])[0]
-                                  for b in ("rare", "common")}
         from accelerate.utils import gather_object
 
         drawn = gather_object(trainer.drawn_indices())  # every rank's share of the weighted draw
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if not trainer.is_world_process_zero():
-        return None  # rank 0 saves and reports; evaluation above was collective
+        return None  # rank 0 evaluates, saves and reports
+
+    # Every held-out pair, scored directly (no trl loss pass): 2 sequences x policy + reference.
+    trainer.model.eval()
+    rw = implicit_rewards(trainer.model, tok, held, beta=beta, max_length=max_length,
+                          batch_size=eval_batch_size)
+    heldout = pair_report(rw["chosen"], rw["rejected"], held, seed=seed)
+    buckets = np.array([bucket_of(p["density"], thresholds) for p in held])
+    heldout["buckets"] = {b: pair_report(rw["chosen"][buckets == b], rw["rejected"][buckets == b],
+                                         [p for p, x in zip(held, buckets) if x == b], seed=seed)
+                          for b in ("rare", "middle", "common")}
+    heldout["identical_after_truncation"] = rw["identical_after_truncation"]
+    heldout["identical_after_truncation_fraction"] = round(rw["identical_after_truncation"] / len(held), 6)
+    predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds)
 
     def fill(tmp: Path) -> None:
         save_adapter(trainer.model, tmp)  # the LoRA adapter only

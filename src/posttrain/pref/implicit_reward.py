@@ -1,0 +1,82 @@
+"""DPO's implicit reward of an answer: beta * (log pi(y|x) - log pi_ref(y|x)), batched.
+
+Held-out evaluation of a DPO policy scores every pair: chosen and rejected, under the
+policy and under the reference (the same peft model with its adapter disabled). trl's
+`evaluate` would also compute the loss and every logit of the vocabulary at every
+position; here each sequence is one no-grad forward through the decoder and the LM head
+runs only on the answer's positions, which is what the reward needs.
+
+Sequences are the chat template's rendering of prefix + answer (the answer's tokens
+include the template's end of turn), truncated like training (`keep_end`: the answer
+survives, the prompt's start goes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from posttrain.core.batching import padded_by_length
+
+
+def answer_ids(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): the template's generation prompt, then what the answer adds."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the prompt differently once an answer follows")
+    ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return ids(prompt), ids(full[len(prompt):])
+
+
+def truncated(prompt: list[int], answer: list[int], max_length: int) -> tuple[list[int], int]:
+    """keep_end: the last `max_length` tokens, and how many of them are the answer's (>= 1
+    token of context is kept so the first scored token has a prediction)."""
+    seq = (prompt + answer)[-max_length:] if max_length else prompt + answer
+    return seq, min(len(answer), len(seq) - 1)
+
+
+def sequence_logps(model, seqs: list[list[int]], n_answer: list[int], *, pad_id: int,
+                   batch_size: int) -> np.ndarray:
+    """Sum of log p(token) over each sequence's last `n_answer` tokens."""
+    import torch
+
+    out = np.zeros(len(seqs), dtype=np.float64)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    with torch.inference_mode():
+        for idx, ids, mask in padded_by_length(seqs, batch_size, pad_id):
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            lengths = mask.sum(1)
+            for j, i in enumerate(idx):
+                n, L = n_answer[i], int(lengths[j])
+                if n <= 0:
+                    continue
+                h = hidden[j, L - n - 1:L - 1]  # position t predicts token t + 1
+                logp = torch.log_softmax(head(h).float(), dim=-1)
+                out[i] = float(logp.gather(1, ids[j, L - n:L].unsqueeze(1)).sum())
+    return out
+
+
+def implicit_rewards(model, tokenizer, pairs: list[dict], *, beta: float, max_length: int,
+                     batch_size: int) -> dict:
+    """{"chosen", "rejected"}: implicit rewards per pair (arrays aligned with `pairs`) and
+    "identical_after_truncation": pairs whose chosen and rejected sequences became equal."""
+    seqs, n_ans = [], []
+    identical = 0
+    for p in pairs:
+        sides = []
+        for answer in (p["chosen"], p["rejected"]):
+            seq, n = truncated(*answer_ids(tokenizer, p["messages"], answer), max_length)
+            seqs.append(seq)
+            n_ans.append(n)
+            sides.append(seq)
+        identical += sides[0] == sides[1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    policy = sequence_logps(model, seqs, n_ans, pad_id=pad, batch_size=batch_size)
+    with model.disable_adapter():  # the reference: the same weights without the LoRA update
+        ref = sequence_logps(model, seqs, n_ans, pad_id=pad, batch_size=batch_size)
+    r = beta * (policy - ref)
+    return {"chosen": r[0::2], "rejected": r[1::2], "identical_after_truncation": identical,
+            "batches": math.ceil(len(seqs) / batch_size)}
