@@ -96,7 +96,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
     model = load_base(model_dir, s.quantization)
     model.config.use_cache = False
     peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                             target_modules=list(s.target_modules), bias="none", task_type="CAUSAL_LM")
+                             target_modules=(s.target_modules if isinstance(s.target_modules, str)  # "all-linear"
+                                             else list(s.target_modules)), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, peft_config)
     trainable, total = model.get_nb_trainable_parameters()
     cuda = _cuda()
