@@ -187,7 +187,9 @@ def test_training_stages_run_under_two_processes(project, tmp_path):
     import shutil
 
     saved = {name: (project.root / name).read_text(encoding="utf-8") for name in ("params.yaml", "dvc.lock")}
-    shutil.copytree(project.root / "metrics", tmp_path / "metrics")
+    # metrics/ and dvclive/ are cache: false outs (git's, not DVC's): keep copies to restore
+    for d in ("metrics", "dvclive"):
+        shutil.copytree(project.root / d, tmp_path / d)
     text = saved["params.yaml"]
     for group in TRAINING.values():
         text = _set_param(text, f"{group}.num_processes", 2)
@@ -217,7 +219,8 @@ def test_training_stages_run_under_two_processes(project, tmp_path):
     finally:
         for name, content in saved.items():
             (project.root / name).write_text(content, encoding="utf-8")
-        shutil.rmtree(project.root / "metrics")
-        shutil.copytree(tmp_path / "metrics", project.root / "metrics")
+        for d in ("metrics", "dvclive"):
+            shutil.rmtree(project.root / d)
+            shutil.copytree(tmp_path / d, project.root / d)
         project.dvc("checkout", "--force")
     assert project.stale_stages() == set()
