@@ -207,3 +207,23 @@ def test_importing_the_harness_has_no_side_effects():
                           "import sandbox_harness\nprint(sys.dont_write_bytecode)"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False"], out.stderr
+
+
+def test_interpreter_of_a_venv_under_tmp_still_runs_the_solution(tmp_path):
+    """The private /tmp hides a venv that lives there (CI clones may): the harness resolves
+    the interpreter before mounting, so the solution process still starts."""
+    import subprocess
+    import sys
+    import venv
+    from pathlib import Path
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(tmp_path / "venv")
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = ("from posttrain.reason.sandbox import grade_code\n"
+            "p = {'id': 'x', 'domain': 'code', 'entry_point': 'add', "
+            "'tests': 'def check(candidate):\\n    assert candidate(1, 2) == 3\\n'}\n"
+            "g = grade_code('```python\\ndef add(a, b):\\n    return a + b\\n```', p)\n"
+            "print(g.reason, g.detail)\n")
+    out = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.stdout.split()[:1] == ["correct"], out.stdout + out.stderr

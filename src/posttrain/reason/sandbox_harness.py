@@ -158,11 +158,12 @@ def _reachable_by_others(path):
         p = os.path.dirname(p)
 
 
-def bind_python(libc):
+def bind_python(libc, exe, base):
     """Make the interpreter and its library reachable by the sandbox uid (it may live under a
-    directory such as /root that uid cannot enter); returns the executable to exec."""
-    exe = os.path.realpath(sys.executable)
-    base = os.path.realpath(sys.base_prefix)
+    directory such as /root that uid cannot enter); returns the executable to exec.
+
+    `exe` and `base` are resolved before the private mounts: a venv under /tmp links to its
+    interpreter from a folder the private /tmp then hides."""
     if _reachable_by_others(base) or not exe.startswith(base + "/"):
         return exe
     os.mkdir(PYTHON_MOUNT, 0o755)
@@ -231,6 +232,7 @@ def setup(job):
     root = os.geteuid() == 0
     libc = _libc()
     exe = sys.executable
+    real_exe, real_base = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
     filt = seccomp_filter(job.get("seccomp_path"), job.get("seccomp_libs"))
     if libc is not None:
         if root:
@@ -250,7 +252,7 @@ def setup(job):
                         ok = False  # MS_NOSUID|MS_NODEV
                 iso["private_tmp"] = ok
                 if ok and uid is not None:
-                    exe = bind_python(libc)
+                    exe = bind_python(libc, real_exe, real_base)
         else:
             iso["netns"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
             iso["ipc_ns"] = iso["netns"] and libc.unshare(CLONE_NEWIPC) == 0
