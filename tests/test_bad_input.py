@@ -40,7 +40,7 @@ class Case:
     build: Callable  # (tmp, model_dir) -> args; writes its inputs under tmp/"in"
     error: str | None = None  # regex for stderr's last line; None = the stage succeeds
     check: Callable | None = None  # (tmp) -> None, for cases that succeed (counted skips)
-    needs: tuple = field(default=())  # "shared": needs /work/shared/data
+    needs: tuple = field(default=())  # "shared": needs ../shared/data beside the repo
     slow: bool = False  # pref_rm imports torch (~5 s a run): only two of its cases run by default
 
 
