@@ -51,7 +51,16 @@ def test_rewards_equal_the_unbatched_definition(peft_model, tokenizer):
                 ref = _plain_logp(peft_model, seq, n)
             assert rw[side][i] == pytest.approx(beta * (pol - ref), rel=1e-4, abs=1e-5)
     assert np.abs(rw["chosen"]).max() > 1e-3  # the perturbed adapter moved the rewards
-    assert rw["identical_after_truncation"] == 0
+    assert rw["identical"].tolist() == [0] * len(PAIRS)
+
+
+def test_pairs_that_truncate_to_the_same_sequence_are_flagged(tokenizer, peft_model):
+    # Answers that differ only in their first word become equal when keep_end cuts that word.
+    pair = {"messages": PAIRS[0]["messages"], "chosen": "Yes " + "same tail " * 20,
+            "rejected": "No " + "same tail " * 20}
+    rw = implicit_rewards(peft_model, tokenizer, [pair, PAIRS[0]], beta=0.1, max_length=12, batch_size=2)
+    assert rw["identical"].tolist() == [1, 0]
+    assert rw["chosen"][0] == pytest.approx(rw["rejected"][0])
 
 
 def test_keep_end_truncation_keeps_the_answer(tokenizer):

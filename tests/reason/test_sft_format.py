@@ -139,7 +139,10 @@ def test_filter_metrics():
     assert m["by_source"]["gsm8k-test"]["problems_solved"] == 1
     assert m["answer_extraction_failures"] == 1
     assert m["answer_extraction_failures_by_domain"] == {"code": 0, "math": 1}
-    assert m["mean_steps_accepted"] == 2.0 and m["mean_steps"] == (2 + 2 + 1 + 2 + 1) / 5
+    assert m["lengths_accepted"]["mean_steps"] == 2.0 and m["lengths"]["mean_steps"] == (2 + 2 + 1 + 2 + 1) / 5
+    assert m["lengths"]["n"] == 5 and m["lengths_accepted"]["n"] == 2 and m["lengths"]["n_clusters"] == 2
+    lo, hi = m["lengths"]["mean_chars_ci_low"], m["lengths"]["mean_chars_ci_high"]
+    assert lo < m["lengths"]["mean_chars"] < hi  # the two problems' samples differ in length
 
 
 # --- grade_samples against stand-in grading modules (the real ones come from reason-grade)
@@ -147,6 +150,10 @@ def test_filter_metrics():
 @pytest.fixture()
 def fake_grading(monkeypatch):
     from dataclasses import dataclass
+
+    # Modules that import the real grading helpers bind them now, before the stand-in is
+    # installed (run alone, this file would otherwise hand them the stand-in).
+    import posttrain.reason.problems  # noqa: F401
 
     @dataclass
     class Grade:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain.core import stats
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
-from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config,
+from posttrain.pref.common import (last_logged, load_split, lora_config,
                                    render_ids, training_device_args)
+from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.implicit_reward import implicit_rewards
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
@@ -36,24 +36,6 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
         "rejected": [[{"role": "assistant", "content": p["rejected"]}] for p in pairs],
         WEIGHT_COLUMN: pair_sampling_weights(pairs, density_aware),
     }
-
-
-def pair_report(chosen_rewards, rejected_rewards, pairs: list[dict], *, seed: int) -> dict:
-    """Held-out reward accuracy and margin of DPO's implicit rewards, with n and
-    prefix-clustered CIs (`posttrain.core.stats`); no pairs give n = 0 and nulls."""
-    c, r = np.asarray(chosen_rewards, dtype=np.float64), np.asarray(rejected_rewards, dtype=np.float64)
-    return stats.report({"reward_accuracy": ("mean", [(c > r).astype(int)]), "reward_margin": ("mean", [c - r])},
-                        [p["prefix_id"] for p in pairs], seed=seed)
-
-
-def pair_rows(chosen_rewards, rejected_rewards, pairs: list[dict], thresholds) -> list[dict]:
-    """Per evaluated pair: ids, bucket, implicit rewards, sorted by id (`posttrain compare` input)."""
-    rows = [{"id": p["id"], "prefix_id": p["prefix_id"], "src": p["src"],
-             "bucket": bucket_of(p["density"], thresholds),
-             "chosen_reward": round(float(c), 6), "rejected_reward": round(float(r), 6),
-             "margin": round(float(c) - float(r), 6), "correct": int(c > r)}
-            for p, c, r in zip(pairs, chosen_rewards, rejected_rewards)]
-    return sorted(rows, key=lambda x: x["id"])
 
 
 def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
@@ -119,14 +101,10 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     trainer.model.eval()
     rw = implicit_rewards(trainer.model, tok, held, beta=beta, max_length=max_length,
                           batch_size=eval_batch_size)
-    heldout = pair_report(rw["chosen"], rw["rejected"], held, seed=seed)
-    buckets = np.array([bucket_of(p["density"], thresholds) for p in held])
-    heldout["buckets"] = {b: pair_report(rw["chosen"][buckets == b], rw["rejected"][buckets == b],
-                                         [p for p, x in zip(held, buckets) if x == b], seed=seed)
-                          for b in ("rare", "middle", "common")}
-    heldout["identical_after_truncation"] = rw["identical_after_truncation"]
-    heldout["identical_after_truncation_fraction"] = round(rw["identical_after_truncation"] / len(held), 6)
-    predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds)
+    heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=seed, prefix="reward_",
+                          extra={"identical_after_truncation_fraction": rw["identical"]})
+    heldout["identical_after_truncation"] = int(np.sum(rw["identical"]))
+    predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 
     def fill(tmp: Path) -> None:
         save_adapter(trainer.model, tmp)  # the LoRA adapter only

@@ -62,9 +62,9 @@ def sequence_logps(model, seqs: list[list[int]], n_answer: list[int], *, pad_id:
 def implicit_rewards(model, tokenizer, pairs: list[dict], *, beta: float, max_length: int,
                      batch_size: int) -> dict:
     """{"chosen", "rejected"}: implicit rewards per pair (arrays aligned with `pairs`) and
-    "identical_after_truncation": pairs whose chosen and rejected sequences became equal."""
+    "identical": 1 where the pair's chosen and rejected sequences became equal (aligned too)."""
     seqs, n_ans = [], []
-    identical = 0
+    identical = []
     for p in pairs:
         sides = []
         for answer in (p["chosen"], p["rejected"]):
@@ -72,11 +72,11 @@ def implicit_rewards(model, tokenizer, pairs: list[dict], *, beta: float, max_le
             seqs.append(seq)
             n_ans.append(n)
             sides.append(seq)
-        identical += sides[0] == sides[1]
+        identical.append(int(sides[0] == sides[1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy = sequence_logps(model, seqs, n_ans, pad_id=pad, batch_size=batch_size)
     with model.disable_adapter():  # the reference: the same weights without the LoRA update
         ref = sequence_logps(model, seqs, n_ans, pad_id=pad, batch_size=batch_size)
     r = beta * (policy - ref)
-    return {"chosen": r[0::2], "rejected": r[1::2], "identical_after_truncation": identical,
+    return {"chosen": r[0::2], "rejected": r[1::2], "identical": np.array(identical, dtype=np.int64),
             "batches": math.ceil(len(seqs) / batch_size)}

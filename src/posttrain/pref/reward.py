@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain.core import stats
 from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
 from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config, render_ids,
                                    score_ids, training_device_args)
+from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
                                              weighted_trainer_class)
 
@@ -49,39 +49,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[dict,
         cols["rejected_ids"].append(r)
         n_trunc += int(tc or tr)
     return cols, n_trunc
-
-
-def pairwise_report(chosen: np.ndarray, rejected: np.ndarray, pairs: list[dict],
-                    thresholds: tuple[float, float], *, seed: int) -> dict:
-    """Pairwise accuracy (chosen scored above rejected) and margin, each with n and a
-    prefix-clustered bootstrap CI (`posttrain.core.stats`): overall, per source, per bucket.
-    An empty bucket gives n = 0 and nulls."""
-    margin = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
-    correct = (margin > 0).astype(int)
-    prefixes = np.array([p["prefix_id"] for p in pairs], dtype=object)
-
-    def summary(mask) -> dict:
-        mask = np.asarray(mask, dtype=bool).reshape(len(pairs))
-        return stats.report({"accuracy": ("mean", [correct[mask]]), "margin": ("mean", [margin[mask]])},
-                            prefixes[mask].tolist(), seed=seed)
-
-    report = summary(np.ones(len(pairs), dtype=bool))
-    report["per_source"] = {s: summary([p["src"] == s for p in pairs])
-                            for s in sorted({p["src"] for p in pairs})}
-    buckets = [bucket_of(p["density"], thresholds) for p in pairs]
-    report["buckets"] = {b: summary([x == b for x in buckets]) for b in ("rare", "middle", "common")}
-    return report
-
-
-def pair_predictions(chosen, rejected, pairs: list[dict], thresholds: tuple[float, float]) -> list[dict]:
-    """Per held-out pair: ids, bucket and both scores, sorted by id (`posttrain compare` input)."""
-    rows = [{"id": p["id"], "prefix_id": p["prefix_id"], "src": p["src"],
-             "bucket": bucket_of(p["density"], thresholds),
-             "chosen_score": round(float(c), 6), "rejected_score": round(float(r), 6),
-             "margin": round(float(c) - float(r), 6), "correct": int(c > r)}
-            for p, c, r in zip(pairs, chosen, rejected)]
-    return sorted(rows, key=lambda r: r["id"])
-
 
 
 def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
@@ -154,7 +121,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     hcols, n_trunc_held = tokenize_pairs(tok, held, max_length)
     rc = score_ids(model, tok, hcols["chosen_ids"], eval_batch_size)
     rr = score_ids(model, tok, hcols["rejected_ids"], eval_batch_size)
-    heldout = pairwise_report(rc, rr, held, thresholds, seed=seed)
+    heldout = pair_report(rc, rr, held, thresholds, seed=seed)
 
     # Spread of weights actually used: draws per pair in the rare vs common buckets.
     counts = np.bincount(np.asarray(drawn, dtype=np.int64), minlength=len(train))
@@ -203,7 +170,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                                                    "num_layers": int(model.config.num_hidden_layers),
                                                    "density_aware": bool(density_aware)})
 
-    predictions = pair_predictions(rc, rr, held, thresholds)
+    predictions = pair_rows(rc, rr, held, thresholds)
     # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
     # anything is saved, instead of after the model folder already looks finished.
     dumps({"metrics": metrics, "predictions": predictions})

@@ -65,9 +65,13 @@ def grade_samples(samples: list[dict], problems: dict[str, dict], *, timeout_s: 
     return [{**s, **_grade_dict(g)} for s, g in zip(samples, grades)]
 
 
-def _mean(xs) -> float:
-    xs = list(xs)
-    return round(sum(xs) / len(xs), 2) if xs else 0.0
+def _means(rows: list[dict], steps: dict[int, int], seed: int) -> dict:
+    """Mean completion tokens, characters and steps of `rows`, each with n and a
+    problem-clustered CI (a problem's samples are alike in length)."""
+    specs = {"mean_completion_tokens": ("mean", [[g["completion_tokens"] for g in rows]]),
+             "mean_chars": ("mean", [[len(g["text"]) for g in rows]]),
+             "mean_steps": ("mean", [[steps[id(g)] for g in rows]])}
+    return stats.report(specs, [g["problem_id"] for g in rows], seed=seed)
 
 
 def _pass_rate(rows: list[dict], seed: int) -> dict:
@@ -103,11 +107,8 @@ def filter_metrics(graded: list[dict], *, seed: int) -> dict:
         "answer_extraction_failures": len(no_answer),
         "answer_extraction_failures_by_domain": {
             d: sum(1 for g in no_answer if g["domain"] == d) for d in sorted({g["domain"] for g in graded})},
-        "mean_completion_tokens": _mean(g["completion_tokens"] for g in graded),
-        "mean_completion_tokens_accepted": _mean(g["completion_tokens"] for g in acc),
-        "mean_chars": _mean(len(g["text"]) for g in graded),
-        "mean_steps": _mean(steps.values()),
-        "mean_steps_accepted": _mean(steps[id(g)] for g in acc),
+        "lengths": _means(graded, steps, seed),
+        "lengths_accepted": _means(acc, steps, seed),
     }
 
 

@@ -288,13 +288,14 @@ def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: fl
              # Always answering the majority class: the bar accuracy must clear.
              "baseline_accuracy_majority": ("mean", [base_hit]),
              "accuracy_minus_baseline": ("mean", [hit], [base_hit]),
-             "auc": ("auc", [label, p])}
+             "auc": ("auc", [label, p]),
+             # Mean target vs mean prediction: a calibration check, each with its CI.
+             "mean_score": ("mean", [y]), "mean_prediction": ("mean", [p])}
     if train_mean is not None:
         # What predicting the training mean would score: the bar a verifier must clear.
         base = np.full(len(rows), float(train_mean))
         specs.update({"baseline_mse_train_mean": ("mse", [base, y]), "mse_minus_baseline": ("mse", [p, y], [base, y])})
-    m = {**stats.report(specs, [r["problem_id"] for r in rows], seed=seed), "n_correct": int(label.sum()),
-         "mean_score": float(y.mean()) if rows else None, "mean_prediction": float(p.mean()) if rows else None}
+    m = {**stats.report(specs, [r["problem_id"] for r in rows], seed=seed), "n_correct": int(label.sum())}
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
 
 

@@ -49,11 +49,13 @@ def score_prompts(model, tokenizer, prompts: list[list[int]], yes_id: int, no_id
 
 
 def binary_metrics(labels, scores, users=None, *, seed: int, threshold: float = 0.5) -> dict:
-    """AUC and accuracy with n and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
+    """AUC, accuracy and mean score (P(Yes): is the model calibrated to the like rate?) with n
+    and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
     y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     correct = ((s >= threshold).astype(int) == y).astype(int)
     return {"positives": int(y.sum()),
-            **stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct])}, users, seed=seed)}
+            **stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct]), "mean_score": ("mean", [s])},
+                           users, seed=seed)}
 
 
 def paired_metrics(labels, new, old, users=None, *, seed: int, threshold: float = 0.5) -> dict:
