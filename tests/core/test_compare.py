@@ -168,3 +168,12 @@ def test_unknown_revision_is_one_line_error(repo, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 1 and "no-such-rev" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_identical_predictions_are_flagged(repo):
+    # exp-b kept C's RM predictions (as a `dvc exp run TARGET` that does not reach pref_rm does)
+    root, revs, _ = repo
+    res = compare.compare(revs["C"], "exp-b", repo=str(root), stages=["pref_rm", "rec_evaluate"], seed=0)
+    assert res["stages"]["pref_rm"]["identical"] and not res["stages"]["rec_evaluate"]["identical"]
+    md = compare.to_markdown(res)
+    assert "pref_rm: identical predictions" in md and "rec_evaluate: identical" not in md

@@ -45,7 +45,9 @@ SPECS = {
     "pref_dpo": Spec("metrics/pref_dpo_predictions.jsonl", "prefix_id", {
         "reward_accuracy": ("mean", "correct"), "reward_margin": ("mean", "margin")}, groups=("bucket",)),
     "pref_grpo": Spec("metrics/pref_grpo_predictions.jsonl", "prefix_id", {
-        "reward_before": ("mean", "reward_before"), "reward_after": ("mean", "reward_after")}),
+        "reward_before": ("mean", "reward_before"), "reward_after": ("mean", "reward_after"),
+        # each revision scores with its own RM, so across revisions only the change is comparable
+        "reward_delta": ("mean_diff", "reward_after", "reward_before")}),
     "reason_verifier": Spec("metrics/reason_verifier_predictions.jsonl", "problem_id", {
         "auc": ("auc", "label", "verifier_score"), "mse": ("mse", "verifier_score", "score"),
         "accuracy": ("mean", "hit")}, groups=("origin",)),
@@ -108,10 +110,16 @@ def compare_rows(spec: Spec, a: dict[str, dict], b: dict[str, dict], *, seed: in
         for name, (metric, *fields) in spec.metrics.items():
             ca = [_column(sa, f, where) for f in fields]
             cb = [_column(sb, f, where) for f in fields]
+            if metric == "mean_diff":  # per-item change x - y within a revision, then its mean
+                metric, ca, cb = "mean", [_change(*ca)], [_change(*cb)]
             d = stats.difference(metric, cb, ca, clusters, seed=seed, name="diff")
             out.append({"metric": name, "group": group,
                         "a": _round(stats.point(metric, ca)), "b": _round(stats.point(metric, cb)), **d})
     return out
+
+
+def _change(x, y) -> list:
+    return [None if a is None or b is None else a - b for a, b in zip(x, y)]
 
 
 def compare(rev_a: str | None, rev_b: str | None, *, repo: str | None = None, stages=None,
@@ -125,8 +133,10 @@ def compare(rev_a: str | None, rev_b: str | None, *, repo: str | None = None, st
             result["missing"].append(stage)
             continue
         rows = compare_rows(spec, a, b, seed=seed, where=spec.path)
+        # Same predictions in both usually means the stage did not rerun for B (e.g. a
+        # `dvc exp run TARGET` whose target does not depend on it): say so, not "no effect".
         result["stages"][stage] = {"n_a": len(a), "n_b": len(b), "n_shared": len(set(a) & set(b)),
-                                   "rows": rows}
+                                   "identical": a == b, "rows": rows}
     return result
 
 
@@ -151,6 +161,9 @@ def to_markdown(result: dict) -> str:
                          f"| {r['n']} ({r['n_clusters']}) |")
     notes = [f"{s}: {b['n_shared']} shared items ({b['n_a']} in A, {b['n_b']} in B)"
              for s, b in result["stages"].items() if not b["n_shared"] == b["n_a"] == b["n_b"]]
+    notes += [f"{s}: identical predictions in A and B (did the stage run in both? "
+              f"`dvc exp run` with targets reruns only what they depend on)"
+              for s, b in result["stages"].items() if b.get("identical")]
     if result["missing"]:
         notes.append("no predictions in A or B: " + ", ".join(result["missing"]))
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
