@@ -59,7 +59,7 @@ def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, trunca
     metrics = {"llm": scoring.binary_metrics(labels, p_yes, users, seed=seed),
                "baseline": scoring.binary_metrics(labels, base, users, seed=seed),
                "llm_minus_baseline": scoring.paired_metrics(labels, p_yes, base, users, seed=seed),
-               "adapter": bool(adapter_dir)}
+               "test": scoring.split_counts(labels, users), "adapter": bool(adapter_dir)}
     write_json(metrics_path, metrics)
     write_json(roc_llm, scoring.roc_points(labels, p_yes))
     write_json(roc_baseline, scoring.roc_points(labels, base))

@@ -56,6 +56,34 @@ def test_second_repro_does_nothing(project):
     assert project.stale_stages() == set()
 
 
+EVAL_STAGES = ("rec_evaluate", "pref_rm", "pref_dpo", "pref_grpo", "reason_filter", "reason_verifier")
+
+
+def _unestimated(block, path: str = "") -> list[str]:
+    """Numbers of an eval block (a dict with "n") that are neither a size nor an estimate
+    with both CI bounds; nested blocks are walked."""
+    bad = []
+    if isinstance(block, dict):
+        for k, v in block.items():
+            if "n" in block and isinstance(v, (int, float)) and not isinstance(v, bool) \
+                    and k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
+                    and not {f"{k}_ci_low", f"{k}_ci_high"} <= set(block):
+                bad.append(f"{path}{k}")
+            bad += _unestimated(v, f"{path}{k}.")
+    return bad
+
+
+def test_eval_blocks_hold_only_estimates_with_their_ci(project):
+    """Every number in an evaluation block is a size (n, n_clusters) or an estimate with its
+    95% CI; counts and training facts sit in blocks of their own."""
+    import json
+
+    for stage in EVAL_STAGES:
+        m = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
+        assert _unestimated(m) == [], stage
+    assert _unestimated({"x": {"n": 3, "acc": 0.5, "acc_ci_low": 0.1}}) == ["x.acc"]  # the check can fail
+
+
 def _set_param(text: str, dotted: str, value) -> str:
     params = yaml.safe_load(text)
     node = params
@@ -210,7 +238,7 @@ def test_training_stages_run_under_two_processes(project, tmp_path):
         rm, dpo = metrics("pref_rm"), metrics("pref_dpo")
         assert rm["train"]["world_size"] == dpo["train"]["world_size"] == 2
         p = params["pref"]
-        assert rm["sampling"]["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2
+        assert rm["train"]["sampling"]["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2
         assert dpo["train"]["draws"] == dpo["train"]["steps"] * p["dpo"]["batch_size"] * p["dpo"]["grad_accum"] * 2
         for out in ("data/rec/adapter/adapter_config.json", "data/pref/rm/split.json",
                     "data/pref/dpo_adapter/adapter_config.json", "data/pref/grpo_adapter/eval_completions.jsonl",

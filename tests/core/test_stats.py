@@ -104,7 +104,7 @@ def test_auc_one_class_is_null_and_one_class_resamples_are_skipped_and_counted()
     # One positive among 6 items: a resample misses it with probability (5/6)^6 ~ 0.33.
     r = stats.estimate("auc", [[1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]], seed=0, n_resamples=1000)
     assert r["auc"] == 1.0
-    assert 250 < r["auc_skipped"] < 420
+    assert 250 < r["resamples_skipped"]["auc"] < 420
     assert r["auc_ci_low"] == 1.0
 
 

@@ -72,13 +72,13 @@ def test_filter_stage_end_to_end(tmp_path):
     pairs = read_jsonl(d / "pairs.jsonl")
     assert len(pairs) == 4 and {p["src"] for p in pairs} == {"reason"}
     m = json.loads((d / "m.json").read_text())
-    assert m["n_accepted"] == 2 and m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
+    assert m["counts"]["accepted"] == 2 and m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
     # One problem per domain: no between-problem spread, so no interval (never NaN).
     assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
     assert m["n_clusters"] == 2 and m["pass_rate_ci_low"] <= m["pass_rate"] <= m["pass_rate_ci_high"]
     pred = read_jsonl(d / "pred.jsonl")
     assert [(p["id"], p["grade"]) for p in pred] == [(v[0], v[1]) for v in verdicts]
-    assert m["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
-    assert m["answer_extraction_failures"] == 1
+    assert m["counts"]["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
+    assert m["counts"]["answer_extraction_failures"] == 1
     from posttrain.reason.sandbox import PROTECTIONS
     assert sorted(m["sandbox"]) == sorted(PROTECTIONS) and m["sandbox"]["audit_hook"] is True

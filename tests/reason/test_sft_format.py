@@ -130,15 +130,15 @@ def test_filter_metrics():
               sample(CODE_P["id"], 0, CODE_OK, 1, "correct"),
               sample(CODE_P["id"], 1, "while True: pass", 0, "timeout")]
     m = G.filter_metrics(graded, seed=0)
-    assert m["n_samples"] == 5 and m["n_accepted"] == 2 and m["pass_rate"] == 0.4
+    assert m["counts"]["samples"] == 5 and m["counts"]["accepted"] == 2 and m["pass_rate"] == 0.4
     assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
     # Two problems: the CI resamples problems, so it spans the two problems' rates (1/3 and 1/2).
     assert m["n_clusters"] == 2 and m["pass_rate_ci_low"] == round(1 / 3, 6) and m["pass_rate_ci_high"] == 0.5
     assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
-    assert m["by_domain"]["code"]["reasons"] == {"correct": 1, "timeout": 1}
-    assert m["by_source"]["gsm8k-test"]["problems_solved"] == 1
-    assert m["answer_extraction_failures"] == 1
-    assert m["answer_extraction_failures_by_domain"] == {"code": 0, "math": 1}
+    assert m["counts"]["by_domain"]["code"]["reasons"] == {"correct": 1, "timeout": 1}
+    assert m["counts"]["by_source"]["gsm8k-test"]["problems_solved"] == 1
+    assert m["counts"]["answer_extraction_failures"] == 1
+    assert {d: c["answer_extraction_failures"] for d, c in m["counts"]["by_domain"].items()} == {"code": 0, "math": 1}
     assert m["lengths_accepted"]["mean_steps"] == 2.0 and m["lengths"]["mean_steps"] == (2 + 2 + 1 + 2 + 1) / 5
     assert m["lengths"]["n"] == 5 and m["lengths_accepted"]["n"] == 2 and m["lengths"]["n_clusters"] == 2
     lo, hi = m["lengths"]["mean_chars_ci_low"], m["lengths"]["mean_chars_ci_high"]

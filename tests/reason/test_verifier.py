@@ -167,8 +167,8 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     a = run(tmp_path / "a")
     m = read_json(a / "metrics.json")
     held = read_jsonl(a / "scores.jsonl")
-    assert m["heldout"]["n"] == len(held) == m["data"]["heldout"]["n"] > 0
-    assert m["data"]["train"]["n"] + m["data"]["heldout"]["n"] == 8 + 12
+    assert m["heldout"]["n"] == len(held) == m["data"]["heldout"]["records"] > 0
+    assert m["data"]["train"]["records"] + m["data"]["heldout"]["records"] == 8 + 12
     assert set(m["heldout"]["by_origin"]) <= {"champ", "graded"}
     assert m["train"]["steps"] == 3
     for key in ("mse", "accuracy", "auc", "baseline_mse_train_mean"):

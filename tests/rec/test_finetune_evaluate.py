@@ -8,7 +8,7 @@ from stage_runner import param_args, run
 
 from posttrain.rec.baseline import LikeRateBaseline
 from posttrain.core.io import read_json, read_jsonl
-from posttrain.rec.scoring import binary_metrics, paired_metrics, roc_points
+from posttrain.rec.scoring import binary_metrics, paired_metrics, roc_points, split_counts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,8 +105,9 @@ def test_baseline_uses_train_statistics_only():
 
 def test_metrics_helpers():
     m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], ["a", "a", "b", "c"], seed=0)
-    assert {k: m[k] for k in ("n", "n_clusters", "positives", "auc", "accuracy")} == \
-        {"n": 4, "n_clusters": 3, "positives": 2, "auc": 0.75, "accuracy": 0.5}
+    assert {k: m[k] for k in ("n", "n_clusters", "auc", "accuracy")} == \
+        {"n": 4, "n_clusters": 3, "auc": 0.75, "accuracy": 0.5}
+    assert split_counts([0, 0, 1, 1], ["a", "a", "b", "c"]) == {"rows": 4, "users": 3, "positives": 2}
     assert m["accuracy_ci_low"] <= 0.5 <= m["accuracy_ci_high"]
     one = binary_metrics([1, 1], [0.2, 0.9], seed=0)
     assert one["auc"] is None and one["auc_ci_low"] is None and one["accuracy"] == 0.5

@@ -110,16 +110,10 @@ def compare_rows(spec: Spec, a: dict[str, dict], b: dict[str, dict], *, seed: in
         for name, (metric, *fields) in spec.metrics.items():
             ca = [_column(sa, f, where) for f in fields]
             cb = [_column(sb, f, where) for f in fields]
-            if metric == "mean_diff":  # per-item change x - y within a revision, then its mean
-                metric, ca, cb = "mean", [_change(*ca)], [_change(*cb)]
             d = stats.difference(metric, cb, ca, clusters, seed=seed, name="diff")
             out.append({"metric": name, "group": group,
                         "a": _round(stats.point(metric, ca)), "b": _round(stats.point(metric, cb)), **d})
     return out
-
-
-def _change(x, y) -> list:
-    return [a - b for a, b in zip(x, y)]  # _column has already refused missing values
 
 
 def compare(rev_a: str | None, rev_b: str | None, *, repo: str | None = None, stages=None,

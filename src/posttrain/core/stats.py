@@ -14,8 +14,10 @@ intervals instead of being skipped and counted, and the per-call statistic canno
 vectorized weighted form. The interval is the percentile interval of the resamples.
 
 One output convention everywhere, flat for `dvc metrics show` / `dvc exp show`:
-`{NAME: value, NAME_ci_low: .., NAME_ci_high: .., "n": items, "n_clusters": clusters}`
-(AUC adds `NAME_skipped`: one-class resamples left out). No data (n = 0), one cluster
+`{NAME: value, NAME_ci_low: .., NAME_ci_high: .., "n": items, "n_clusters": clusters}`;
+an eval block holds nothing else, so every number in it is an estimate with its CI or a
+size. AUC adds `"resamples_skipped": {NAME: count}`: one-class resamples left out of its
+CI (a diagnostic of the interval, kept out of the block's numbers). No data (n = 0), one cluster
 (no between-cluster spread to estimate) and an undefined point value give null, never NaN.
 A paired difference (same items, two scores) uses the same resamples for both sides.
 """
@@ -42,6 +44,11 @@ def _wmean(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _mean(w, x):
     return _wmean(w, np.asarray(x, dtype=np.float64))
+
+
+def _mean_diff(w, x, y):
+    """Mean of the per-item change x - y (e.g. reward after - before within one run)."""
+    return _wmean(w, np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64))
 
 
 def _mse(w, pred, target):
@@ -83,7 +90,7 @@ def _auc_point(labels, scores):
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64))) if 0 < y.sum() < y.size else None
 
 
-METRICS: dict[str, Callable] = {"mean": _mean, "mse": _mse, "auc": _auc}
+METRICS: dict[str, Callable] = {"mean": _mean, "mean_diff": _mean_diff, "mse": _mse, "auc": _auc}
 
 
 # ---------------------------------------------------------------- resampling
@@ -140,7 +147,7 @@ def _interval(values: np.ndarray, name: str, value, k: int, count_skipped: bool)
         lo, hi = np.quantile(ok, [alpha, 1 - alpha])
     out = {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
     if count_skipped:
-        out[f"{name}_skipped"] = int(values.size - ok.size)
+        out["resamples_skipped"] = {name: int(values.size - ok.size)}
     return out
 
 
@@ -166,7 +173,7 @@ def point(metric: str, cols: Sequence) -> float | None:
 
 def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str | None = None,
              n_resamples: int = N_RESAMPLES) -> dict:
-    """`metric` ("mean", "mse": pred, target; "auc": labels, scores) of the item columns
+    """`metric` ("mean"; "mean_diff": x, y; "mse": pred, target; "auc": labels, scores) of the item columns
     `cols`, with its cluster bootstrap CI, n and n_clusters (see the module doc)."""
     cols = _columns(cols)
     n = len(cols[0])
@@ -202,9 +209,11 @@ def report(specs: dict[str, tuple], clusters=None, *, seed: int) -> dict:
     out: dict = {}
     for name, spec in specs.items():
         if len(spec) == 2:
-            out.update(estimate(spec[0], spec[1], clusters, seed=seed, name=name))
+            one = estimate(spec[0], spec[1], clusters, seed=seed, name=name)
         else:
-            out.update(difference(spec[0], spec[1], spec[2], clusters, seed=seed, name=name))
+            one = difference(spec[0], spec[1], spec[2], clusters, seed=seed, name=name)
+        skipped = {**out.get("resamples_skipped", {}), **one.pop("resamples_skipped", {})}
+        out.update(one, **({"resamples_skipped": skipped} if skipped else {}))
     if not specs:
         out.update({"n": 0, "n_clusters": 0})
     return out

@@ -103,7 +103,6 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                           batch_size=eval_batch_size)
     heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=seed, prefix="reward_",
                           extra={"identical_after_truncation_fraction": rw["identical"]})
-    heldout["identical_after_truncation"] = int(np.sum(rw["identical"]))
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 
     def fill(tmp: Path) -> None:
@@ -118,6 +117,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         "density_aware": bool(density_aware),
         "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
                   "longer_than_max_length": n_long,
+                  "heldout_identical_after_truncation": int(np.sum(rw["identical"])),
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),

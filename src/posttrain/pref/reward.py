@@ -152,10 +152,11 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items())),
                   "train_buckets": {b: train_bucket_counts.get(b, 0) for b in ("rare", "middle", "common")}},
         "heldout": heldout,
-        "sampling": spread,
+        # the sampler's spread is a property of training (exact counts, not estimates)
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "final_loss": last_logged(trainer.state.log_history, "loss"),
-                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime"),
+                  "sampling": spread},
     }
 
     def fill(tmp: Path) -> None:

@@ -80,33 +80,35 @@ def _pass_rate(rows: list[dict], seed: int) -> dict:
                           seed=seed, name="pass_rate")
 
 
-def _group(graded: list[dict], key: str, seed: int) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for name in sorted({g[key] for g in graded}):
-        rows = [g for g in graded if g[key] == name]
-        acc = sum(g["grade"] for g in rows)
-        solved = {g["problem_id"] for g in rows if g["grade"] == 1}
-        reasons: dict[str, int] = {}
-        for g in rows:
-            reasons[g["reason"]] = reasons.get(g["reason"], 0) + 1
-        out[name] = {**_pass_rate(rows, seed), "accepted": acc,
-                     "problems": len({g["problem_id"] for g in rows}), "problems_solved": len(solved),
-                     "reasons": dict(sorted(reasons.items()))}
-    return out
+def _counts(rows: list[dict]) -> dict:
+    """Samples, accepted, problems, problems solved (>= 1 accepted sample), grading reasons and
+    answer extraction failures of `rows`: counts, not estimates, so they sit apart from the
+    pass-rate blocks."""
+    reasons: dict[str, int] = {}
+    for g in rows:
+        reasons[g["reason"]] = reasons.get(g["reason"], 0) + 1
+    return {"samples": len(rows), "accepted": sum(g["grade"] for g in rows),
+            "problems": len({g["problem_id"] for g in rows}),
+            "problems_solved": len({g["problem_id"] for g in rows if g["grade"] == 1}),
+            "answer_extraction_failures": reasons.get("no_answer", 0),
+            "reasons": dict(sorted(reasons.items()))}
+
+
+def _by(graded: list[dict], key: str, fn) -> dict[str, dict]:
+    return {name: fn([g for g in graded if g[key] == name]) for name in sorted({g[key] for g in graded})}
 
 
 def filter_metrics(graded: list[dict], *, seed: int) -> dict:
-    """Pass rates (with problem-clustered CIs) per domain and source, reasons, extraction
-    failures, lengths and steps."""
+    """Pass rates (with problem-clustered CIs) overall, per domain and per source; lengths
+    and steps; and apart from them the counts (accepted, solved, reasons, extraction failures)."""
     acc = [g for g in graded if g["grade"] == 1]
-    no_answer = [g for g in graded if g["reason"] == "no_answer"]
     steps = {id(g): count_steps(g["text"], g["domain"]) for g in graded}
     return {
-        "n_samples": len(graded), "n_accepted": len(acc), **_pass_rate(graded, seed),
-        "by_domain": _group(graded, "domain", seed), "by_source": _group(graded, "source", seed),
-        "answer_extraction_failures": len(no_answer),
-        "answer_extraction_failures_by_domain": {
-            d: sum(1 for g in no_answer if g["domain"] == d) for d in sorted({g["domain"] for g in graded})},
+        **_pass_rate(graded, seed),
+        "by_domain": _by(graded, "domain", lambda rows: _pass_rate(rows, seed)),
+        "by_source": _by(graded, "source", lambda rows: _pass_rate(rows, seed)),
+        "counts": {**_counts(graded), "by_domain": _by(graded, "domain", _counts),
+                   "by_source": _by(graded, "source", _counts)},
         "lengths": _means(graded, steps, seed),
         "lengths_accepted": _means(acc, steps, seed),
     }

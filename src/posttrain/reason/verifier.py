@@ -290,12 +290,13 @@ def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: fl
              "accuracy_minus_baseline": ("mean", [hit], [base_hit]),
              "auc": ("auc", [label, p]),
              # Mean target vs mean prediction: a calibration check, each with its CI.
-             "mean_score": ("mean", [y]), "mean_prediction": ("mean", [p])}
+             "mean_score": ("mean", [y]), "mean_prediction": ("mean", [p]),
+             "correct_fraction": ("mean", [label])}
     if train_mean is not None:
         # What predicting the training mean would score: the bar a verifier must clear.
         base = np.full(len(rows), float(train_mean))
         specs.update({"baseline_mse_train_mean": ("mse", [base, y]), "mse_minus_baseline": ("mse", [p, y], [base, y])})
-    m = {**stats.report(specs, [r["problem_id"] for r in rows], seed=seed), "n_correct": int(label.sum())}
+    m = stats.report(specs, [r["problem_id"] for r in rows], seed=seed)
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}
 
 
@@ -327,9 +328,11 @@ def evaluate(scored: Sequence[dict], threshold: float, train_mean: float, *, see
 
 
 def score_stats(records: Sequence[dict]) -> dict:
+    """What a data split holds: records, problems, fully correct records, mean score. A
+    description of the data (no CI); the held-out estimates are `score_metrics`."""
     scores = [r["score"] for r in records]
-    return {"n": len(records), "n_problems": len({r["problem_id"] for r in records}),
-            "n_correct": sum(is_correct(s) for s in scores),
+    return {"records": len(records), "problems": len({r["problem_id"] for r in records}),
+            "correct": sum(is_correct(s) for s in scores),
             "mean_score": round(sum(scores) / len(scores), 6) if scores else None}
 
 

@@ -53,9 +53,14 @@ def binary_metrics(labels, scores, users=None, *, seed: int, threshold: float = 
     and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
     y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     correct = ((s >= threshold).astype(int) == y).astype(int)
-    return {"positives": int(y.sum()),
-            **stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct]), "mean_score": ("mean", [s])},
-                           users, seed=seed)}
+    return stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct]), "mean_score": ("mean", [s])},
+                        users, seed=seed)
+
+
+def split_counts(labels, users) -> dict:
+    """What the test set holds (rows, users, liked rows): sizes, not estimates, so they sit
+    beside the eval blocks rather than in them."""
+    return {"rows": len(labels), "users": len(set(users)), "positives": int(np.sum(labels))}
 
 
 def paired_metrics(labels, new, old, users=None, *, seed: int, threshold: float = 0.5) -> dict:
