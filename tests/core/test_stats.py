@@ -129,3 +129,13 @@ def test_vectorized_resample_auc_equals_sklearn_weighted_auc():
             assert got[r] == pytest.approx(roc_auc_score(y[keep], s[keep], sample_weight=w[r][keep]))
         else:
             assert np.isnan(got[r])
+
+
+def test_mean_diff_is_the_mean_change_and_report_gathers_skipped_resamples():
+    x, y = [3.0, 1.0, 2.0, 5.0], [1.0, 1.0, 1.0, 1.0]
+    r = stats.estimate("mean_diff", [x, y], ["a", "a", "b", "c"], seed=0)
+    assert r["mean_diff"] == pytest.approx(1.75) and r["mean_diff_ci_low"] <= 1.75 <= r["mean_diff_ci_high"]
+    rep = stats.report({"auc": ("auc", [[1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]]), "acc": ("mean", [[1, 1, 0, 1]]),
+                        "auc2": ("auc", [[1, 0, 0, 0], [0.1, 0.9, 0.2, 0.3]])}, seed=0)
+    assert set(rep["resamples_skipped"]) == {"auc", "auc2"} and rep["resamples_skipped"]["auc"] > 0
+    assert not any(k.endswith("_skipped") for k in rep if k != "resamples_skipped")

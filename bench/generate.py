@@ -1,0 +1,233 @@
+"""Generation throughput: posttrain's path vs tuned transformers vs CTranslate2, and the roofline.
+
+    python bench/generate.py [--model data/models/policy] [--batch-sizes 1,8,32]
+                             [--new-tokens 64] [--threads 2] [--paths posttrain,hf-bf16,ct2-int8,...]
+
+Same prompts (the first problems of data/reason/problems.jsonl, rendered with the
+reason chat prompt), same sampling (T, top_p from --temperature/--top-p, full
+vocabulary), same batch sizes, in one process, one path after another:
+  posttrain         posttrain.reason.generation.generate (what reason_generate runs)
+  hf-bf16           model.generate with bf16 weights (the CPU has AMX/avx512_bf16 if lscpu says so)
+  hf-static         model.generate, static KV cache + torch.compile (transformers' CPU compile path)
+  ct2-float32/int8  CTranslate2 generate_batch on the converted checkpoint (converted once, cached)
+Completion tokens are counted up to each row's end-of-turn token and divided by the
+wall time of the batch (prefill included: that is what reason_generate waits on); each
+path gets one untimed warm-up batch first, hf-static one per batch size (it compiles per
+shape), reported apart. The roofline of a batch is its completion tokens over the least
+time the machine needs for it: prefill FLOPs (2 x params x prompt tokens) at the measured
+matmul rate, plus per decode step the larger of reading the fp32 weights at the measured
+bandwidth and the step's FLOPs (2 x params x B). Measured here at --threads. Needs data/models/policy and data/reason/problems.jsonl
+(`dvc repro reason_collect base_models`) and, for ct2-*, `pip install --no-deps ctranslate2`.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+
+def measure_bandwidth(threads: int, mb: int = 1024) -> float:
+    """GB/s of reading a buffer much larger than the caches (a sum over 1 GB of fp32)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mb * 2**20 // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def measure_matmul(threads: int, n: int = 2048) -> float:
+    """fp32 GFLOP/s of an n x n matmul at `threads` (the compute ceiling of a decode step)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def load_prompts(problems_path: Path, tokenizer, count: int) -> list[dict]:
+    rows = [json.loads(line) for line in problems_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise click.ClickException(f"{problems_path}: no problems")
+    return [rows[i % len(rows)] for i in range(count)]  # cycle when there are fewer than the batch
+
+
+def completion_tokens(rows: list[list[int]], eos: int) -> int:
+    return sum(r.index(eos) + 1 if eos in r else len(r) for r in rows)
+
+
+class Paths:
+    """One runner per path: run(problems) -> completion tokens generated for that batch."""
+
+    def __init__(self, model_dir: Path, new_tokens: int, temperature: float, top_p: float, seed: int,
+                 threads: int, scratch: Path):
+        self.model_dir, self.new_tokens, self.threads, self.scratch = model_dir, new_tokens, threads, scratch
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self._hf = None
+
+    def hf(self):
+        if self._hf is None:
+            from posttrain.reason.generation import load_model
+
+            self._hf = load_model(self.model_dir)
+        return self._hf
+
+    def encode(self, problems):
+        from posttrain.reason import prompts
+
+        _, tok = self.hf()
+        return [tok(prompts.render(tok, p), add_special_tokens=False)["input_ids"] for p in problems]
+
+    def posttrain(self):
+        from posttrain.reason.generation import SamplingConfig, generate
+
+        model, tok = self.hf()
+
+        def run(problems):
+            cfg = SamplingConfig(n_samples=1, temperature=self.temperature, top_p=self.top_p,
+                                 max_new_tokens=self.new_tokens, batch_size=len(problems), seed=self.seed)
+            return sum(s["completion_tokens"] for s in generate(model, tok, problems, cfg, progress=False))
+        return run
+
+    def _hf_generate(self, model, **extra):
+        import torch
+
+        _, tok = self.hf()
+
+        def run(problems):
+            feats = tok.pad({"input_ids": self.encode(problems)}, return_tensors="pt")
+            torch.manual_seed(self.seed)
+            with torch.no_grad():
+                seqs = model.generate(**feats, max_new_tokens=self.new_tokens, do_sample=True,
+                                      temperature=self.temperature, top_p=self.top_p, top_k=0,
+                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
+            return completion_tokens(seqs[:, feats["input_ids"].shape[1]:].tolist(), tok.eos_token_id)
+        return run
+
+    def hf_bf16(self):
+        import copy
+
+        import torch
+
+        return self._hf_generate(copy.deepcopy(self.hf()[0]).to(torch.bfloat16))
+
+    def hf_static(self):
+        from transformers import CompileConfig
+
+        # transformers compiles generate only on accelerators unless told to on every device
+        cc = CompileConfig(fullgraph=False, dynamic=False)
+        cc._compile_all_devices = True  # a class attribute, not an __init__ argument
+        return self._hf_generate(self.hf()[0], cache_implementation="static", compile_config=cc)
+
+    def ct2(self, quantization: str):
+        try:
+            import ctranslate2
+        except ImportError as e:
+            raise click.ClickException("ct2 paths need `pip install --no-deps ctranslate2`") from e
+        out = self.scratch / f"ct2-{quantization}"
+        if not (out / "model.bin").exists():
+            t = time.perf_counter()
+            ctranslate2.converters.TransformersConverter(str(self.model_dir)).convert(
+                str(out), quantization=quantization, force=True)
+            click.echo(f"  converted to CTranslate2 {quantization} in {time.perf_counter() - t:.0f} s", err=True)
+        gen = ctranslate2.Generator(str(out), device="cpu", compute_type=quantization,
+                                    intra_threads=self.threads)
+        _, tok = self.hf()
+
+        def run(problems):
+            ctranslate2.set_random_seed(self.seed)
+            toks = [tok.convert_ids_to_tokens(ids) for ids in self.encode(problems)]
+            res = gen.generate_batch(toks, max_length=self.new_tokens, sampling_topk=0,
+                                     sampling_topp=self.top_p, sampling_temperature=self.temperature,
+                                     include_prompt_in_result=False, end_token=tok.eos_token)
+            # ct2 drops the end token from the result: count it as generated, like the HF paths
+            return sum(min(len(r.sequences_ids[0]) + 1, self.new_tokens) for r in res)
+        return run
+
+    def runner(self, name: str):
+        if name.startswith("ct2-"):
+            return self.ct2(name[4:])
+        return getattr(self, name.replace("-", "_"))()
+
+
+@click.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default="data/models/policy",
+              show_default=True, help="A transformers checkpoint folder (the base_models stage's policy).")
+@click.option("--problems", "problems_path", type=click.Path(path_type=Path),
+              default="data/reason/problems.jsonl", show_default=True)
+@click.option("--batch-sizes", default="1,8,32", show_default=True)
+@click.option("--new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.8, show_default=True)
+@click.option("--top-p", default=0.95, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--paths", default="posttrain,hf-bf16,hf-static,ct2-float32,ct2-int8", show_default=True)
+@click.option("--scratch", type=click.Path(path_type=Path), default="data/bench/generate", show_default=True,
+              help="Where converted CTranslate2 models are kept between runs.")
+def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, threads, seed, paths, scratch):
+    import torch
+
+    torch.set_num_threads(threads)
+    sizes = [int(b) for b in batch_sizes.split(",")]
+    bw, flops = measure_bandwidth(threads), measure_matmul(threads)
+    bench = Paths(model_dir, new_tokens, temperature, top_p, seed, threads, scratch)
+    model, tok = bench.hf()
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = params * 4
+    click.echo(f"machine: {bw:.1f} GB/s read, {flops:.0f} GFLOP/s fp32 matmul at {threads} threads; "
+               f"model {params / 1e6:.0f}M params, {weight_bytes / 1e9:.2f} GB fp32")
+
+    def roofline(b: int) -> float:
+        prompt_tokens = sum(len(x) for x in bench.encode(load_prompts(problems_path, tok, b)))
+        step = max(weight_bytes / (bw * 1e9), 2 * params * b / (flops * 1e9))
+        return b * new_tokens / (2 * params * prompt_tokens / (flops * 1e9) + new_tokens * step)
+
+    roof = {b: roofline(b) for b in sizes}
+    click.echo("roofline tok/s (prefill + decode): " + ", ".join(f"batch {b}: {roof[b]:.0f}" for b in sizes))
+
+    results: dict[str, dict[int, float]] = {}
+    for name in paths.split(","):
+        try:
+            run = bench.runner(name)
+            t = time.perf_counter()
+            run(load_prompts(problems_path, tok, 2))  # warm-up: compile, allocator, caches
+            warm = time.perf_counter() - t
+            results[name] = {}
+            for b in sizes:
+                problems = load_prompts(problems_path, tok, b)
+                if name == "hf-static":
+                    t = time.perf_counter()
+                    run(problems)
+                    warm += time.perf_counter() - t
+                t = time.perf_counter()
+                n = run(problems)
+                results[name][b] = n / (time.perf_counter() - t)
+            click.echo(f"{name:12s} warm-up {warm:5.1f} s  " + "  ".join(
+                f"b{b}: {results[name][b]:6.1f} tok/s" for b in sizes), err=True)
+        except Exception as e:  # one path failing (e.g. no compiler) must not hide the others
+            click.echo(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}", err=True)
+
+    base = results.get("posttrain")
+    click.echo(f"\n| path | " + " | ".join(f"batch {b} tok/s" for b in sizes) + " | x posttrain (batch 8) | "
+               + " | ".join(f"/ roofline b{b}" for b in sizes) + " |")
+    click.echo("|---" * (2 + 2 * len(sizes)) + "|")
+    for name, r in results.items():
+        vs = f"{r[8] / base[8]:.2f}x" if base and 8 in r and 8 in base else "-"
+        click.echo(f"| {name} | " + " | ".join(f"{r[b]:.1f}" for b in sizes) + f" | {vs} | "
+                   + " | ".join(f"{r[b] / roof[b]:.2f}" for b in sizes) + " |")
+
+
+if __name__ == "__main__":
+    main()
