@@ -66,7 +66,7 @@ def _unestimated(block, path: str = "") -> list[str]:
     if isinstance(block, dict):
         for k, v in block.items():
             if "n" in block and isinstance(v, (int, float)) and not isinstance(v, bool) \
-                    and k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
+                    and k not in ("n", "n_clusters", "one_class_resamples") and not k.endswith(("_ci_low", "_ci_high")) \
                     and not {f"{k}_ci_low", f"{k}_ci_high"} <= set(block):
                 bad.append(f"{path}{k}")
             bad += _unestimated(v, f"{path}{k}.")
@@ -238,7 +238,7 @@ def test_training_stages_run_under_two_processes(project, tmp_path):
         rm, dpo = metrics("pref_rm"), metrics("pref_dpo")
         assert rm["train"]["world_size"] == dpo["train"]["world_size"] == 2
         p = params["pref"]
-        assert rm["train"]["sampling"]["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2
+        assert json.loads((project.root / "data/pref/rm/sampling.json").read_text())["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2
         assert dpo["train"]["draws"] == dpo["train"]["steps"] * p["dpo"]["batch_size"] * p["dpo"]["grad_accum"] * 2
         for out in ("data/rec/adapter/adapter_config.json", "data/pref/rm/split.json",
                     "data/pref/dpo_adapter/adapter_config.json", "data/pref/grpo_adapter/eval_completions.jsonl",

@@ -172,9 +172,9 @@ def test_reward_model_smoke(trained_rm):
     for b in ("rare", "common"):
         assert h["buckets"][b]["n"] == sum(r["bucket"] == b for r in pred)
     # The sampler handed out exactly steps * batch indices.
-    assert m["train"]["sampling"]["draws"] == 6 * 4
-    assert m["train"]["sampling"]["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
-    p = m["train"]["sampling"]["prompts"]  # per prompt: all its pairs' draws together
+    assert read_json(out / "sampling.json")["draws"] == 6 * 4
+    assert read_json(out / "sampling.json")["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
+    p = read_json(out / "sampling.json")["prompts"]  # per prompt: all its pairs' draws together
     assert p["draws"] == 6 * 4 and p["items"] == m["pairs"]["train_prefixes"]
     assert live_steps(out.parent / "dvclive", "loss") == [1, 2, 3, 4, 5, 6]
     split = read_json(out / "split.json")
@@ -188,7 +188,7 @@ def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path
         **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 2,
         "batch_size": 4, "seed": 0},
         live_dir=tmp_path / "dvclive")
-    s = res["metrics"]["train"]["sampling"]
+    s = res["sampling"]
     assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
     assert s["weight_max_over_min"] == pytest.approx(1.0)
     assert res["metrics"]["density_aware"] is False

@@ -16,8 +16,8 @@ vectorized weighted form. The interval is the percentile interval of the resampl
 One output convention everywhere, flat for `dvc metrics show` / `dvc exp show`:
 `{NAME: value, NAME_ci_low: .., NAME_ci_high: .., "n": items, "n_clusters": clusters}`;
 an eval block holds nothing else, so every number in it is an estimate with its CI or a
-size. AUC adds `"resamples_skipped": {NAME: count}`: one-class resamples left out of its
-CI (a diagnostic of the interval, kept out of the block's numbers). No data (n = 0), one cluster
+size. AUC adds the size `one_class_resamples`: resamples with one class, left out of its
+CI (with several AUCs in one report, the most any of them left out). No data (n = 0), one cluster
 (no between-cluster spread to estimate) and an undefined point value give null, never NaN.
 A paired difference (same items, two scores) uses the same resamples for both sides.
 """
@@ -147,7 +147,7 @@ def _interval(values: np.ndarray, name: str, value, k: int, count_skipped: bool)
         lo, hi = np.quantile(ok, [alpha, 1 - alpha])
     out = {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
     if count_skipped:
-        out["resamples_skipped"] = {name: int(values.size - ok.size)}
+        out["one_class_resamples"] = int(values.size - ok.size)
     return out
 
 
@@ -212,8 +212,9 @@ def report(specs: dict[str, tuple], clusters=None, *, seed: int) -> dict:
             one = estimate(spec[0], spec[1], clusters, seed=seed, name=name)
         else:
             one = difference(spec[0], spec[1], spec[2], clusters, seed=seed, name=name)
-        skipped = {**out.get("resamples_skipped", {}), **one.pop("resamples_skipped", {})}
-        out.update(one, **({"resamples_skipped": skipped} if skipped else {}))
+        if "one_class_resamples" in one:
+            one["one_class_resamples"] = max(one["one_class_resamples"], out.get("one_class_resamples", 0))
+        out.update(one)
     if not specs:
         out.update({"n": 0, "n_clusters": 0})
     return out

@@ -121,7 +121,6 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
-                  "final_loss": last_logged(trainer.state.log_history, "loss"),
                   "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
     return {"metrics": metrics, "predictions": predictions}

@@ -60,7 +60,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics;
     the training curves go to `live_dir` (dvclive).
 
-    Returns {"metrics": {...}, "predictions": [...]} for the stage to write; None on ranks other
+    Returns {"metrics": {...}, "predictions": [...], "sampling": {...}} (also in out_dir/sampling.json); None on ranks other
     than the main one under `accelerate launch` (they train, then leave the rest to rank 0)."""
     import torch
     from datasets import Dataset
@@ -152,11 +152,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items())),
                   "train_buckets": {b: train_bucket_counts.get(b, 0) for b in ("rare", "middle", "common")}},
         "heldout": heldout,
-        # the sampler's spread is a property of training (exact counts, not estimates)
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
-                  "final_loss": last_logged(trainer.state.log_history, "loss"),
-                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime"),
-                  "sampling": spread},
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }
 
     def fill(tmp: Path) -> None:
@@ -167,6 +164,9 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
             "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
             "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
             "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
+        # The sampler's realized spread: a fact of this training run, not an estimate, so it
+        # travels with the model rather than in the eval metrics.
+        write_json(tmp / "sampling.json", spread)
         write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
                                                    "num_layers": int(model.config.num_hidden_layers),
                                                    "density_aware": bool(density_aware)})
@@ -174,8 +174,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     predictions = pair_rows(rc, rr, held, thresholds)
     # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before
     # anything is saved, instead of after the model folder already looks finished.
-    dumps({"metrics": metrics, "predictions": predictions})
+    dumps({"metrics": metrics, "predictions": predictions, "sampling": spread})
     with atomic_path(out_dir, directory=True) as tmp:
         fill(tmp)
-    return {"metrics": metrics, "predictions": predictions}
+    return {"metrics": metrics, "predictions": predictions, "sampling": spread}
 

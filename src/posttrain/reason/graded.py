@@ -68,6 +68,9 @@ def grade_samples(samples: list[dict], problems: dict[str, dict], *, timeout_s: 
 def _means(rows: list[dict], steps: dict[int, int], seed: int) -> dict:
     """Mean completion tokens, characters and steps of `rows`, each with n and a
     problem-clustered CI (a problem's samples are alike in length)."""
+    problems = len({g["problem_id"] for g in rows})
+    if problems < 2:  # no between-problem spread: a mean here would have no CI, so none is given
+        return {"n": len(rows), "n_clusters": problems}
     specs = {"mean_completion_tokens": ("mean", [[g["completion_tokens"] for g in rows]]),
              "mean_chars": ("mean", [[len(g["text"]) for g in rows]]),
              "mean_steps": ("mean", [[steps[id(g)] for g in rows]])}

@@ -328,12 +328,11 @@ def evaluate(scored: Sequence[dict], threshold: float, train_mean: float, *, see
 
 
 def score_stats(records: Sequence[dict]) -> dict:
-    """What a data split holds: records, problems, fully correct records, mean score. A
-    description of the data (no CI); the held-out estimates are `score_metrics`."""
+    """What a data split holds: records, problems, fully correct records. A description of
+    the data; the held-out estimates (mean score included, with its CI) are `score_metrics`."""
     scores = [r["score"] for r in records]
     return {"records": len(records), "problems": len({r["problem_id"] for r in records}),
-            "correct": sum(is_correct(s) for s in scores),
-            "mean_score": round(sum(scores) / len(scores), 6) if scores else None}
+            "correct": sum(is_correct(s) for s in scores)}
 
 
 def load_records(*, champ: str | None, graded: str | Path | None, problems: str | Path | None,
@@ -371,12 +370,11 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
               counts: dict, threshold: float, *, seed: int) -> dict:
     """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
     train_mean = sum(r["score"] for r in train) / len(train)
-    last = history[-10:]
     return {
         "heldout": evaluate(scored, threshold, train_mean, seed=seed),
         "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
-        "train": {"steps": len(history), "world_size": world_size(), "final_loss": history[-1]["loss"],
-                  "mean_loss_last_10": round(sum(h["loss"] for h in last) / len(last), 6),
+        # the loss curve is dvclive's (dvclive/reason_verifier); this file holds what was evaluated
+        "train": {"steps": len(history), "world_size": world_size(),
                   "n_layers": model.config.num_hidden_layers,
                   "n_params": sum(p.numel() for p in model.parameters()),
                   "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
