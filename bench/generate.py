@@ -1,12 +1,18 @@
 """Generation throughput: posttrain's path vs tuned transformers vs CTranslate2, and the roofline.
 
     python bench/generate.py [--model data/models/policy] [--batch-sizes 1,8,32]
-                             [--new-tokens 64] [--threads 2] [--paths posttrain,hf-bf16,ct2-int8,...]
+                             [--new-tokens 64] [--threads 2] [--paths posttrain,hf,hf-bf16,ct2-int8,...]
+                             [--workload samples|prompts]
 
-Same prompts (the first problems of data/reason/problems.jsonl, rendered with the
-reason chat prompt), same sampling (T, top_p from --temperature/--top-p, full
-vocabulary), same batch sizes, in one process, one path after another:
-  posttrain         posttrain.reason.generation.generate (what reason_generate runs)
+Same prompts (problems of data/reason/problems.jsonl, rendered with the reason chat
+prompt), same sampling (T, top_p from --temperature/--top-p, full vocabulary), same
+batch sizes, in one process, one path after another. A batch of B is, with
+--workload samples (what reason_generate runs: n_samples per problem), B samples of
+the first problem; with --workload prompts, one sample of each of B problems.
+  posttrain         posttrain.reason.generation.generate (what reason_generate runs: per-row
+                    RNG, one prompt per batch, its prefill shared by the batch's rows)
+  hf                model.generate, fp32, one left-padded batch (reason_generate's path before
+                    the generation cache)
   hf-bf16           model.generate with bf16 weights (the CPU has AMX/avx512_bf16 if lscpu says so)
   hf-static         model.generate, static KV cache + torch.compile (transformers' CPU compile path)
   ct2-float32/int8  CTranslate2 generate_batch on the converted checkpoint (converted once, cached)
@@ -57,15 +63,20 @@ def measure_matmul(threads: int, n: int = 2048) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def load_prompts(problems_path: Path, tokenizer, count: int) -> list[dict]:
+def load_prompts(problems_path: Path, count: int, workload: str) -> tuple[list[dict], int]:
+    """(problems, samples per problem) of a batch of `count` rows."""
     rows = [json.loads(line) for line in problems_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise click.ClickException(f"{problems_path}: no problems")
-    return [rows[i % len(rows)] for i in range(count)]  # cycle when there are fewer than the batch
+    if workload == "samples":
+        return rows[:1], count
+    return [rows[i % len(rows)] for i in range(count)], 1  # cycle when there are fewer than the batch
 
 
 def completion_tokens(rows: list[list[int]], eos: int) -> int:
-    return sum(r.index(eos) + 1 if eos in r else len(r) for r in rows)
+    from posttrain.core.generation import completion_length
+
+    return sum(completion_length(r, {eos}) for r in rows)
 
 
 class Paths:
@@ -84,30 +95,33 @@ class Paths:
             self._hf = load_model(self.model_dir)
         return self._hf
 
-    def encode(self, problems):
+    def encode(self, problems, n: int = 1):
         from posttrain.reason import prompts
 
         _, tok = self.hf()
-        return [tok(prompts.render(tok, p), add_special_tokens=False)["input_ids"] for p in problems]
+        return [tok(prompts.render(tok, p), add_special_tokens=False)["input_ids"] for p in problems for _ in range(n)]
 
     def posttrain(self):
         from posttrain.reason.generation import SamplingConfig, generate
 
         model, tok = self.hf()
 
-        def run(problems):
-            cfg = SamplingConfig(n_samples=1, temperature=self.temperature, top_p=self.top_p,
-                                 max_new_tokens=self.new_tokens, batch_size=len(problems), seed=self.seed)
-            return sum(s["completion_tokens"] for s in generate(model, tok, problems, cfg, progress=False))
+        def run(problems, n):
+            cfg = SamplingConfig(n_samples=n, temperature=self.temperature, top_p=self.top_p,
+                                 max_new_tokens=self.new_tokens, batch_size=len(problems) * n, seed=self.seed)
+            return sum(s["completion_tokens"] for s in generate(model, tok, problems, cfg, progress=False)[0])
         return run
+
+    def hf_fp32(self):
+        return self._hf_generate(self.hf()[0])
 
     def _hf_generate(self, model, **extra):
         import torch
 
         _, tok = self.hf()
 
-        def run(problems):
-            feats = tok.pad({"input_ids": self.encode(problems)}, return_tensors="pt")
+        def run(problems, n):
+            feats = tok.pad({"input_ids": self.encode(problems, n)}, return_tensors="pt")
             torch.manual_seed(self.seed)
             with torch.no_grad():
                 seqs = model.generate(**feats, max_new_tokens=self.new_tokens, do_sample=True,
@@ -146,9 +160,9 @@ class Paths:
                                     intra_threads=self.threads)
         _, tok = self.hf()
 
-        def run(problems):
+        def run(problems, n):
             ctranslate2.set_random_seed(self.seed)
-            toks = [tok.convert_ids_to_tokens(ids) for ids in self.encode(problems)]
+            toks = [tok.convert_ids_to_tokens(ids) for ids in self.encode(problems, n)]
             res = gen.generate_batch(toks, max_length=self.new_tokens, sampling_topk=0,
                                      sampling_topp=self.top_p, sampling_temperature=self.temperature,
                                      include_prompt_in_result=False, end_token=tok.eos_token)
@@ -159,7 +173,7 @@ class Paths:
     def runner(self, name: str):
         if name.startswith("ct2-"):
             return self.ct2(name[4:])
-        return getattr(self, name.replace("-", "_"))()
+        return getattr(self, "hf_fp32" if name == "hf" else name.replace("-", "_"))()
 
 
 @click.command()
@@ -173,10 +187,12 @@ class Paths:
 @click.option("--top-p", default=0.95, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--paths", default="posttrain,hf-bf16,hf-static,ct2-float32,ct2-int8", show_default=True)
+@click.option("--paths", default="posttrain,hf,hf-bf16,hf-static,ct2-float32,ct2-int8", show_default=True)
+@click.option("--workload", type=click.Choice(["samples", "prompts"]), default="samples", show_default=True)
 @click.option("--scratch", type=click.Path(path_type=Path), default="data/bench/generate", show_default=True,
               help="Where converted CTranslate2 models are kept between runs.")
-def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, threads, seed, paths, scratch):
+def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, threads, seed, paths, workload,
+         scratch):
     import torch
 
     torch.set_num_threads(threads)
@@ -187,10 +203,12 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = params * 4
     click.echo(f"machine: {bw:.1f} GB/s read, {flops:.0f} GFLOP/s fp32 matmul at {threads} threads; "
-               f"model {params / 1e6:.0f}M params, {weight_bytes / 1e9:.2f} GB fp32")
+               f"model {params / 1e6:.0f}M params, {weight_bytes / 1e9:.2f} GB fp32; workload {workload}")
 
     def roofline(b: int) -> float:
-        prompt_tokens = sum(len(x) for x in bench.encode(load_prompts(problems_path, tok, b)))
+        problems, n = load_prompts(problems_path, b, workload)
+        # shared-prefix reuse is a saving of the path, not of the bound: every row's prompt counts
+        prompt_tokens = sum(len(x) for x in bench.encode(problems, n))
         step = max(weight_bytes / (bw * 1e9), 2 * params * b / (flops * 1e9))
         return b * new_tokens / (2 * params * prompt_tokens / (flops * 1e9) + new_tokens * step)
 
@@ -202,17 +220,17 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
         try:
             run = bench.runner(name)
             t = time.perf_counter()
-            run(load_prompts(problems_path, tok, 2))  # warm-up: compile, allocator, caches
+            run(*load_prompts(problems_path, 2, workload))  # warm-up: compile, allocator, caches
             warm = time.perf_counter() - t
             results[name] = {}
             for b in sizes:
-                problems = load_prompts(problems_path, tok, b)
+                batch = load_prompts(problems_path, b, workload)
                 if name == "hf-static":
                     t = time.perf_counter()
-                    run(problems)
+                    run(*batch)
                     warm += time.perf_counter() - t
                 t = time.perf_counter()
-                n = run(problems)
+                n = run(*batch)
                 results[name][b] = n / (time.perf_counter() - t)
             click.echo(f"{name:12s} warm-up {warm:5.1f} s  " + "  ".join(
                 f"b{b}: {results[name][b]:6.1f} tok/s" for b in sizes), err=True)

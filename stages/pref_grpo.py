@@ -3,7 +3,7 @@ on the prefixes the reward model held out; mean RM reward before/after on eval p
 
 import click
 
-from posttrain.pref.grpo import train_grpo
+from posttrain.pref.grpo import require_vllm, train_grpo
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.cli import finite, run
 
@@ -35,15 +35,25 @@ from posttrain.core.cli import finite, run
 @click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
 @click.option("--seed", required=True, type=int)
+@click.option("--use-vllm/--no-use-vllm", "--use_vllm/--no-use_vllm", "use_vllm", required=True, default=None,
+              help="Rollouts through vLLM (trl's use_vllm; GPU machines with vllm installed).")
+@click.option("--gen-cache", "gen_cache_dir", type=click.Path(file_okay=False),
+              help="Cache of the base policy's greedy eval completions (a persist: true out).")
 def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_path, eval_prompts, max_prompts,
          max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
-         beta, lora_r, lora_alpha, lora_layers, seed):
+         beta, lora_r, lora_alpha, lora_layers, seed, use_vllm, gen_cache_dir):
+    if use_vllm:
+        try:
+            require_vllm()
+        except ImportError as e:
+            raise click.UsageError(str(e)) from e
     res = train_grpo(
         prefixes, policy, rm_dir, out_dir, eval_prompts=eval_prompts, max_prompts=max_prompts,
         max_steps=max_steps, batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, max_length=max_length, lr=lr,
         temperature=temperature, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha,
-        lora_layers=lora_layers, seed=seed, live_dir=live_dir)
+        lora_layers=lora_layers, seed=seed, live_dir=live_dir, gen_cache_dir=gen_cache_dir,
+        use_vllm=use_vllm)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])

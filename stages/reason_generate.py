@@ -1,14 +1,19 @@
 """reason_generate: n sampled step-by-step solutions per problem -> data/reason/samples.jsonl.
 
     python stages/reason_generate.py --model data/models/policy --problems data/reason/problems.jsonl \
-        --out data/reason/samples.jsonl --metrics metrics/reason_generate.json --n-samples 4 ...
+        --cache-dir data/reason/gen_cache --out data/reason/samples.jsonl \
+        --metrics metrics/reason_generate.json --n-samples 4 ...
+
+With --cache-dir, only samples not generated before (same model bytes, prompt, sampling
+params, seed, sample index, torch threads) are generated: raising n_samples or adding
+problems costs only the new rows.
 """
 
 import time
 
 import click
 
-from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
+from posttrain.reason.generation import SamplingConfig, generate, load_model, open_cache, summarize
 from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
 from posttrain.core.cli import finite, run
@@ -18,6 +23,8 @@ from posttrain.core.cli import finite, run
 @click.option("--model", "model_ref", required=True,
               help="Model folder (data/models/policy), asset name or hub id.")
 @click.option("--problems", "problems_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Generation cache (a persist: true out in dvc.yaml); omit to sample everything.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--n-samples", "--n_samples", required=True, type=click.IntRange(min=1))
@@ -30,7 +37,7 @@ from posttrain.core.cli import finite, run
               help="torch intra-op threads (0 = torch's default). Thread count can change float "
                    "reduction order, hence samples: it is a tracked param.")
 @click.option("--progress/--no-progress", default=True, help="Dev only: tqdm progress bar.")
-def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
+def main(model_ref, problems_path, cache_dir, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
          batch_size, seed, threads, progress):
     problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
     if threads:
@@ -41,16 +48,19 @@ def main(model_ref, problems_path, out, metrics_path, n_samples, temperature, to
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     model, tokenizer = load_model(model_ref)
     t0 = time.perf_counter()
-    samples = generate(model, tokenizer, problems, cfg, progress=progress)
+    cache = open_cache(cache_dir, model_ref) if cache_dir else None
+    samples, stats = generate(model, tokenizer, problems, cfg, cache=cache, progress=progress)
     secs = time.perf_counter() - t0
     metrics = summarize(samples)
-    # Throughput is machine-dependent; it sits in the metrics (not the data outputs).
-    metrics["completion_tokens_per_s"] = round(metrics["completion_tokens"] / secs, 2) if secs else 0.0
+    # Throughput and cache use depend on the machine and on what ran before: metrics, not data.
+    metrics["cache"] = {k: stats[k] for k in ("generated", "cache_hits")}
+    metrics["completion_tokens_per_s"] = (round(stats["generated_tokens"] / secs, 2)
+                                          if stats["generated"] and secs else None)
     with outputs() as o:
         o.write_jsonl(out, samples)
         o.write_json(metrics_path, metrics)
     click.echo(f"reason_generate: {len(samples)} samples, {metrics['completion_tokens']} tokens "
-               f"in {secs:.1f}s -> {out}", err=True)
+               f"({stats['generated']} generated, {stats['cache_hits']} from the cache) in {secs:.1f}s -> {out}", err=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ and the real packaged MiniLM on a few texts."""
 import numpy as np
 import pytest
 
-from posttrain.pref.embedding import EmbeddingCache, embed_texts, model_key, prefix_text
+from posttrain.core.fingerprint import model_key
+from posttrain.pref.embedding import EmbeddingCache, embed_texts, prefix_text
 
 
 class FakeModel:

@@ -142,7 +142,7 @@ DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_
            bucket_quantile=0.25, seed=0)
 GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_generations=4,
             max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
-            lora_alpha=16, lora_layers=0, seed=0)
+            lora_alpha=16, lora_layers=0, seed=0, use_vllm=False)
 
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
@@ -243,6 +243,44 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     assert r["delta"] == pytest.approx(np.mean([p["reward_after"] - p["reward_before"] for p in pred]), abs=1e-5)
     rows = [json.loads(x) for x in (out / "eval_completions.jsonl").read_text().splitlines()]
     assert {r["prefix_id"] for r in rows} <= set(held) and len(rows) == 2
+
+
+def test_grpo_before_eval_comes_from_the_generation_cache(pref_dir, tiny_model_dir, trained_rm, tmp_path, caplog):
+    """The base policy's greedy eval completions are cached: a rerun (e.g. after the reward
+    model changed) regenerates none of them, and gets the same "before" rewards."""
+    import logging
+
+    from posttrain.core.generation import GenerationCache
+    from posttrain.core.fingerprint import model_key
+    from posttrain.pref.grpo import train_grpo
+
+    rm_dir, _ = trained_rm
+    kw = {**GRPO, "eval_prompts": 3, "max_steps": 1, "batch_size": 4, "num_generations": 4,
+          "max_completion_length": 6, "max_length": 64, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "seed": 0}
+    cache = tmp_path / "gen_cache"
+    runs = []
+    for i in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="posttrain.pref.grpo"):
+            res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, tmp_path / f"g{i}", **kw,
+                             live_dir=tmp_path / f"live{i}", gen_cache_dir=cache)
+        runs.append((res, [r.getMessage() for r in caplog.records if "greedy eval" in r.getMessage()]))
+    assert len(GenerationCache(cache, model_key(str(tiny_model_dir)))) == 3
+    assert runs[0][1][0] == "greedy eval: 3 completions, 0 from the cache"
+    assert runs[1][1][0] == "greedy eval: 3 completions, 3 from the cache"
+    before = [[p["reward_before"] for p in r["predictions"]] for r, _ in runs]
+    assert before[0] == before[1]
+
+
+def test_grpo_use_vllm_without_vllm_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    from posttrain.pref.grpo import require_vllm
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ImportError, match="pip install vllm"):
+        require_vllm()
 
 
 def test_grpo_prompt_split_is_disjoint():

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from posttrain.reason import prompts
-from posttrain.reason.generation import SamplingConfig, generate, load_model, summarize
+from posttrain.reason.generation import SamplingConfig, generate, load_model, open_cache, summarize
 from posttrain.core.io import read_jsonl, write_jsonl
 
 MATH = {"id": "gsm8k-test/0000", "domain": "math", "source": "gsm8k-test",
@@ -59,7 +59,7 @@ def test_generate_shapes_and_token_counts(tiny):
     model, tok = tiny
     assert tok.padding_side == "left"
     cfg = cfg_of(n_samples=3, max_new_tokens=6, batch_size=4, seed=1)
-    out = generate(model, tok, PROBLEMS, cfg, progress=False)
+    out, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
     assert len(out) == 9
     assert [o["id"] for o in out[:3]] == ["gsm8k-test/0000/0", "gsm8k-test/0000/1", "gsm8k-test/0000/2"]
     for o in out:
@@ -71,7 +71,7 @@ def test_generate_shapes_and_token_counts(tiny):
         rendered = prompts.render(tok, by_pid[o["problem_id"]])
         assert o["prompt_tokens"] == len(tok(rendered, add_special_tokens=False)["input_ids"])
         assert o["domain"] == by_pid[o["problem_id"]]["domain"]
-    # output follows the input problem order, whatever the length-sorted batching did
+    # output follows the input problem order, whatever order the batches ran in
     assert [o["problem_id"] for o in out][::3] == [p["id"] for p in PROBLEMS]
     s = summarize(out)
     assert s["n_samples"] == 9 and s["n_problems"] == 3 and s["samples_by_domain"] == {"math": 6, "code": 3}
@@ -81,10 +81,10 @@ def test_generate_shapes_and_token_counts(tiny):
 def test_generate_is_deterministic_for_a_seed(tiny):
     model, tok = tiny
     cfg = cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=7)
-    a = generate(model, tok, PROBLEMS, cfg, progress=False)
-    b = generate(model, tok, PROBLEMS, cfg, progress=False)
-    c = generate(model, tok, PROBLEMS, cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
-                 progress=False)
+    a, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
+    b, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
+    c, _ = generate(model, tok, PROBLEMS, cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
+                    progress=False)
     assert a == b
     assert [x["text"] for x in a] != [x["text"] for x in c]
     # samples of one problem differ from each other (they are samples, not copies)
@@ -93,10 +93,65 @@ def test_generate_is_deterministic_for_a_seed(tiny):
 
 def test_greedy_samples_are_identical(tiny):
     model, tok = tiny
-    out = generate(model, tok, PROBLEMS[:2], cfg_of(n_samples=2, temperature=0, max_new_tokens=4,
-                                                            batch_size=4), progress=False)
+    out, _ = generate(model, tok, PROBLEMS[:2], cfg_of(n_samples=2, temperature=0, max_new_tokens=4,
+                                                       batch_size=4), progress=False)
     assert out[0]["text"] == out[1]["text"] and out[2]["text"] == out[3]["text"]
     assert out[0]["completion_tokens"] == out[1]["completion_tokens"]
+
+
+def test_a_sample_does_not_depend_on_the_batch_or_the_other_rows(tiny):
+    """Per-row RNG and unpadded one-prompt batches: batch size, n_samples and the problem set
+    leave every (problem, sample index) row's tokens unchanged."""
+    model, tok = tiny
+    kw = dict(max_new_tokens=12, seed=3)
+    ref, _ = generate(model, tok, PROBLEMS, cfg_of(n_samples=4, batch_size=8, **kw), progress=False)
+    by_id = {r["id"]: r for r in ref}
+    for probs, n, bs in ((PROBLEMS, 4, 1), (PROBLEMS, 4, 3), (PROBLEMS[1:], 2, 8), (PROBLEMS[::-1], 3, 2)):
+        out, _ = generate(model, tok, probs, cfg_of(n_samples=n, batch_size=bs, **kw), progress=False)
+        assert out == [by_id[r["id"]] for r in out], (n, bs)
+    assert len({r["text"] for r in ref}) > len(PROBLEMS), "samples of a problem differ"
+
+
+def test_cache_generates_only_missing_rows_and_matches_a_fresh_run(tiny, tiny_model_dir, tmp_path):
+    model, tok = tiny
+    cache = tmp_path / "cache"
+    kw = dict(max_new_tokens=10, batch_size=4, seed=5)
+    fresh, s0 = generate(model, tok, PROBLEMS, cfg_of(n_samples=4, **kw), progress=False)
+    assert s0 == {"rows": 12, "generated": 12, "cache_hits": 0,
+                  "generated_tokens": sum(r["completion_tokens"] for r in fresh)}
+    run = lambda probs, n: generate(model, tok, probs, cfg_of(n_samples=n, **kw), cache=open_cache(cache, tiny_model_dir),
+                                    progress=False)
+    a, s1 = run(PROBLEMS[:2], 2)                # 2 problems x 2 samples: all new
+    b, s2 = run(PROBLEMS[:2], 4)                # n_samples 2 -> 4: only samples 2 and 3 are new
+    c, s3 = run(PROBLEMS, 4)                    # one more problem: only its 4 rows are new
+    d, s4 = run(PROBLEMS, 4)                    # nothing new
+    assert [(s["generated"], s["cache_hits"]) for s in (s1, s2, s3, s4)] == [(4, 0), (4, 4), (4, 8), (0, 12)]
+    assert c == d == fresh, "cached rows are byte-identical to a fresh run's"
+    assert b == [r for r in fresh if r["problem_id"] in {p["id"] for p in PROBLEMS[:2]}]
+    # another seed, max_new_tokens or model never reuses a row
+    _, s5 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "seed": 6}), cache=open_cache(cache, tiny_model_dir),
+                     progress=False)
+    _, s6 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "max_new_tokens": 9}),
+                     cache=open_cache(cache, tiny_model_dir), progress=False)
+    _, s7 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **kw), cache=open_cache(cache, tmp_path),
+                     progress=False)
+    assert s5["cache_hits"] == s6["cache_hits"] == s7["cache_hits"] == 0
+
+
+def test_cache_survives_a_corrupt_shard(tiny, tiny_model_dir, tmp_path):
+    from posttrain.core.generation import GenerationCache
+    from posttrain.core.fingerprint import model_key
+
+    model, tok = tiny
+    run = lambda: generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=2, max_new_tokens=4), cache=open_cache(tmp_path, tiny_model_dir),
+                           progress=False)
+    a, _ = run()
+    shard = next((tmp_path / model_key(str(tiny_model_dir))).glob("*.jsonl"))
+    lines = shard.read_text().splitlines()
+    shard.write_text(lines[0] + "\n" + lines[1][:20] + "\n")  # a torn last line
+    assert len(GenerationCache(tmp_path, model_key(str(tiny_model_dir)))) == 1
+    b, s = run()
+    assert b == a and (s["generated"], s["cache_hits"]) == (1, 1)
 
 
 def test_sampling_config_validation():
@@ -136,8 +191,16 @@ def test_generate_stage_writes_samples_and_metrics(tmp_path, tiny_model_dir):
                                        "humaneval/0053/1"]
     m = json.loads(met.read_text())
     assert m["n_samples"] == 4 and m["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+    assert m["cache"] == {"generated": 4, "cache_hits": 0}
     assert CliRunner().invoke(_stage(), args).exit_code == 0
     assert out.read_bytes() == first
+    # with a cache: the first run fills it, the second generates nothing, same bytes
+    cached = args + ["--cache-dir", str(tmp_path / "cache")]
+    for generated in (4, 0):
+        res = CliRunner().invoke(_stage(), cached)
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes() == first
+        assert json.loads(met.read_text())["cache"] == {"generated": generated, "cache_hits": 4 - generated}
 
 
 def _deep_merge(base, over):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from posttrain.core.io import atomic_path
+from posttrain.core.fingerprint import model_key
 from posttrain.pref.pairs import first_user_content
 
 log = logging.getLogger(__name__)
@@ -46,24 +46,6 @@ def prefix_text(prefix: dict, mode: str) -> str:
 
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@lru_cache(maxsize=8)
-def model_key(ref: str) -> str:
-    """Identity of an embedding model for the cache: the reference plus, when it
-    resolves to a local folder, the bytes of every file in it."""
-    from posttrain.core.assets import resolve
-
-    h = hashlib.sha256(f"ref={ref}\n".encode())
-    path = resolve(ref)
-    if isinstance(path, Path):
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\n".encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:24]
 
 
 def load_model(ref: str):

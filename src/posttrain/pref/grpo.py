@@ -71,40 +71,46 @@ class RewardModelScore:
         return self.score(prompts, answers).tolist()
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy completions (deterministic) for chat prompts, left-padded batches."""
-    import torch
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, *, cache=None) -> list[str]:
+    """Greedy completions of chat prompts, through `posttrain.core.generation`: one prompt
+    per batch and no padding, so a completion does not depend on the other prompts and
+    `cache` (a GenerationCache of this model) can keep it for the next run."""
+    from posttrain.core.generation import Row, Sampling, generate_rows
 
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                     for p in prompts[start:start + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-    return out
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    rows = [Row(t, tuple(tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts]
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
+    outs, stats = generate_rows(model, tokenizer, rows, greedy, batch_size=1, cache=cache)
+    log.info("greedy eval: %d completions, %d from the cache", stats["rows"], stats["cache_hits"])
+    return [o["text"] for o in outs]
+
+
+def require_vllm() -> None:
+    """vLLM is an optional extra for GPU machines; say so before anything loads."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError("pref.grpo.use_vllm is true but vllm is not installed: on a GPU machine "
+                           "`pip install vllm` (see README, Running at scale), or set pref.grpo.use_vllm: false")
 
 
 def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max_prompts: int,
                max_steps: int, batch_size: int, num_generations: int,
                max_completion_length: int, max_length: int, lr: float,
                temperature: float, beta: float, lora_r: int, lora_alpha: int,
-               lora_layers: int, seed: int, live_dir) -> dict:
+               lora_layers: int, seed: int, use_vllm: bool, live_dir, gen_cache_dir=None) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
-    {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`)."""
+    {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
+    `gen_cache_dir` keeps the base policy's greedy eval completions (the "before" side),
+    so a rerun that changes only the reward model or GRPO's training does not regenerate
+    them. `use_vllm` hands GRPO's rollouts to vLLM through trl (GPU machines only)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
+    if use_vllm:
+        require_vllm()
     set_seed(seed)
     prefixes = load_prefixes(prefixes_path)
     split = read_json(Path(rm_dir) / "split.json")
@@ -130,7 +136,13 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     # other ranks go straight to training and wait for it at the first synchronisation.
     eval_msgs = [prefixes[i] for i in eval_ids]
     if is_main_process():
-        before_text = generate(model, tok, eval_msgs, max_completion_length)
+        cache = None
+        if gen_cache_dir is not None:
+            from posttrain.core.generation import GenerationCache
+            from posttrain.core.fingerprint import model_key
+
+            cache = GenerationCache(gen_cache_dir, model_key(str(policy)))
+        before_text = generate(model, tok, eval_msgs, max_completion_length, cache=cache)
         before = reward_fn.score(eval_msgs, before_text)
 
     scratch = tempfile.mkdtemp(prefix="pref_grpo_trainer_")
@@ -139,7 +151,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
         num_generations=num_generations, max_completion_length=max_completion_length,
         learning_rate=lr, temperature=temperature, beta=beta, logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
-        **training_device_args())
+        use_vllm=use_vllm, **training_device_args())
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),

@@ -1,9 +1,10 @@
-"""Batched sampling of step-by-step solutions: n samples per problem.
+"""Sampled step-by-step solutions: n samples per problem, through `posttrain.core.generation`.
 
-Every (problem, sample index) pair is one row; rows are ordered by prompt length
-(less padding per batch), cut into batches of `batch_size` and generated with left
-padding. The RNG is reseeded from (seed, batch number) before each batch, so a run
-is reproducible on CPU for the same seed and batch size, whatever ran before it.
+Every (problem, sample index) pair is one row, and a row's tokens depend only on the
+model, its rendered prompt, the sampling params, the seed and its sample index (its
+own RNG; batches hold samples of one prompt, without padding). So a run is
+reproducible for the same seed and thread count whatever the batch size, and with a
+cache directory only rows not sampled before are generated.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ class SamplingConfig:
     seed: int
 
     def __post_init__(self):
-        if self.n_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("n_samples, batch_size and max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if self.n_samples < 1 or self.batch_size < 1:
+            raise ValueError("n_samples and batch_size must be >= 1")
+        self.sampling  # validates the rest
+
+    @property
+    def sampling(self):
+        from posttrain.core.generation import Sampling
+
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                        seed=self.seed)
 
 
 def load_model(ref):
@@ -44,57 +51,38 @@ def load_model(ref):
     return model, tokenizer
 
 
-def _completion_length(ids: list[int], eos_ids: set[int]) -> int:
-    """Generated tokens up to and including the first end-of-turn token (padding excluded)."""
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return i + 1
-    return len(ids)
+def open_cache(cache_dir, model_ref):
+    """The generation cache of `model_ref` (keyed by its bytes) under `cache_dir`."""
+    from posttrain.core.generation import GenerationCache
+    from posttrain.core.fingerprint import model_key
+
+    return GenerationCache(cache_dir, model_key(str(model_ref)))
 
 
-def generate(model, tokenizer, problems: list[dict], cfg: SamplingConfig, progress: bool = True) -> list[dict]:
-    """Sample `cfg.n_samples` solutions per problem. Returns sample records in problem
-    order then sample index: {id, problem_id, sample_idx, domain, source, text,
-    prompt_tokens, completion_tokens}."""
-    import torch
-    from tqdm.auto import tqdm
+def generate(model, tokenizer, problems: list[dict], cfg: SamplingConfig, *, cache=None,
+             progress: bool = True) -> tuple[list[dict], dict]:
+    """Sample `cfg.n_samples` solutions per problem. Returns the sample records in problem
+    order then sample index ({id, problem_id, sample_idx, domain, source, text,
+    prompt_tokens, completion_tokens}) and {rows, generated, cache_hits, generated_tokens}.
+    `cache` (`open_cache`) keeps every sample for later runs."""
+    from posttrain.core.generation import Row, generate_rows
 
     texts = [prompts.render(tokenizer, p) for p in problems]
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    rows = sorted(((i, s) for i in range(len(problems)) for s in range(cfg.n_samples)),
-                  key=lambda r: (len(enc[r[0]]), r))
-    eos = tokenizer.eos_token_id
-    gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=eos)
-    if cfg.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    else:
-        gen_kwargs.update(do_sample=False)
-    eos_ids = {eos} if isinstance(eos, int) else set(eos)
-
-    out: dict[tuple[int, int], dict] = {}
-    batches = [rows[k:k + cfg.batch_size] for k in range(0, len(rows), cfg.batch_size)]
-    log.info("%d problems x %d samples = %d rows in %d batches (max_new_tokens=%d, %s)",
-             len(problems), cfg.n_samples, len(rows), len(batches), cfg.max_new_tokens,
+    ids = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    rows = [Row(texts[i], ids[i], s) for i in range(len(problems)) for s in range(cfg.n_samples)]
+    log.info("%d problems x %d samples = %d rows (max_new_tokens=%d, %s)", len(problems), cfg.n_samples,
+             len(rows), cfg.max_new_tokens,
              f"T={cfg.temperature}, top_p={cfg.top_p}" if cfg.temperature > 0 else "greedy")
-    bar = tqdm(batches, desc="reason_generate", unit="batch", disable=not progress)
-    for b, batch in enumerate(bar):
-        feats = tokenizer.pad({"input_ids": [enc[i] for i, _ in batch]}, return_tensors="pt")
-        torch.manual_seed(cfg.seed * 1_000_003 + b)
-        with torch.no_grad():
-            seqs = model.generate(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"],
-                                  **gen_kwargs)
-        width = feats["input_ids"].shape[1]
-        for (i, s), row in zip(batch, seqs[:, width:].tolist()):
-            n = _completion_length(row, eos_ids)
-            p = problems[i]
-            out[(i, s)] = {
-                "id": f"{p['id']}/{s}", "problem_id": p["id"], "sample_idx": s,
-                "domain": p["domain"], "source": p["source"],
-                "text": tokenizer.decode(row[:n], skip_special_tokens=True).strip(),
-                "prompt_tokens": len(enc[i]), "completion_tokens": n,
-            }
-    return [out[k] for k in sorted(out)]
+    outs, stats = generate_rows(model, tokenizer, rows, cfg.sampling, batch_size=cfg.batch_size, cache=cache,
+                                progress=progress, desc="reason_generate")
+    samples = []
+    for i, p in enumerate(problems):
+        for s in range(cfg.n_samples):
+            o = outs[i * cfg.n_samples + s]
+            samples.append({"id": f"{p['id']}/{s}", "problem_id": p["id"], "sample_idx": s,
+                            "domain": p["domain"], "source": p["source"], "text": o["text"],
+                            "prompt_tokens": len(ids[i]), "completion_tokens": o["completion_tokens"]})
+    return samples, stats
 
 
 def summarize(samples: list[dict]) -> dict:

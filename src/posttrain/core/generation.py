@@ -1,0 +1,202 @@
+"""Sampling completions row by row, with a cache of what was already sampled.
+
+A row is (prompt, sample index). Its tokens depend only on the model, the prompt,
+the sampling params, the seed and the sample index, never on the other rows of
+the run. Two things would break that, and both are avoided:
+
+- One RNG stream per batch. Here each row draws from its own `torch.Generator`,
+  seeded from (seed, prompt, sample index), in a logits processor that samples
+  after transformers' temperature and top-p warpers; `generate` then runs greedy
+  on the one token left.
+- Left padding. A padded row's logits differ from the unpadded row's by ~1e-5,
+  enough to flip a near-tie. So a batch holds samples of one prompt only: the
+  prompt is prefilled once at batch 1 and its KV cache repeated for the batch's
+  rows, which also saves the prefill of every sample but the first.
+
+That is what makes `GenerationCache` exact: raising `n_samples` or adding prompts
+generates only the missing rows, and the output equals a fresh run's, byte for
+byte (tests/core/test_generation.py). Layout under the cache directory:
+
+    <model_key>/<shard>.jsonl   {"key", "text", "completion_tokens"} per line
+
+`posttrain.core.fingerprint.model_key` hashes the model folder's bytes, so a changed model never reuses old
+samples; each run that generates something adds one shard, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain.core.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How rows are sampled. temperature 0 = greedy (seed and sample index unused)."""
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Row:
+    prompt: str              # the rendered prompt (chat template applied)
+    prompt_ids: tuple[int, ...]
+    sample_idx: int = 0
+
+
+def row_seed(sampling: Sampling, row: Row) -> int:
+    digest = hashlib.sha256(f"{sampling.seed}\n{row.sample_idx}\n{row.prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are < 2**63
+
+
+def row_key(sampling: Sampling, row: Row, model: str) -> str:
+    """Cache key of a row. The torch version and thread count are in it because
+    both can change float reduction order, hence samples."""
+    import torch
+
+    spec = {"model": model, "prompt": row.prompt, "sample_idx": row.sample_idx, "seed": sampling.seed,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+class GenerationCache:
+    """Sampled rows by key (see the module docstring), one directory per model."""
+
+    def __init__(self, cache_dir, model: str):
+        self.dir = Path(cache_dir) / model
+        self.model = model
+        self._rows: dict[str, dict] = {}
+        for shard in sorted(self.dir.glob("*.jsonl")) if self.dir.is_dir() else []:
+            with open(shard, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    try:
+                        rec = json.loads(line)
+                        self._rows[rec["key"]] = {"text": rec["text"],
+                                                  "completion_tokens": int(rec["completion_tokens"])}
+                    except (ValueError, KeyError, TypeError) as e:
+                        # A cache is disposable: a bad line costs a regeneration, not the run.
+                        log.warning("generation cache: %s line %d unreadable (%s); ignored", shard, lineno, e)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    def get(self, key: str) -> dict:
+        return self._rows[key]
+
+    def add(self, rows: dict[str, dict]) -> None:
+        if not rows:
+            return
+        keys = sorted(rows)
+        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.dir / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for k in keys:
+                fh.write(json.dumps({"key": k, **rows[k]}, sort_keys=True, ensure_ascii=False) + "\n")
+        self._rows.update(rows)
+
+
+def _row_sampler(seeds: list[int], sampling: Sampling):
+    """Logits processor drawing each row's next token from its own generator (after
+    transformers' temperature and top-p warpers); every other token gets -inf."""
+    import torch
+    from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = [TemperatureLogitsWarper(sampling.temperature)]
+    if sampling.top_p < 1:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for w in warpers:
+                scores = w(input_ids, scores)
+            probs = torch.softmax(scores.float(), dim=-1)
+            picks = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, gens)])
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, picks[:, None], 0.0)
+
+    return RowSampler()
+
+
+def completion_length(ids: list[int], eos_ids: set[int]) -> int:
+    """Generated tokens up to and including the first end-of-turn token (padding excluded)."""
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return i + 1
+    return len(ids)
+
+
+def _sample_batch(model, tokenizer, prompt_ids: tuple[int, ...], seeds: list[int], sampling: Sampling,
+                  eos_ids: set[int]) -> list[list[int]]:
+    """len(seeds) completions (token ids, up to end of turn) of one prompt."""
+    import torch
+    from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+
+    k = len(seeds)
+    ids = torch.tensor([list(prompt_ids)])
+    past = DynamicCache(config=model.config)
+    with torch.no_grad():
+        if ids.shape[1] > 1:  # prefill all but the last prompt token once, then share it
+            model(input_ids=ids[:, :-1], past_key_values=past, use_cache=True)
+            past.batch_repeat_interleave(k)
+        config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids))
+        procs = LogitsProcessorList([_row_sampler(seeds, sampling)] if sampling.temperature > 0 else [])
+        seqs = model.generate(input_ids=ids.repeat(k, 1), attention_mask=torch.ones(k, ids.shape[1], dtype=torch.long),
+                              past_key_values=past if ids.shape[1] > 1 else None,
+                              generation_config=config, logits_processor=procs)
+    return [row[:completion_length(row, eos_ids)] for row in seqs[:, ids.shape[1]:].tolist()]
+
+
+def generate_rows(model, tokenizer, rows: list[Row], sampling: Sampling, *, batch_size: int,
+                  cache: GenerationCache | None = None, progress: bool = False,
+                  desc: str = "generate") -> tuple[list[dict], dict]:
+    """Completions of `rows`, in order: [{text, completion_tokens}], and
+    {"rows", "generated", "cache_hits", "generated_tokens"}. Only rows missing from `cache` are generated."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    eos = tokenizer.eos_token_id
+    eos_ids = {eos} if isinstance(eos, int) else set(eos)
+    keys = [row_key(sampling, r, cache.model) if cache is not None else None for r in rows]
+    todo: dict[tuple[int, ...], list[int]] = {}  # prompt ids -> indices of rows to generate
+    seen: set = set()
+    for i, (r, k) in enumerate(zip(rows, keys)):
+        if (k is not None and k in cache) or (r, k) in seen:
+            continue
+        seen.add((r, k))
+        todo.setdefault(r.prompt_ids, []).append(i)
+    batches = [idx[j:j + batch_size] for idx in todo.values() for j in range(0, len(idx), batch_size)]
+    fresh: dict[Row, dict] = {}
+    model.eval()
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        seeds = [row_seed(sampling, rows[i]) for i in batch]
+        for i, toks in zip(batch, _sample_batch(model, tokenizer, rows[batch[0]].prompt_ids, seeds,
+                                                sampling, eos_ids)):
+            fresh[rows[i]] = {"text": tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                              "completion_tokens": len(toks)}
+    if cache is not None:
+        cache.add({keys[i]: fresh[rows[i]] for i in range(len(rows)) if rows[i] in fresh})
+    out = [fresh[r] if r in fresh else cache.get(k) for r, k in zip(rows, keys)]
+    return out, {"rows": len(rows), "generated": len(fresh), "cache_hits": len(rows) - len(fresh),
+                 "generated_tokens": sum(o["completion_tokens"] for o in fresh.values())}
