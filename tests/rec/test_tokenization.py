@@ -102,3 +102,46 @@ def test_dataset_batches_match_one_pass_and_report(tokenizer):
     assert sum(b["count"] for b in seqlen.histogram(stats.full_len)) == len(recs)
     shown = seqlen.render_example(tokenizer, ds[0]["input_ids"], ds[0]["labels"])
     assert "[-100 x" in shown and "TRAINED TEXT: 'Yes<|im_end|>\\n'" in shown
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer(tokenizer):
+    """The SmolLM2 tokenizer (same <|im_start|>/<|im_end|> tokens) with Qwen3's chat template."""
+    import copy
+    from pathlib import Path
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (Path(__file__).parents[1] / "fixtures/templates/qwen3.jinja").read_text()
+    return tok
+
+
+@pytest.mark.parametrize("template", ["smollm2", "qwen3"])
+@pytest.mark.parametrize("output", ["Yes", "No"])
+@pytest.mark.parametrize("cutoff,strategy", [(10**6, "left"), (120, "left"), (120, "right"), (120, "history")])
+def test_the_scored_position_is_the_trained_one(tokenizer, qwen3_tokenizer, template, output, cutoff, strategy):
+    """rec_evaluate reads P(Yes) after the prompt `tokenize_prompts` gives; rec_finetune trains
+    the label after the masked prefix of `tokenize_records`. They must be the same position,
+    with the same context right before it, on both templates."""
+    from posttrain.rec.tokenization import tokenize_prompts
+
+    tok = tokenizer if template == "smollm2" else qwen3_tokenizer
+    r = record(n_history=20, output=output)
+    cols, _ = tokenize_records(tok, [r], cutoff, strategy)
+    ids, labels = cols["input_ids"][0], cols["labels"][0]
+    first = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
+    prompt = tokenize_prompts(tok, [r], cutoff_len=cutoff, strategy=strategy)[0]
+    assert labels[first] == answer_token_id(tok, output) == tok.encode(output, add_special_tokens=False)[0]
+    tail = min(len(prompt), first, 60)
+    assert prompt[-tail:] == ids[first - tail:first]
+    if cutoff == 10**6:
+        assert prompt == ids[:first]
+    if strategy == "right":  # cuts the prompt's end, template header included, on both sides alike
+        return
+    if template == "qwen3":
+        # the think block is context, never a label, and the bare generation prompt lacks it
+        assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert "<think>" not in trained(tok, labels)
+        bare = tok.apply_chat_template(to_generation_messages(r), tokenize=False, add_generation_prompt=True)
+        assert not tok.decode(prompt).endswith(bare[-30:])
+    else:
+        assert tok.decode(prompt).endswith("<|im_start|>assistant\n")

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from posttrain.rec import alpaca
-from posttrain.core.chat import to_chat_messages, to_generation_messages
+from posttrain.core.chat import to_chat_messages
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,14 @@ class TemplateError(ValueError):
 
 
 def render_prompt(tokenizer, record: dict) -> str:
-    """The generation prompt: messages up to the user turn plus the template's assistant header."""
-    return tokenizer.apply_chat_template(to_generation_messages(record), tokenize=False,
-                                         add_generation_prompt=True)
+    """The scoring prompt: the text a training row's answer follows, i.e. the full
+    conversation's render up to the answer's start (`render`). This, not
+    `add_generation_prompt=True`, is where the assistant turn starts: Qwen3's template
+    renders a finished assistant turn with an empty think block (`<think>\n\n</think>\n\n`)
+    that its bare generation prompt lacks, so scoring after the generation prompt would read
+    P(Yes) at a position no answer was trained at. For SmolLM2 the two texts are equal."""
+    full, answer_start = render(tokenizer, record)
+    return full[:answer_start]
 
 
 def render(tokenizer, record: dict) -> tuple[str, int]:
@@ -211,24 +216,17 @@ def tokenize_dataset(tokenizer, records: list[dict], *, cutoff_len: int, strateg
     return datasets.concatenate_datasets(parts), stats
 
 
-def tokenize_prompts(tokenizer, records: list[dict], *, cutoff_len: int, strategy: str) -> list[list[int]]:
-    """Generation prompts (no answer) for scoring, truncated the same way the training rows are,
-    leaving room for one answer token."""
-    check_cutoff(cutoff_len)
+def tokenize_prompts(tokenizer, records: list[dict], *, cutoff_len: int, strategy: str,
+                     answer: str = "Yes") -> list[list[int]]:
+    """Scoring prompts: exactly the masked prefix of the training row (`tokenize_records`,
+    same cutoff and truncation), so P(Yes) is read at the position whose label was trained,
+    after the same context. Every record is tokenized with the same probe `answer`: its
+    real label must not change how its prompt is truncated."""
+    cols, _ = tokenize_records(tokenizer, [{**r, "output": answer} for r in records], cutoff_len, strategy)
     out = []
-    for r in records:
-        prompt = render_prompt(tokenizer, r)
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        limit = cutoff_len - 1
-        if len(ids) > limit and strategy == "history":
-            n_lines = alpaca.count_history_lines(r.get("input", ""))
-            for dropped in range(1, n_lines + 1):
-                new_input, _ = alpaca.drop_oldest_history(r["input"], dropped)
-                prompt = render_prompt(tokenizer, {**r, "input": new_input})
-                ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                if len(ids) <= limit:
-                    break
-        if len(ids) > limit:
-            ids = ids[:limit] if strategy == "right" else ids[len(ids) - limit:]
-        out.append(ids)
+    for i, (ids, labels) in enumerate(zip(cols["input_ids"], cols["labels"])):
+        first = next(j for j, t in enumerate(labels) if t != IGNORE_INDEX)
+        if first == 0:
+            raise ValueError(f"record {i}: cutoff_len {cutoff_len} leaves no prompt before the answer")
+        out.append(ids[:first])
     return out
