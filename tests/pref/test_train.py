@@ -212,6 +212,9 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     assert h["buckets"]["rare"]["n"] + h["buckets"]["common"]["n"] <= h["n"]
     assert sum(h["buckets"][b]["n"] for b in ("rare", "middle", "common")) == h["n"]
     assert m["pairs"]["heldout_identical_after_truncation"] == 0 and h["identical_after_truncation_fraction"] == 0
+    # at max_length 64 the fixture pairs are cut (pair_fit), and train_dpo checked that trl
+    # tokenized every training pair within max_length
+    assert 0 < m["pairs"]["longer_than_max_length"] <= m["pairs"]["used"]
     assert live_steps(tmp_path / "dvclive", "loss") == [1, 2, 3]
     # Every held-out pair has its implicit rewards (the metrics are computed from these rows).
     pred = res["predictions"]

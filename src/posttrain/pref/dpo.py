@@ -19,10 +19,10 @@ import numpy as np
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
-from posttrain.pref.common import (last_logged, load_split, lora_config,
-                                   render_ids, training_device_args)
+from posttrain.pref.common import last_logged, load_split, lora_config, training_device_args
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.implicit_reward import implicit_rewards
+from posttrain.pref.pair_fit import fit_pairs
 from posttrain.pref.weighted_sampler import WEIGHT_COLUMN, pair_sampling_weights, weighted_trainer_class
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,16 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
 
-    # Over-long pairs are truncated keeping the end (the answers); counted here. trl's default
-    # keep_start would instead silently drop every pair whose prompt alone fills max_length.
-    n_long = sum(len(render_ids(tok, p["messages"], max(p["chosen"], p["rejected"], key=len), 0)[0])
-                 > max_length for p in pairs)
+    # Over-long pairs are cut here, one prompt for both answers (posttrain.pref.pair_fit), so
+    # trl truncates nothing: it would cut prompt + chosen and prompt + rejected separately.
+    train, n_train_cut = fit_pairs(tok, train, max_length)
+    held, n_held_cut = fit_pairs(tok, held, max_length)
 
     scratch = tempfile.mkdtemp(prefix="pref_dpo_trainer_")
     args = DPOConfig(
         output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=eval_batch_size, gradient_accumulation_steps=grad_accum,
-        learning_rate=lr, beta=beta, max_length=max_length, truncation_mode="keep_end",
-        logging_steps=1, save_strategy="no",
+        learning_rate=lr, beta=beta, max_length=None, logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
         **training_device_args())
     trainer = weighted_trainer_class(DPOTrainer)(
@@ -86,6 +85,10 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train):  # trl must not drop pairs behind our back
         raise RuntimeError(f"DPOTrainer kept {len(trainer.train_dataset)} of {len(train)} training pairs")
+    longest = max(len(x["prompt_ids"]) + max(len(x["chosen_ids"]), len(x["rejected_ids"]))
+                  for x in trainer.train_dataset)
+    if longest > max_length:  # trl tokenized a fitted pair differently from pair_fit's measure
+        raise RuntimeError(f"a training pair has {longest} tokens after fitting to max_length={max_length}")
     try:
         trainer.train()
 
@@ -116,7 +119,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     metrics = {
         "density_aware": bool(density_aware),
         "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
-                  "longer_than_max_length": n_long,
+                  "longer_than_max_length": n_train_cut + n_held_cut,
                   "heldout_identical_after_truncation": int(np.sum(rw["identical"])),
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         "heldout": heldout,

@@ -7,8 +7,9 @@ position; here each sequence is one no-grad forward through the decoder and the 
 runs only on the answer's positions, which is what the reward needs.
 
 Sequences are the chat template's rendering of prefix + answer (the answer's tokens
-include the template's end of turn), truncated like training (`keep_end`: the answer
-survives, the prompt's start goes).
+include the template's end of turn). `train_dpo` passes pairs already fitted to
+`max_length` (`posttrain.pref.pair_fit`), as in training; `truncated` only guards
+callers that pass raw pairs (`keep_end`: the answer survives, the prompt's start goes).
 """
 
 from __future__ import annotations
