@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from posttrain.core import compare
+from posttrain.core import compare, plan
 
 
 @click.group()
@@ -13,6 +13,7 @@ def group():
 
 
 group.add_command(compare.command)
+group.add_command(plan.command)
 
 
 def main(argv=None) -> None:
