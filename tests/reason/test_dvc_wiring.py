@@ -39,7 +39,9 @@ def test_stages_chain_through_the_contract_files(dvc_stages):
 
     outs = {name: paths(dvc_stages[name]["outs"]) for name in STAGES}
     assert outs["reason_collect"] == {"data/reason/problems.jsonl"}
-    assert outs["reason_generate"] == {"data/reason/samples.jsonl"}
+    assert outs["reason_generate"] == {"data/reason/samples.jsonl", "data/reason/gen_cache"}
+    cache = next(e for e in dvc_stages["reason_generate"]["outs"] if not isinstance(e, str))
+    assert cache == {"data/reason/gen_cache": {"persist": True}}  # kept across runs, never a dep
     assert outs["reason_filter"] == {"data/reason/graded.jsonl", "data/reason/filtered.jsonl",
                                      "data/reason/graded_pairs.jsonl", "metrics/reason_filter_predictions.jsonl"}
     assert {"data/reason/samples.jsonl", "data/reason/problems.jsonl"} <= set(dvc_stages["reason_filter"]["deps"])

@@ -5,7 +5,11 @@ The model is built from its config on the meta device (no weights read, no memor
 used), shaped as the stage shapes it (kept layers, LoRA on the same modules through
 the same helpers), so the parameter and trainable counts are exact; the memory is then
 `posttrain.core.memory.estimate_batch_memory` at the stage's sequences per step and
-its length bound (cutoff_len / max_length: the worst case, not the typical row).
+its length bound (cutoff_len / max_length: the worst case, not the typical row), in
+fp32 as the stages load weights (bf16 autocast on a GPU roughly halves activations).
+Compute per step is 2 N T for the forward pass plus 4 N T scaled by the share of
+layers the backward pass runs through (N parameters, T tokens); DPO's reference
+forward and GRPO's generation come on top.
 The estimate is warned about when it exceeds the visible device: the free memory of
 CUDA device 0, else the machine's available RAM.
 """
@@ -162,7 +166,10 @@ def plan(params: dict) -> list[dict]:
         rows.append({"stage": s["stage"], "model": ref, "params": n_params, "trainable": n_trainable,
                      "layers": layers, "backward_layers": backward, "seqs_per_step": s["seqs"], "seq_len": s["seq_len"],
                      "tokens_per_step": s["seqs"] * s["seq_len"] * s["grad_accum"] * s["processes"],
-                     "processes": s["processes"], "peak_gib": est["total_gib"], "estimate": est})
+                     "processes": s["processes"], "peak_gib": est["total_gib"], "estimate": est,
+                     # forward 2 N T over every layer, backward 4 N T over the layers it runs through
+                     "tflop_per_step": (2 + 4 * backward / max(layers, 1)) * n_params
+                     * s["seqs"] * s["seq_len"] * s["grad_accum"] / 1e12})
     return rows
 
 
@@ -196,15 +203,15 @@ def command(params_path, profiles, overrides):
     rows = plan(params)
     click.echo(f"device: {device}, {available / 2**30:.1f} GiB")
     click.echo("| stage | model | params | trainable | layers (backward) | seqs/step x len | tokens/step "
-               "| est. peak GiB / process |")
-    click.echo("|---|---|---:|---:|---:|---|---:|---:|")
+               "| est. peak GiB / process | TFLOP / step / process |")
+    click.echo("|---|---|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            click.echo(f"| {r['stage']} | {r['model']} | {r['error']} | | | | | |")
+            click.echo(f"| {r['stage']} | {r['model']} | {r['error']} | | | | | | |")
             continue
         click.echo(f"| {r['stage']} | {r['model']} | {r['params'] / 1e6:.1f}M | {r['trainable'] / 1e6:.2f}M | "
                    f"{r['layers']} ({r['backward_layers']}) | {r['seqs_per_step']} x {r['seq_len']} | {r['tokens_per_step']:,} | "
-                   f"{r['peak_gib']:.2f} |")
+                   f"{r['peak_gib']:.2f} | {r['tflop_per_step']:.2f} |")
     for r in rows:
         if "estimate" in r and r["estimate"]["total"] > available:
             click.echo(f"warning: {r['stage']} needs ~{r['peak_gib']:.1f} GiB per process, more than the "
