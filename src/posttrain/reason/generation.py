@@ -12,32 +12,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from posttrain.core.generation import Sampling
 from posttrain.reason import prompts
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
-    # No defaults: every value comes from params.yaml (reason.*) through the stage.
+class SamplingConfig(Sampling):
+    """Sampling plus how many samples per problem and rows per batch. No defaults: every
+    value comes from params.yaml (reason.*) through the stage."""
     n_samples: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
     batch_size: int
-    seed: int
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n_samples < 1 or self.batch_size < 1:
             raise ValueError("n_samples and batch_size must be >= 1")
-        self.sampling  # validates the rest
-
-    @property
-    def sampling(self):
-        from posttrain.core.generation import Sampling
-
-        return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                        seed=self.seed)
 
 
 def load_model(ref):
@@ -73,7 +64,7 @@ def generate(model, tokenizer, problems: list[dict], cfg: SamplingConfig, *, cac
     log.info("%d problems x %d samples = %d rows (max_new_tokens=%d, %s)", len(problems), cfg.n_samples,
              len(rows), cfg.max_new_tokens,
              f"T={cfg.temperature}, top_p={cfg.top_p}" if cfg.temperature > 0 else "greedy")
-    outs, stats = generate_rows(model, tokenizer, rows, cfg.sampling, batch_size=cfg.batch_size, cache=cache,
+    outs, stats = generate_rows(model, tokenizer, rows, cfg, batch_size=cfg.batch_size, cache=cache,
                                 progress=progress, desc="reason_generate")
     samples = []
     for i, p in enumerate(problems):
