@@ -54,9 +54,9 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, live_dir, predict
     with outputs() as o:
         o.write_json(metrics_path, res["metrics"])
         o.write_jsonl(predictions_path, res["predictions"])
-    h = res["metrics"]["heldout"]
+    h, b = res["metrics"]["heldout"], res["metrics"]["heldout_buckets"]
     click.echo(f"pref_rm: held-out accuracy {h['accuracy']} on {h['n']} pairs "
-               f"(rare {h['buckets']['rare']['accuracy']}, common {h['buckets']['common']['accuracy']})",
+               f"(rare {b['rare']['accuracy']}, common {b['common']['accuracy']})",
                err=True)
 
 

@@ -476,7 +476,7 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
 def _rm_empty_buckets(tmp):
     # equal weights: no prefix is rare or common, so those buckets are empty -> null, not NaN
     m = metrics(tmp)
-    rare = m["heldout"]["buckets"]["rare"]
+    rare = m["heldout_buckets"]["rare"]
     assert rare["n"] == 0 and rare["accuracy"] is None and rare["margin"] is None
     s = json.loads((out(tmp, "rm") / "sampling.json").read_text(encoding="utf-8"))
     assert s["draws_per_rare_item"] is None and s["rare_vs_common_draw_ratio"] is None

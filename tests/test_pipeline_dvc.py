@@ -60,14 +60,14 @@ EVAL_STAGES = ("rec_evaluate", "pref_rm", "pref_dpo", "pref_grpo", "reason_filte
 
 
 def _unestimated(block, path: str = "") -> list[str]:
-    """Numbers of an eval block (a dict with "n") that are neither a size nor an estimate
-    with both CI bounds; nested blocks are walked."""
+    """Keys of an eval block (a dict with "n") that are neither a size (n, n_clusters) nor an
+    estimate with both CI bounds: other numbers, flags, and nested blocks (breakdowns sit
+    beside the block, not in it). Blocks anywhere in the file are walked."""
     bad = []
     if isinstance(block, dict):
         for k, v in block.items():
-            if "n" in block and isinstance(v, (int, float)) and not isinstance(v, bool) \
-                    and k not in ("n", "n_clusters", "one_class_resamples") and not k.endswith(("_ci_low", "_ci_high")) \
-                    and not {f"{k}_ci_low", f"{k}_ci_high"} <= set(block):
+            if "n" in block and k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
+                    and (isinstance(v, (dict, list, bool, str)) or not {f"{k}_ci_low", f"{k}_ci_high"} <= set(block)):
                 bad.append(f"{path}{k}")
             bad += _unestimated(v, f"{path}{k}.")
     return bad
@@ -82,6 +82,7 @@ def test_eval_blocks_hold_only_estimates_with_their_ci(project):
         m = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
         assert _unestimated(m) == [], stage
     assert _unestimated({"x": {"n": 3, "acc": 0.5, "acc_ci_low": 0.1}}) == ["x.acc"]  # the check can fail
+    assert _unestimated({"x": {"n": 3, "skipped": 2, "by": {"a": {"n": 1}}}}) == ["x.skipped", "x.by"]
 
 
 def _set_param(text: str, dotted: str, value) -> str:

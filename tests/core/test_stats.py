@@ -102,9 +102,11 @@ def test_auc_one_class_is_null_and_one_class_resamples_are_skipped_and_counted()
     one = stats.estimate("auc", [[1, 1, 1], [0.2, 0.5, 0.9]], seed=0)
     assert one["auc"] is None and one["auc_ci_low"] is None
     # One positive among 6 items: a resample misses it with probability (5/6)^6 ~ 0.33.
-    r = stats.estimate("auc", [[1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]], seed=0, n_resamples=1000)
+    skipped = {}
+    r = stats.estimate("auc", [[1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]], seed=0, n_resamples=1000,
+                       skipped=skipped)
     assert r["auc"] == 1.0
-    assert 250 < r["one_class_resamples"] < 420
+    assert 250 < skipped["auc"] < 420 and "one_class_resamples" not in r  # counted beside the block
     assert r["auc_ci_low"] == 1.0
 
 
@@ -135,7 +137,10 @@ def test_mean_diff_is_the_mean_change_and_report_gathers_skipped_resamples():
     x, y = [3.0, 1.0, 2.0, 5.0], [1.0, 1.0, 1.0, 1.0]
     r = stats.estimate("mean_diff", [x, y], ["a", "a", "b", "c"], seed=0)
     assert r["mean_diff"] == pytest.approx(1.75) and r["mean_diff_ci_low"] <= 1.75 <= r["mean_diff_ci_high"]
+    skipped, alone = {}, {}
     rep = stats.report({"auc": ("auc", [[1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]]), "acc": ("mean", [[1, 1, 0, 1]]),
-                        "auc2": ("auc", [[1, 0, 0, 0], [0.1, 0.9, 0.2, 0.3]])}, seed=0)
-    alone = stats.estimate("auc", [[1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]], seed=0)["one_class_resamples"]
-    assert rep["one_class_resamples"] == alone > 0
+                        "auc2": ("auc", [[1, 0, 0, 0], [0.1, 0.9, 0.2, 0.3]])}, seed=0, skipped=skipped)
+    stats.estimate("auc", [[1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]], seed=0, skipped=alone)
+    assert skipped["auc"] == alone["auc"] > 0 and set(skipped) == {"auc", "auc2", "acc"}
+    assert skipped["acc"] == 0 and set(rep) == {"auc", "auc_ci_low", "auc_ci_high", "acc", "acc_ci_low",
+                                                 "acc_ci_high", "auc2", "auc2_ci_low", "auc2_ci_high", "n", "n_clusters"}

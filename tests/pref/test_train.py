@@ -162,15 +162,15 @@ def test_reward_model_smoke(trained_rm):
     assert m["pairs"]["train"] + m["pairs"]["heldout"] == m["pairs"]["used"]
     h = m["heldout"]
     assert h["n"] == m["pairs"]["heldout"] and 0.0 <= h["accuracy"] <= 1.0
-    assert sum(v["n"] for v in h["per_source"].values()) == h["n"]
-    assert sum(v["n"] for v in h["buckets"].values()) == h["n"]
+    assert sum(v["n"] for v in m["heldout_per_source"].values()) == h["n"]
+    assert sum(v["n"] for v in m["heldout_buckets"].values()) == h["n"]
     # Per-pair predictions are what the metrics (and `posttrain compare`) are computed from.
     pred = res["predictions"]
     assert len(pred) == h["n"] and [r["id"] for r in pred] == sorted(r["id"] for r in pred)
     assert h["accuracy"] == pytest.approx(np.mean([r["correct"] for r in pred]), abs=1e-6)
     assert h["n_clusters"] == len({r["prefix_id"] for r in pred}) == m["pairs"]["heldout_prefixes"]
     for b in ("rare", "common"):
-        assert h["buckets"][b]["n"] == sum(r["bucket"] == b for r in pred)
+        assert m["heldout_buckets"][b]["n"] == sum(r["bucket"] == b for r in pred)
     # The sampler handed out exactly steps * batch indices.
     assert read_json(out / "sampling.json")["draws"] == 6 * 4
     assert read_json(out / "sampling.json")["expected_rare_vs_common_ratio"] == pytest.approx(6.0)
@@ -209,8 +209,9 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     h = m["heldout"]
     assert h["n"] == m["pairs"]["heldout"] > 0
     assert 0.0 <= h["reward_accuracy"] <= 1.0 and np.isfinite(h["reward_margin"])
-    assert h["buckets"]["rare"]["n"] + h["buckets"]["common"]["n"] <= h["n"]
-    assert sum(h["buckets"][b]["n"] for b in ("rare", "middle", "common")) == h["n"]
+    hb = m["heldout_buckets"]
+    assert hb["rare"]["n"] + hb["common"]["n"] <= h["n"]
+    assert sum(hb[b]["n"] for b in ("rare", "middle", "common")) == h["n"]
     assert m["pairs"]["heldout_identical_after_truncation"] == 0 and h["identical_after_truncation_fraction"] == 0
     # at max_length 64 the fixture pairs are cut (pair_fit), and train_dpo checked that trl
     # tokenized every training pair within max_length

@@ -130,10 +130,11 @@ def test_filter_metrics():
               sample(CODE_P["id"], 0, CODE_OK, 1, "correct"),
               sample(CODE_P["id"], 1, "while True: pass", 0, "timeout")]
     m = G.filter_metrics(graded, seed=0)
-    assert m["counts"]["samples"] == 5 and m["counts"]["accepted"] == 2 and m["pass_rate"] == 0.4
+    o = m["overall"]
+    assert m["counts"]["samples"] == 5 and m["counts"]["accepted"] == 2 and o["pass_rate"] == 0.4
     assert m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
     # Two problems: the CI resamples problems, so it spans the two problems' rates (1/3 and 1/2).
-    assert m["n_clusters"] == 2 and m["pass_rate_ci_low"] == round(1 / 3, 6) and m["pass_rate_ci_high"] == 0.5
+    assert o["n_clusters"] == 2 and o["pass_rate_ci_low"] == round(1 / 3, 6) and o["pass_rate_ci_high"] == 0.5
     assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
     assert m["counts"]["by_domain"]["code"]["reasons"] == {"correct": 1, "timeout": 1}
     assert m["counts"]["by_source"]["gsm8k-test"]["problems_solved"] == 1

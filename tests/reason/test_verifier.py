@@ -169,7 +169,7 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     held = read_jsonl(a / "scores.jsonl")
     assert m["heldout"]["n"] == len(held) == m["data"]["heldout"]["records"] > 0
     assert m["data"]["train"]["records"] + m["data"]["heldout"]["records"] == 8 + 12
-    assert set(m["heldout"]["by_origin"]) <= {"champ", "graded"}
+    assert set(m["heldout_by_origin"]) <= {"champ", "graded"}
     assert m["train"]["steps"] == 3
     for key in ("mse", "accuracy", "auc", "baseline_mse_train_mean"):
         assert key in m["heldout"]

@@ -16,17 +16,21 @@ vectorized weighted form. The interval is the percentile interval of the resampl
 One output convention everywhere, flat for `dvc metrics show` / `dvc exp show`:
 `{NAME: value, NAME_ci_low: .., NAME_ci_high: .., "n": items, "n_clusters": clusters}`;
 an eval block holds nothing else, so every number in it is an estimate with its CI or a
-size. AUC adds the size `one_class_resamples`: resamples with one class, left out of its
-CI (with several AUCs in one report, the most any of them left out). No data (n = 0), one cluster
+size; breakdowns (per source, per bucket) are blocks of their own beside it. AUC's
+resamples with one class are left out of its CI; how many is logged (a warning) and
+given to the caller's `skipped` dict, not written into the block. No data (n = 0), one cluster
 (no between-cluster spread to estimate) and an undefined point value give null, never NaN.
 A paired difference (same items, two scores) uses the same resamples for both sides.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
@@ -139,16 +143,19 @@ def _round(x) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), DIGITS)
 
 
-def _interval(values: np.ndarray, name: str, value, k: int, count_skipped: bool) -> dict:
+def _interval(values: np.ndarray, name: str, value, k: int, skipped: dict | None) -> dict:
     ok = values[np.isfinite(values)]
     lo = hi = None
     if value is not None and k > 1 and ok.size:
         alpha = (1 - CONFIDENCE) / 2
         lo, hi = np.quantile(ok, [alpha, 1 - alpha])
-    out = {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
-    if count_skipped:
-        out["one_class_resamples"] = int(values.size - ok.size)
-    return out
+        n_skipped = int(values.size - ok.size)
+        if n_skipped:  # only AUC can be undefined on a resample (one class drawn)
+            log.warning("%s: %d of %d bootstrap resamples undefined (one class); its CI uses the other %d",
+                        name, n_skipped, values.size, ok.size)
+        if skipped is not None:
+            skipped[name] = n_skipped
+    return {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
 
 
 def _columns(cols: Sequence, n: int | None = None) -> list[np.ndarray]:
@@ -172,9 +179,10 @@ def point(metric: str, cols: Sequence) -> float | None:
 
 
 def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str | None = None,
-             n_resamples: int = N_RESAMPLES) -> dict:
+             n_resamples: int = N_RESAMPLES, skipped: dict | None = None) -> dict:
     """`metric` ("mean"; "mean_diff": x, y; "mse": pred, target; "auc": labels, scores) of the item columns
-    `cols`, with its cluster bootstrap CI, n and n_clusters (see the module doc)."""
+    `cols`, with its cluster bootstrap CI, n and n_clusters (see the module doc). `skipped`,
+    when given, receives {name: resamples left out of the CI as undefined}."""
     cols = _columns(cols)
     n = len(cols[0])
     k = len(set(_cluster_codes(clusters, n).tolist()))
@@ -182,11 +190,11 @@ def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str
     value = point(metric, cols)
     vals = _resampled(metric, clusters, n, seed, n_resamples, cols) \
         if n and value is not None and k > 1 else np.full(n_resamples, np.nan)
-    return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
+    return {**_interval(vals, name, value, k, skipped), "n": n, "n_clusters": k}
 
 
 def difference(metric: str, new: Sequence, old: Sequence, clusters=None, *, seed: int,
-               name: str | None = None, n_resamples: int = N_RESAMPLES) -> dict:
+               name: str | None = None, n_resamples: int = N_RESAMPLES, skipped: dict | None = None) -> dict:
     """Paired difference metric(new) - metric(old) on the same items (e.g. LLM AUC minus
     baseline AUC, after minus before), each resample drawing the same clusters for both."""
     new, old = _columns(new), _columns(old)
@@ -200,20 +208,18 @@ def difference(metric: str, new: Sequence, old: Sequence, clusters=None, *, seed
         vals = _resampled(metric, clusters, n, seed, n_resamples, new, old)
     else:
         vals = np.full(n_resamples, np.nan)
-    return {**_interval(vals, name, value, k, metric == "auc"), "n": n, "n_clusters": k}
+    return {**_interval(vals, name, value, k, skipped), "n": n, "n_clusters": k}
 
 
-def report(specs: dict[str, tuple], clusters=None, *, seed: int) -> dict:
+def report(specs: dict[str, tuple], clusters=None, *, seed: int, skipped: dict | None = None) -> dict:
     """Several metrics of the same items in one flat dict: specs maps NAME -> (metric, cols)
     for an estimate or (metric, new_cols, old_cols) for a paired difference."""
     out: dict = {}
     for name, spec in specs.items():
         if len(spec) == 2:
-            one = estimate(spec[0], spec[1], clusters, seed=seed, name=name)
+            one = estimate(spec[0], spec[1], clusters, seed=seed, name=name, skipped=skipped)
         else:
-            one = difference(spec[0], spec[1], spec[2], clusters, seed=seed, name=name)
-        if "one_class_resamples" in one:
-            one["one_class_resamples"] = max(one["one_class_resamples"], out.get("one_class_resamples", 0))
+            one = difference(spec[0], spec[1], spec[2], clusters, seed=seed, name=name, skipped=skipped)
         out.update(one)
     if not specs:
         out.update({"n": 0, "n_clusters": 0})

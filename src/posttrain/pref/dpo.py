@@ -105,7 +105,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     rw = implicit_rewards(trainer.model, tok, held, beta=beta, max_length=max_length,
                           batch_size=eval_batch_size)
     heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=seed, prefix="reward_",
-                          extra={"identical_after_truncation_fraction": rw["identical"]})
+                          extra={"identical_after_truncation_fraction": rw["identical"]})  # 3 eval blocks
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 
     def fill(tmp: Path) -> None:
@@ -122,7 +122,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
                   "longer_than_max_length": n_train_cut + n_held_cut,
                   "heldout_identical_after_truncation": int(np.sum(rw["identical"])),
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
-        "heldout": heldout,
+        **heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
                   "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }

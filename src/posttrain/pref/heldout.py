@@ -19,9 +19,10 @@ BUCKETS = ("rare", "middle", "common")
 
 def pair_report(chosen, rejected, pairs: list[dict], thresholds: tuple[float, float], *, seed: int,
                 prefix: str = "", extra: dict | None = None) -> dict:
-    """Metrics `{prefix}accuracy` and `{prefix}margin` overall, under "per_source" and under
-    "buckets"; `extra` maps a name to one value per pair whose mean (with its CI) is reported
-    overall only. An empty group gives n = 0 and nulls."""
+    """Eval blocks `heldout` (overall), `heldout_per_source` and `heldout_buckets` (one block
+    per source / rarity bucket), each with `{prefix}accuracy` and `{prefix}margin`; `extra`
+    maps a name to one value per pair whose mean (with its CI) is reported overall only.
+    An empty group gives n = 0 and nulls."""
     margin = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
     correct = (margin > 0).astype(int)
     prefixes = np.array([p["prefix_id"] for p in pairs], dtype=object)
@@ -32,11 +33,10 @@ def pair_report(chosen, rejected, pairs: list[dict], thresholds: tuple[float, fl
         specs.update({k: ("mean", [np.asarray(v, dtype=np.float64)[mask]]) for k, v in more})
         return stats.report(specs, prefixes[mask].tolist(), seed=seed)
 
-    report = summary(np.ones(len(pairs), dtype=bool), (extra or {}).items())
-    report["per_source"] = {s: summary([p["src"] == s for p in pairs]) for s in sorted({p["src"] for p in pairs})}
     buckets = [bucket_of(p["density"], thresholds) for p in pairs]
-    report["buckets"] = {b: summary([x == b for x in buckets]) for b in BUCKETS}
-    return report
+    return {"heldout": summary(np.ones(len(pairs), dtype=bool), (extra or {}).items()),
+            "heldout_per_source": {s: summary([p["src"] == s for p in pairs]) for s in sorted({p["src"] for p in pairs})},
+            "heldout_buckets": {b: summary([x == b for x in buckets]) for b in BUCKETS}}
 
 
 def pair_rows(chosen, rejected, pairs: list[dict], thresholds: tuple[float, float], *,

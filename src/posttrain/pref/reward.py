@@ -151,7 +151,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                   "truncated_train": n_trunc_train, "truncated_heldout": n_trunc_held,
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items())),
                   "train_buckets": {b: train_bucket_counts.get(b, 0) for b in ("rare", "middle", "common")}},
-        "heldout": heldout,
+        **heldout,  # heldout, heldout_per_source, heldout_buckets
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
     }

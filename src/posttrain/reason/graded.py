@@ -107,7 +107,7 @@ def filter_metrics(graded: list[dict], *, seed: int) -> dict:
     acc = [g for g in graded if g["grade"] == 1]
     steps = {id(g): count_steps(g["text"], g["domain"]) for g in graded}
     return {
-        **_pass_rate(graded, seed),
+        "overall": _pass_rate(graded, seed),
         "by_domain": _by(graded, "domain", lambda rows: _pass_rate(rows, seed)),
         "by_source": _by(graded, "source", lambda rows: _pass_rate(rows, seed)),
         "counts": {**_counts(graded), "by_domain": _by(graded, "domain", _counts),

@@ -320,11 +320,10 @@ def heldout_predictions(train: Sequence[dict], scored: Sequence[dict], threshold
 
 
 def evaluate(scored: Sequence[dict], threshold: float, train_mean: float, *, seed: int) -> dict:
-    """Overall metrics plus one block per origin (champ / graded)."""
-    out = score_metrics(scored, threshold, train_mean, seed=seed)
-    out["by_origin"] = {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean, seed=seed)
-                        for o in sorted({r["origin"] for r in scored})}
-    return out
+    """Eval blocks `heldout` (overall) and `heldout_by_origin` (one block per origin: champ / graded)."""
+    return {"heldout": score_metrics(scored, threshold, train_mean, seed=seed),
+            "heldout_by_origin": {o: score_metrics([r for r in scored if r["origin"] == o], threshold, train_mean,
+                                                   seed=seed) for o in sorted({r["origin"] for r in scored})}}
 
 
 def score_stats(records: Sequence[dict]) -> dict:
@@ -371,7 +370,7 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
     """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
     train_mean = sum(r["score"] for r in train) / len(train)
     return {
-        "heldout": evaluate(scored, threshold, train_mean, seed=seed),
+        **evaluate(scored, threshold, train_mean, seed=seed),
         "data": {"sources": counts, "train": score_stats(train), "heldout": score_stats(heldout)},
         # the loss curve is dvclive's (dvclive/reason_verifier); this file holds what was evaluated
         "train": {"steps": len(history), "world_size": world_size(),
