@@ -31,7 +31,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain.core.io import atomic_path
+from posttrain.core.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ class GenerationCache:
         keys = sorted(rows)
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.dir / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for k in keys:
-                fh.write(json.dumps({"key": k, **rows[k]}, sort_keys=True, ensure_ascii=False) + "\n")
+        write_jsonl(self.dir / f"{name}.jsonl", ({"key": k, **rows[k]} for k in keys))
         self._rows.update(rows)
 
 
