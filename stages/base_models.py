@@ -12,7 +12,7 @@ from posttrain.core.cli import run
 @click.command()
 @click.option("--policy", required=True,
               help="Asset name (smollm2-135m-instruct), GGUF file, local folder, hub id, "
-                   "or tiny-random (tests/CI).")
+                   "or tiny-random[-qwen3] (tests/CI).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def main(policy: str, out_dir: str) -> None:
     path = materialize(policy, out_dir)

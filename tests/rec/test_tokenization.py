@@ -6,6 +6,7 @@ from posttrain.rec import alpaca
 
 from posttrain.rec import seqlen
 from posttrain.core.chat import to_chat_messages, to_generation_messages
+from posttrain.core.models import QWEN3_TEMPLATE
 from posttrain.rec.scoring import answer_token_id
 from posttrain.rec.tokenization import IGNORE_INDEX, render_prompt, tokenize_dataset, tokenize_records
 
@@ -108,10 +109,9 @@ def test_dataset_batches_match_one_pass_and_report(tokenizer):
 def qwen3_tokenizer(tokenizer):
     """The SmolLM2 tokenizer (same <|im_start|>/<|im_end|> tokens) with Qwen3's chat template."""
     import copy
-    from pathlib import Path
 
     tok = copy.deepcopy(tokenizer)
-    tok.chat_template = (Path(__file__).parents[1] / "fixtures/templates/qwen3.jinja").read_text()
+    tok.chat_template = QWEN3_TEMPLATE.read_text(encoding="utf-8")
     return tok
 
 

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny-random"
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
+# `tiny-random-qwen3` stands in for the full profile's Qwen3 policy at test size: Qwen3's
+# architecture class and its published chat template (an empty think block in finished
+# assistant turns), so every Qwen3-specific code path runs without the hub.
+TINY_ARCHS = ("llama", "qwen3")
+QWEN3_TEMPLATE = Path(__file__).parent / "templates" / "qwen3.jinja"
 
 
 def load_tokenizer(ref: str = DEFAULT_TOKENIZER):
@@ -49,32 +54,47 @@ def _fix_special_tokens(tokenizer):
     return tokenizer
 
 
-def build_tiny_causal_lm(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2):
-    """A tiny random Llama with the real tokenizer's vocabulary: pipeline tests in seconds."""
+def build_tiny_causal_lm(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 2,
+                         arch: str = "llama"):
+    """A tiny random Llama (or Qwen3) with the real tokenizer's vocabulary: pipeline tests in seconds."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    config = LlamaConfig(
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM),
+                             "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
+    extra = {"head_dim": hidden_size // 4} if arch == "qwen3" else {}  # Qwen3's default head_dim is 128
+    config = config_cls(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=8192, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, **extra,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return model_cls(config)
+
+
+def parse_tiny_ref(ref: str) -> tuple[str, str]:
+    """`tiny-random[-ARCH][:TOKENIZER_REF]` -> (arch, tokenizer ref)."""
+    name, _, tok_ref = ref.partition(":")
+    arch = name[len(TINY_PREFIX):].lstrip("-") or "llama"
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"{ref!r}: unknown tiny architecture {arch!r}; use one of {', '.join(TINY_ARCHS)}")
+    return arch, tok_ref or DEFAULT_TOKENIZER
 
 
 def load_source(ref: str):
     """(model, tokenizer) from an asset name, a GGUF file, a local folder, a hub id,
-    or `tiny-random[:TOKENIZER_REF]` (a tiny random model for tests and CI)."""
+    or `tiny-random[-qwen3][:TOKENIZER_REF]` (a tiny random model for tests and CI)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if ref.startswith(TINY_PREFIX):
-        tok_ref = ref.partition(":")[2] or DEFAULT_TOKENIZER
+        arch, tok_ref = parse_tiny_ref(ref)
         tokenizer = load_tokenizer(tok_ref)
-        return build_tiny_causal_lm(tokenizer), tokenizer
+        if arch == "qwen3":
+            tokenizer.chat_template = QWEN3_TEMPLATE.read_text(encoding="utf-8")
+        return build_tiny_causal_lm(tokenizer, arch=arch), tokenizer
     src = assets.resolve(ref)
     if isinstance(src, Path) and src.suffix == ".gguf":
         folder, name = str(src.parent), src.name
