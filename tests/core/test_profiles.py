@@ -19,9 +19,23 @@ def test_deep_merge_overrides_nested_and_rejects_unknown_keys():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
 def test_every_profile_only_overrides_existing_params(name):
-    merged = profiles.deep_merge(profiles.load_yaml(REPO / "params.yaml"),
-                                 profiles.load_yaml(REPO / "profiles" / f"{name}.yaml"))
+    merged = profiles.deep_merge(profiles.load_yaml(REPO / "params.yaml"), profiles.load_profile(name, REPO))
     assert merged
+
+
+def test_extends_lays_a_profile_over_another(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "big.yaml").write_text(
+        "models: {policy: big}\nrec: {finetune: {max_steps: 100, batch_size: 8}}\npref: {sources: {a: 1, b: 2}}\n")
+    (tmp_path / "profiles" / "small.yaml").write_text(
+        "extends: big\nrec: {finetune: {max_steps: 2}}\npref: {sources: {a: 5}}\n")
+    over = profiles.load_profile("small", tmp_path)
+    # nested settings merge; pref.sources (its keys are data) is replaced whole
+    assert over == {"models": {"policy": "big"}, "rec": {"finetune": {"max_steps": 2, "batch_size": 8}},
+                    "pref": {"sources": {"a": 5}}}
+    (tmp_path / "profiles" / "big.yaml").write_text("extends: small\n")
+    with pytest.raises(Exception, match="extends itself"):
+        profiles.load_profile("small", tmp_path)
 
 
 def test_apply_and_set_args(tmp_path):

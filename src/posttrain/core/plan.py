@@ -185,11 +185,11 @@ def command(params_path, profiles, overrides):
     """Estimated peak memory and tokens per step of each training stage, for these params."""
     import yaml
 
-    from posttrain.core.profiles import deep_merge, load_yaml, profile_path
+    from posttrain.core.profiles import deep_merge, load_profile, load_yaml
 
     params = load_yaml(params_path)
     for name in profiles:
-        params = deep_merge(params, load_yaml(profile_path(name, Path(params_path).parent)))
+        params = deep_merge(params, load_profile(name, Path(params_path).parent))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

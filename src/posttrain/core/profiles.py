@@ -8,7 +8,8 @@ keys. Two ways to use one:
     dvc exp run $(python -m posttrain.core.profiles set-args tiny)   # an experiment, params.yaml untouched
 
 A profile may only override keys that params.yaml has: a typo fails loudly
-instead of silently adding an unused key.
+instead of silently adding an unused key. `extends: OTHER` at a profile's top lays it
+over another profile (profiles/scale-smoke.yaml is full with only the sizes shrunk).
 """
 
 from __future__ import annotations
@@ -71,10 +72,33 @@ def profile_path(name: str, root=".") -> Path:
     return p
 
 
+def _overlay(base: dict, over: dict, where: str = "") -> dict:
+    """Two profiles' overrides as one: `over` wins, nested settings merge, OPEN_MAPPINGS replace."""
+    out = dict(base)
+    for key, val in over.items():
+        path = f"{where}.{key}" if where else str(key)
+        if path not in OPEN_MAPPINGS and isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], val, path)
+        else:
+            out[key] = val
+    return out
+
+
+def load_profile(name: str, root=".", _seen: tuple[str, ...] = ()) -> dict:
+    """A profile's overrides, with its `extends:` chain resolved."""
+    if name in _seen:
+        raise click.BadParameter(f"profile {name!r} extends itself ({' -> '.join((*_seen, name))})")
+    over = load_yaml(profile_path(name, root))
+    parent = over.pop("extends", None)
+    if parent is None:
+        return over
+    return _overlay(load_profile(str(parent), root, (*_seen, name)), over)
+
+
 def apply_profile(name: str, root=".") -> dict:
     """Rewrite root/params.yaml with the profile merged in; returns the merged params."""
     params_file = Path(root) / "params.yaml"
-    merged = deep_merge(load_yaml(params_file), load_yaml(profile_path(name, root)))
+    merged = deep_merge(load_yaml(params_file), load_profile(name, root))
     with atomic_open(params_file) as fh:
         fh.write(f"# params.yaml with profiles/{name}.yaml applied (git checkout params.yaml to undo)\n")
         yaml.safe_dump(merged, fh, sort_keys=False, allow_unicode=True)
@@ -99,7 +123,7 @@ def hydra_value(val) -> str:
 
 def set_args(name: str, root=".") -> list[str]:
     """`-S key=value` arguments for `dvc exp run`; `+key` where the profile adds a key."""
-    over = load_yaml(profile_path(name, root))
+    over = load_profile(name, root)
     base = load_yaml(Path(root) / "params.yaml")
     deep_merge(base, over)  # validate keys
     known = flatten(base)
