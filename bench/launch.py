@@ -36,7 +36,7 @@ def _verifier_args(**overrides) -> list[str]:
 
 def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[float, dict]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "posttrain.core.launch", "--num-processes", str(n), str(STAGE),
+    cmd = [sys.executable, "-m", "posttrain.core.launch", "--distributed", "ddp", "--num-processes", str(n), str(STAGE),
            "--model", model, *_verifier_args(use_graded=False, champ="champ", max_champ=200, num_layers=6,
                                              trainable_layers=2, max_length=256,
                                              batch_size=global_batch // n, max_steps=steps),

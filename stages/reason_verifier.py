@@ -15,7 +15,6 @@ import click
 
 from posttrain.reason import verifier
 from posttrain.core.io import write_json, write_jsonl
-from posttrain.core.launch import is_main_process
 from posttrain.core.models import save_folder
 from posttrain.core.cli import finite, run
 
@@ -74,12 +73,14 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
 
     model, tokenizer = verifier.load_regressor(model_dir, trainable_layers=trainable_layers, seed=seed,
                                               num_layers=num_layers)
-    history = verifier.train(model, tokenizer, train, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                             max_length=max_length, seed=seed, warmup_ratio=warmup_ratio,
-                             weight_decay=weight_decay, padding=padding, chat_template=chat_template,
-                             live_dir=live_dir)
+    history, model = verifier.train(
+        model, tokenizer, train, max_steps=max_steps, batch_size=batch_size, lr=lr, max_length=max_length,
+        seed=seed, warmup_ratio=warmup_ratio, weight_decay=weight_decay, padding=padding,
+        chat_template=chat_template, live_dir=live_dir,
+        rebuild=lambda: verifier.load_regressor(model_dir, trainable_layers=trainable_layers, seed=seed,
+                                                num_layers=num_layers)[0])
     t_train = time.perf_counter() - t0
-    if not is_main_process():  # another rank of `accelerate launch`; rank 0 evaluates and writes
+    if model is None:  # another rank of `accelerate launch`; rank 0 evaluates and writes
         return
     scored = verifier.predict(model, tokenizer, heldout, batch_size=eval_batch_size,
                               max_length=max_length, chat_template=chat_template)

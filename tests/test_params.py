@@ -96,9 +96,15 @@ class Stage:
         self.fed: dict[str, str] = {}       # option as written -> params key
         self.unpacked: dict[str, str] = {}  # option (from an unpacked group) -> params key
         self.literal: set[str] = set()
+        self.launcher_fed: dict[str, str] = {}  # launcher option (before the script) -> params key
+        script_at = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
         for i, tok in enumerate(tokens):
             m = EXPR.fullmatch(tok)
             prev = tokens[i - 1] if i else ""
+            if i < script_at:
+                if m and prev.startswith("--"):
+                    self.launcher_fed[prev] = m[1]
+                continue
             if m and isinstance(select(params, m[1]), dict):
                 if m[1] in FREE_ARGS:
                     continue
@@ -200,6 +206,15 @@ def check(root: Path) -> list[str]:
             names = {*p.opts, *p.secondary_opts}
             if not names & given and not names & set(DEV_ONLY):
                 problems.append(f"{st.name}: option {p.opts[0]} is neither fed by params nor a path in its cmd")
+        if st.launcher_fed:
+            from posttrain.core.launch import main as launcher
+
+            for opt, key in st.launcher_fed.items():
+                p = option_of(launcher, opt)
+                if p is None:
+                    problems.append(f"{st.name}: cmd passes {opt} (from {key}) to the launcher, which has no such option")
+                elif has_default(p) or not p.required:
+                    problems.append(f"{st.name}: launcher option {opt} is fed by {key} but has a default of its own")
         for call, kw in library_defaults(mod, fed_names):
             problems.append(f"{st.name}: {call}() has a default for {kw}, which params.yaml feeds")
     return problems
@@ -285,7 +300,7 @@ def rendered_commands(tmp_path: Path, profile: str | None) -> dict[str, str]:
 
     params = profiles.load_yaml(REPO / "params.yaml")
     if profile:
-        params = profiles.deep_merge(params, profiles.load_yaml(REPO / "profiles" / f"{profile}.yaml"))
+        params = profiles.deep_merge(params, profiles.load_profile(profile, REPO))
     (tmp_path / ".dvc").mkdir()
     config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")  # keeps [parsing]
     assert config.count("[core]\n") == 1
@@ -297,7 +312,7 @@ def rendered_commands(tmp_path: Path, profile: str | None) -> dict[str, str]:
         return {st.name: st.cmd for st in repo.index.stages}
 
 
-@pytest.mark.parametrize("profile", [None, "tiny", "full"])
+@pytest.mark.parametrize("profile", [None, "tiny", "full", "scale-smoke"])
 def test_every_rendered_command_parses(tmp_path, monkeypatch, profile):
     from posttrain.core.launch import pop_num_processes
 
@@ -310,8 +325,13 @@ def test_every_rendered_command_parses(tmp_path, monkeypatch, profile):
         assert argv[0] == "python", cmd
         argv = argv[1:]
         if argv[:2] == ["-m", "posttrain.core.launch"]:
-            n, argv = pop_num_processes(argv[2:])
+            from posttrain.core.launch import accelerate_config, main as launcher
+
+            lctx = launcher.make_context("launch", argv[2:])  # the launcher's own options, then the script
+            accelerate_config(lctx.params["distributed"])  # a known mode (or a file)
+            n, rest = pop_num_processes(list(lctx.params["args"]))
             assert n is not None and n >= 1, f"{name}: no --num_processes for the launcher"
+            argv = [lctx.params["script"], *rest]
         script, args = argv[0], argv[1:]
         assert script == f"stages/{name}.py"
         command = load_script(REPO / script).main

@@ -227,9 +227,10 @@ def test_training_lowers_the_regression_loss(tmp_path, tiny_model_dir):
 
     before = mse()
     assert before == pytest.approx(sum(r["score"] ** 2 for r in recs) / len(recs), abs=1e-6)
-    history = train(model, tok, recs, max_steps=30, batch_size=4, lr=3e-3, max_length=48, seed=0,
-                    warmup_ratio=0.0, weight_decay=0.0, padding="longest", chat_template=False,
-                    live_dir=tmp_path / "dvclive")
+    history, trained = train(model, tok, recs, max_steps=30, batch_size=4, lr=3e-3, max_length=48, seed=0,
+                             warmup_ratio=0.0, weight_decay=0.0, padding="longest", chat_template=False,
+                             live_dir=tmp_path / "dvclive")
+    assert trained is model  # one process: trained in place
     assert [h["step"] for h in history] == list(range(1, 31))
     after = mse()
     assert after < 0.5 * before, (before, after)

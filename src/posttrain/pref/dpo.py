@@ -19,6 +19,7 @@ import numpy as np
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
+from posttrain.core.sharded import full_model
 from posttrain.pref.common import last_logged, load_split, lora_config, training_device_args
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.implicit_reward import implicit_rewards
@@ -62,8 +63,14 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         pairs_path, ids_path, weights_path, max_pairs, heldout_fraction, split_seed, bucket_quantile)
 
     tok = AutoTokenizer.from_pretrained(str(policy))
-    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
-    model.config.pad_token_id = tok.pad_token_id
+
+    def build():
+        m = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+        m.config.pad_token_id = tok.pad_token_id
+        return m
+
+    model = build()
+    peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers, model=model)
 
     # Over-long pairs are cut here, one prompt for both answers (posttrain.pref.pair_fit), so
     # trl truncates nothing: it would cut prompt + chosen and prompt + rejected separately.
@@ -80,9 +87,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
     trainer = weighted_trainer_class(DPOTrainer)(
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
         processing_class=tok,
-        peft_config=lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers,
-                                model=model),
-        callbacks=[callback(live_dir)])
+        peft_config=peft_cfg, callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train):  # trl must not drop pairs behind our back
         raise RuntimeError(f"DPOTrainer kept {len(trainer.train_dataset)} of {len(train)} training pairs")
     longest = max(len(x["prompt_ids"]) + max(len(x["chosen_ids"]), len(x["rejected_ids"]))
@@ -97,19 +102,22 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         drawn = gather_object(trainer.drawn_indices())  # every rank's share of the weighted draw
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if not trainer.is_world_process_zero():
+    from peft import get_peft_model
+
+    policy_model = full_model(trainer, lambda: get_peft_model(build(), peft_cfg))
+    if policy_model is None:
         return None  # rank 0 evaluates, saves and reports
 
     # Every held-out pair, scored directly (no trl loss pass): 2 sequences x policy + reference.
-    trainer.model.eval()
-    rw = implicit_rewards(trainer.model, tok, held, beta=beta, max_length=max_length,
+    policy_model.eval()
+    rw = implicit_rewards(policy_model, tok, held, beta=beta, max_length=max_length,
                           batch_size=eval_batch_size)
     heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=seed, prefix="reward_",
                           extra={"identical_after_truncation_fraction": rw["identical"]})  # 3 eval blocks
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 
     def fill(tmp: Path) -> None:
-        save_adapter(trainer.model, tmp)  # the LoRA adapter only
+        save_adapter(policy_model, tmp)  # the LoRA adapter only
         tok.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
                                                    "density_aware": bool(density_aware)})

@@ -20,6 +20,7 @@ from posttrain.core import stats
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
+from posttrain.core.sharded import full_model
 from posttrain.core.live import callback
 from posttrain.pref.common import (first_logged, last_logged, load_reward_model, lora_config,
                                    render_ids, score_ids, training_device_args)
@@ -127,10 +128,15 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     rm, rm_tok = load_reward_model(rm_dir)
     reward_fn = RewardModelScore(rm, rm_tok, max_length)
     tok = AutoTokenizer.from_pretrained(str(policy))
-    model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
-    model.config.pad_token_id = tok.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tok.pad_token_id
+
+    def build():
+        m = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+        m.config.pad_token_id = tok.pad_token_id
+        if m.generation_config is not None:
+            m.generation_config.pad_token_id = tok.pad_token_id
+        return m
+
+    model = build()
 
     # The before/after measurement is rank 0's alone (plain forward passes, no collectives);
     # other ranks go straight to training and wait for it at the first synchronisation.
@@ -152,24 +158,26 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
         learning_rate=lr, temperature=temperature, beta=beta, logging_steps=1, save_strategy="no",
         report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
         use_vllm=use_vllm, **training_device_args())
+    peft_cfg = lora_config(lora_r, lora_alpha, 0.0, "CAUSAL_LM", top_layers=lora_layers, model=model)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
-        peft_config=lora_config(lora_r, lora_alpha, 0.0, "CAUSAL_LM", top_layers=lora_layers,
-                                model=model),
-        callbacks=[callback(live_dir)])
+        peft_config=peft_cfg, callbacks=[callback(live_dir)])
     try:
         trainer.train()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if not trainer.is_world_process_zero():
+    from peft import get_peft_model
+
+    policy_model = full_model(trainer, lambda: get_peft_model(build(), peft_cfg))
+    if policy_model is None:
         return None
 
-    after_text = generate(trainer.model, tok, eval_msgs, max_completion_length)
+    after_text = generate(policy_model, tok, eval_msgs, max_completion_length)
     after = reward_fn.score(eval_msgs, after_text)
 
     def fill(tmp: Path) -> None:
-        save_adapter(trainer.model, tmp)  # LoRA adapter
+        save_adapter(policy_model, tmp)  # LoRA adapter
         tok.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "grpo_lora",
                                                    "reward_model": "data/pref/rm"})

@@ -29,6 +29,7 @@ import numpy as np
 from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
+from posttrain.core.sharded import full_model
 from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config, render_ids,
                                    score_ids, training_device_args)
 from posttrain.pref.heldout import pair_report, pair_rows
@@ -76,11 +77,15 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
              len(pairs), len(train), len(held), density_aware)
 
     tok = AutoTokenizer.from_pretrained(str(backbone))
-    model = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=1,
-                                                               dtype=torch.float32)
-    model.config.pad_token_id = tok.pad_token_id
-    # pref.rm.trainable_layers 0 means the whole backbone (shrink_layers says -1)
-    shrink_layers(model, num_layers=num_layers, trainable_layers=trainable_layers or -1)
+
+    def build():
+        m = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=1, dtype=torch.float32)
+        m.config.pad_token_id = tok.pad_token_id
+        # pref.rm.trainable_layers 0 means the whole backbone (shrink_layers says -1)
+        shrink_layers(m, num_layers=num_layers, trainable_layers=trainable_layers or -1)
+        return m
+
+    model = build()
 
     cols, n_trunc_train = tokenize_pairs(tok, train, max_length)
     sample_w = pair_sampling_weights(train, density_aware)
@@ -109,10 +114,11 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     from accelerate.utils import gather_object
 
     drawn = gather_object(trainer.drawn_indices())
-    if not trainer.is_world_process_zero():
-        return None  # rank 0 evaluates, saves and reports
+    from peft import get_peft_model
 
-    model = trainer.model
+    model = full_model(trainer, lambda: get_peft_model(build(), peft) if peft else build())
+    if model is None:
+        return None  # rank 0 evaluates, saves and reports
     if lora_r:
         model = model.merge_and_unload()
     model.eval()

@@ -198,15 +198,17 @@ def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[i
 
 def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
           max_length: int, seed: int, warmup_ratio: float, weight_decay: float, padding: str,
-          chat_template: bool, live_dir, grad_clip: float = 1.0) -> list[dict]:
+          chat_template: bool, live_dir, grad_clip: float = 1.0, rebuild=None) -> tuple[list[dict], object]:
     """Regression fine-tuning for `max_steps` optimizer steps with transformers' Trainer;
-    returns the loss log ([{step, epoch, loss}]) and writes the curves to `live_dir` (dvclive).
+    returns (the loss log [{step, epoch, loss}], the trained model with full weights on the main
+    process, else None) and writes the curves to `live_dir` (dvclive).
 
     Batches come from the Trainer's length-grouped sampler (`train_sampling_strategy=
     "group_by_length"` on a precomputed `length` column) through `VerificationCollator`.
     One process, or DDP under `accelerate launch` (each rank takes its own share of the
     batches; the logged loss is the mean over ranks). `model` is trained in place on
-    every rank."""
+    every rank; under FSDP / ZeRO-3 the full weights are gathered into `rebuild()` (an
+    untrained copy, e.g. `load_regressor` again), see posttrain.core.sharded."""
     import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -237,9 +239,13 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
         trainer.train()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    model.eval()
+    from posttrain.core.sharded import full_model
+
+    trained = full_model(trainer, rebuild)
+    if trained is not None:
+        trained.eval()
     return [{"step": int(h["step"]), "epoch": float(h["epoch"]), "loss": round(float(h["loss"]), 6)}
-            for h in trainer.state.log_history if "loss" in h]
+            for h in trainer.state.log_history if "loss" in h], trained
 
 
 def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,

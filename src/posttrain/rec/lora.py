@@ -127,10 +127,13 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
             ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
             metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)
             metrics["eval_examples"] = len(eval_ds)
-        if not trainer.is_world_process_zero():
+        from posttrain.core.sharded import full_model
+
+        trained = full_model(trainer, lambda: get_peft_model(load_base(model_dir, s.quantization), peft_config))
+        if trained is None:
             return None  # rank 0 writes the adapter and metrics
         with atomic_path(adapter_dir, directory=True) as tmp:
-            save_adapter(model, tmp)
+            save_adapter(trained, tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"metrics": metrics}
