@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from posttrain.core import hub
 from posttrain.core.io import DataError, dumps, iter_jsonl, read_json
 from posttrain.reason.grading import answers_equal
 
@@ -460,10 +461,11 @@ def _iter_local(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _iter_hub(hub_id: str, split: str) -> Iterator[tuple[int, dict]]:
-    """Stream a hub dataset (needs internet; offline this fails with datasets' own error)."""
+    """Stream a hub dataset: needs internet, or its local mirror under `$POSTTRAIN_HUB_DIR`
+    (`posttrain.core.hub`); otherwise this fails with datasets' own error."""
     from datasets import load_dataset
 
-    for i, rec in enumerate(load_dataset(hub_id, split=split, streaming=True), start=1):
+    for i, rec in enumerate(load_dataset(hub.resolve(hub_id), split=split, streaming=True), start=1):
         yield i, rec
 
 
