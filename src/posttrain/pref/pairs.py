@@ -179,8 +179,12 @@ def hh_row_to_pair(row: dict, src: str) -> dict:
     """HH raw row {chosen: transcript, rejected: transcript} -> pair.
 
     The prefix is every turn before the final assistant turn; it must be the same
-    in both transcripts (else Skip("prefix_mismatch")).
+    in both transcripts (else Skip("prefix_mismatch")). A transcript that is not a string
+    (a null in the hub's JSON lines) is an error naming the field.
     """
+    for f in ("chosen", "rejected"):
+        if not isinstance(row[f], str):
+            raise TypeError(f"{f}: expected a transcript string, got {type(row[f]).__name__}")
     try:
         ch = parse_hh_transcript(row["chosen"])
         rj = parse_hh_transcript(row["rejected"])
