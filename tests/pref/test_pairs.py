@@ -58,6 +58,12 @@ def test_hh_prefix_mismatch_and_identical_are_skips():
     assert e.value.reason == "identical_answers"
 
 
+def test_hh_non_string_transcript_is_an_error_naming_the_field():
+    # hub rows reach hh_row_to_pair without detect_format: a null must still name its field
+    with pytest.raises(TypeError, match="^rejected: expected a transcript string, got NoneType"):
+        hh_row_to_pair({"chosen": HH_ROW["chosen"], "rejected": None}, "hh")
+
+
 def test_real_hh_split_every_row_accounted(shared_data):
     path = shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz"
     pairs, stats = load_source(f"path:{path}", cap=0)

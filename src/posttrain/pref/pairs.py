@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from posttrain.core import hub
 from posttrain.core.io import DataError, dumps, iter_jsonl, read_json
 from posttrain.reason.grading import answers_equal
 
@@ -178,8 +179,12 @@ def hh_row_to_pair(row: dict, src: str) -> dict:
     """HH raw row {chosen: transcript, rejected: transcript} -> pair.
 
     The prefix is every turn before the final assistant turn; it must be the same
-    in both transcripts (else Skip("prefix_mismatch")).
+    in both transcripts (else Skip("prefix_mismatch")). A transcript that is not a string
+    (a null in the hub's JSON lines) is an error naming the field.
     """
+    for f in ("chosen", "rejected"):
+        if not isinstance(row[f], str):
+            raise TypeError(f"{f}: expected a transcript string, got {type(row[f]).__name__}")
     try:
         ch = parse_hh_transcript(row["chosen"])
         rj = parse_hh_transcript(row["rejected"])
@@ -460,10 +465,11 @@ def _iter_local(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _iter_hub(hub_id: str, split: str) -> Iterator[tuple[int, dict]]:
-    """Stream a hub dataset (needs internet; offline this fails with datasets' own error)."""
+    """Stream a hub dataset: needs internet, or its local mirror under `$POSTTRAIN_HUB_DIR`
+    (`posttrain.core.hub`); otherwise this fails with datasets' own error."""
     from datasets import load_dataset
 
-    for i, rec in enumerate(load_dataset(hub_id, split=split, streaming=True), start=1):
+    for i, rec in enumerate(load_dataset(hub.resolve(hub_id), split=split, streaming=True), start=1):
         yield i, rec
 
 

@@ -9,8 +9,8 @@ Record shape (the `data/reason/problems.jsonl` contract):
 (HumanEval style) or, for stdin/stdout problems, a list of {"input", "output"} strings.
 
 Offline sources are packaged assets (gsm8k-test, aime2025, champ, humaneval). With
-internet, hub ids load through `datasets.load_dataset` and a converter for that
-dataset's real schema (MATH-500 / MATH, AIME sets, APPS, MBPP). Converters take plain
+internet, or from a local mirror (`posttrain.core.hub`), hub ids load through
+`datasets.load_dataset` and a converter for that dataset's real schema (MATH-500 / MATH, AIME sets, APPS, MBPP). Converters take plain
 row dicts, so they are tested on in-memory rows without the hub.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from posttrain.core import assets
+from posttrain.core import assets, hub
 from posttrain.core.io import DataError, iter_jsonl, read_json
 from posttrain.reason.grading import gold_from_gsm8k, last_boxed
 
@@ -348,7 +348,8 @@ HUB_JSONL = {"codeparrot/apps": "{split}.jsonl"}
 
 
 def _hub_rows(spec: SourceSpec) -> Iterator[tuple[int, dict]]:
-    """Rows of a hub dataset in its real schema (needs internet or a warm HF cache)."""
+    """Rows of a hub dataset in its real schema (needs internet, a warm HF cache or a
+    local mirror under `$POSTTRAIN_HUB_DIR`, see `posttrain.core.hub`)."""
     import datasets
 
     split = spec.split or HUB_DEFAULT_SPLIT.get(spec.name, "test")
@@ -357,10 +358,10 @@ def _hub_rows(spec: SourceSpec) -> Iterator[tuple[int, dict]]:
     n = 0
     for config in configs:
         if spec.name in HUB_JSONL and not config:
-            files = f"hf://datasets/{spec.name}/" + HUB_JSONL[spec.name].format(split=split)
+            files = hub.file_url(spec.name, HUB_JSONL[spec.name].format(split=split))
             ds = datasets.load_dataset("json", data_files=files, split="train")
         else:
-            ds = datasets.load_dataset(spec.name, config, split=split)
+            ds = datasets.load_dataset(hub.resolve(spec.name), config, split=split)
         for row in ds:
             n += 1
             yield n, dict(row)
