@@ -10,8 +10,9 @@ Record shape (the `data/reason/problems.jsonl` contract):
 
 Offline sources are packaged assets (gsm8k-test, aime2025, champ, humaneval). With
 internet, or from a local mirror (`posttrain.core.hub`), hub ids load through
-`datasets.load_dataset` and a converter for that dataset's real schema (MATH-500 / MATH, AIME sets, APPS, MBPP). Converters take plain
-row dicts, so they are tested on in-memory rows without the hub.
+`datasets.load_dataset` and a converter for that dataset's real schema (MATH-500 / MATH,
+AIME sets, APPS, MBPP). Converters take plain row dicts, so they are tested on in-memory
+rows without the hub.
 """
 
 from __future__ import annotations
