@@ -224,14 +224,17 @@ def test_apps_test_jsonl_stdin_and_call_based(mirror):
         _run(leet["tests"], "class Solution:\n    def largest(self, nums):\n        return min(nums)\n")
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox.run_function_tests wants a top-level entry point; "
-                                       "APPS LeetCode rows define it on class Solution")
 def test_apps_class_solution_grades_in_the_sandbox(mirror):
+    # LeetCode-style call-based rows: the entry point is a method of class Solution.
     F.write_apps(mirror)
     recs, _ = P.load_source(P.SourceSpec(F.APPS))
     leet = next(r for r in recs if r["task_id"] == "4002")
     solution = json.loads(F.APPS_DEFAULT["test"][1]["solutions"])[0]
-    assert grade_code(solution, leet, FAST).grade == 1
+    assert "class Solution" in solution and grade_code(solution, leet, FAST).grade == 1
+    wrong = "class Solution:\n    def largest(self, nums):\n        return min(nums)\n"
+    assert grade_code(wrong, leet, FAST).grade == 0
+    missing = "class Solution:\n    def smallest(self, nums):\n        return min(nums)\n"
+    assert grade_code(missing, leet, FAST).grade == 0
 
 
 def test_apps_train_split_is_its_own_file(mirror):

@@ -380,6 +380,9 @@ def solution_main(rfd, wfd, code_fd):
         ns = {"__name__": "__main__", "__builtins__": __builtins__}
         exec(compile(code, "<solution>", "exec"), ns)
         fn = ns.get(entry)
+        cls = ns.get("Solution")
+        if not callable(fn) and isinstance(cls, type) and callable(getattr(cls, entry, None)):
+            fn = getattr(cls(), entry)  # LeetCode style (APPS call-based rows): a method of class Solution
         if not callable(fn):
             raise NameError("entry point %r is not defined by the solution" % entry)
     except BaseException as e:  # SystemExit too: leaving while loading means no function
