@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-all plots clean-venv deps
+.PHONY: setup repro test test-all test-scale plots clean-venv deps
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"
+
+# Every stage of the full profile's code paths at tiny size (profiles/scale-smoke.yaml);
+# `make test` runs only the heads of the pipelines. CI runs both.
+test-scale: setup
+	$(PY) -m pytest -m slow tests/test_scale_smoke.py
 
 clean-venv:
 	rm -rf $(VENV)
