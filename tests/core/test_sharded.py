@@ -29,6 +29,7 @@ class FakeAccelerator:
         self.distributed_type = getattr(DistributedType, kind)
         self.state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage))
         self._state_dict, self.gathered = state_dict, 0
+        self.device = torch.device("cpu")
 
     def get_state_dict(self, model):
         self.gathered += 1
@@ -62,6 +63,7 @@ def test_sharded_training_gathers_on_every_rank_and_rebuilds_on_rank_0():
         got = full_model(_trainer(object(), acc), rebuild=lambda: _peft_model(1))
         for k, v in got.state_dict().items():
             assert torch.equal(v, state[k]), k  # every weight, base and adapter, is the trained one
+        assert {p.device for p in got.parameters()} == {acc.device}
     with pytest.raises(RuntimeError, match="rebuild"):
         full_model(_trainer(object(), FakeAccelerator("FSDP", state)), rebuild=None)
     bad = {k: v for k, v in state.items() if "lora_B" not in k}

@@ -28,8 +28,8 @@ def is_sharded(accelerator) -> bool:
 
 
 def full_model(trainer, rebuild: Callable | None):
-    """On every rank after `trainer.train()`: the trained model with full weights on rank 0,
-    None on the other ranks. `rebuild()` makes an untrained copy of the model's structure
+    """On every rank after `trainer.train()`: the trained model with full weights on rank 0
+    (on rank 0's device), None on the other ranks. `rebuild()` makes an untrained copy of the model's structure
     (base model plus the same peft config); it is only called when the weights are sharded."""
     acc = trainer.accelerator
     if not is_sharded(acc):
@@ -44,4 +44,6 @@ def full_model(trainer, rebuild: Callable | None):
     if missing or unexpected:
         raise RuntimeError(f"gathered weights do not fit the rebuilt model: missing={missing[:5]} "
                            f"unexpected={unexpected[:5]}")
+    if not getattr(model, "is_quantized", False):  # a 4-bit rebuild is already placed by its device_map
+        model.to(acc.device)  # rank 0 evaluates on its GPU, as under DDP
     return model
