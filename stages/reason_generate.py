@@ -5,7 +5,7 @@
         --metrics metrics/reason_generate.json --n-samples 4 ...
 
 With --cache-dir, only samples not generated before (same model bytes, prompt, sampling
-params, seed, sample index, torch threads) are generated: raising n_samples or adding
+params, seed, sample index, backend and threads) are generated: raising n_samples or adding
 problems costs only the new rows.
 """
 
@@ -13,7 +13,8 @@ import time
 
 import click
 
-from posttrain.reason.generation import SamplingConfig, generate, load_model, open_cache, summarize
+from posttrain.core.llamacpp import WEIGHTS
+from posttrain.reason.generation import BACKENDS, SamplingConfig, generate, load_engine, open_cache, summarize
 from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
 from posttrain.core.cli import finite, run
@@ -33,27 +34,36 @@ from posttrain.core.cli import finite, run
 @click.option("--max-new-tokens", "--max_new_tokens", required=True, type=click.IntRange(min=1))
 @click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
 @click.option("--seed", required=True, type=int)
+@click.option("--backend", required=True, type=click.Choice(BACKENDS),
+              help="Generation engine: hf (transformers), llamacpp (the model's GGUF through llama.cpp), "
+                   "vllm (GPU machines).")
+@click.option("--llamacpp-weights", "--llamacpp_weights", required=True, type=click.Choice(WEIGHTS),
+              help="llamacpp: the GGUF's weights converted to this type before loading (source = as stored).")
 @click.option("--threads", required=True, type=click.IntRange(min=0),
-              help="torch intra-op threads (0 = torch's default). Thread count can change float "
-                   "reduction order, hence samples: it is a tracked param.")
+              help="Intra-op threads of the engine (0 = the default: torch's, or every core). Thread count "
+                   "can change float reduction order, hence samples: it is a tracked param.")
 @click.option("--progress/--no-progress", default=True, help="Dev only: tqdm progress bar.")
 def main(model_ref, problems_path, cache_dir, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
-         batch_size, seed, threads, progress):
+         batch_size, seed, backend, llamacpp_weights, threads, progress):
     problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
-    if threads:
+    if threads and backend == "hf":
         import torch
 
         torch.set_num_threads(threads)
     cfg = SamplingConfig(n_samples=n_samples, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    model, tokenizer = load_model(model_ref)
+    try:
+        engine = load_engine(model_ref, backend, threads=threads, seed=seed, llamacpp_weights=llamacpp_weights)
+    except (ImportError, ValueError) as e:  # no GGUF for llamacpp, vllm not installed: one line
+        raise click.UsageError(str(e)) from e
     t0 = time.perf_counter()
     cache = open_cache(cache_dir, model_ref) if cache_dir else None
-    samples, stats = generate(model, tokenizer, problems, cfg, cache=cache, progress=progress)
+    samples, stats = generate(engine, problems, cfg, cache=cache, progress=progress)
     secs = time.perf_counter() - t0
     metrics = summarize(samples)
     # Throughput and cache use depend on the machine and on what ran before: metrics, not data.
     metrics["cache"] = {k: stats[k] for k in ("generated", "cache_hits")}
+    metrics["engine"] = {"backend": backend, **engine.key()}
     metrics["completion_tokens_per_s"] = (round(stats["generated_tokens"] / secs, 2)
                                           if stats["generated"] and secs else None)
     with outputs() as o:

@@ -44,7 +44,7 @@ def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
         "__init__.py": "",
         "core/__init__.py": "",
         "core/io.py": "",
-        "core/assets.py": "from .io import x\n",
+        "core/assets.py": "from .io import x\nREQUIREMENTS_FILE = \"requirements-assets.txt\"\n",
         "rec/__init__.py": "",
         "rec/a.py": "def f():\n    from posttrain.core import assets\n",
         "rec/unused.py": "",
@@ -59,3 +59,13 @@ def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
                    "src/posttrain/core/__init__.py", "src/posttrain/core/assets.py", "src/posttrain/core/io.py"}
     cmd = "python -m posttrain.core.io stages/s.py --x 1"
     assert deps.stage_code_deps(cmd, tmp_path)[-1] == "requirements-assets.txt"
+
+
+def test_a_wrapped_engine_pins_its_stage_through_its_requirements_file():
+    """posttrain.core.llamacpp sets REQUIREMENTS_FILE: reason_generate (which may run it) depends on
+    the pinned engine, so a new llama-cpp-python version reruns it; GRPO (transformers only) does not."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert deps.requirements_file(REPO / "src/posttrain/core/llamacpp.py") == "requirements-llamacpp.txt"
+    assert "requirements-llamacpp.txt" in stages["reason_generate"]["deps"]
+    assert "requirements-llamacpp.txt" not in stages["pref_grpo"]["deps"]
+    assert (REPO / "requirements-llamacpp.txt").read_text().count("llama-cpp-python==") == 1

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from posttrain.reason import prompts
+from posttrain.core.generation import HFEngine
 from posttrain.reason.generation import SamplingConfig, generate, load_model, open_cache, summarize
 from posttrain.core.io import read_jsonl, write_jsonl
 
@@ -52,14 +53,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    return load_model(tiny_model_dir)
+    return HFEngine(*load_model(tiny_model_dir))
 
 
 def test_generate_shapes_and_token_counts(tiny):
-    model, tok = tiny
+    engine, tok = tiny, tiny.tokenizer
     assert tok.padding_side == "left"
     cfg = cfg_of(n_samples=3, max_new_tokens=6, batch_size=4, seed=1)
-    out, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
+    out, _ = generate(engine, PROBLEMS, cfg, progress=False)
     assert len(out) == 9
     assert [o["id"] for o in out[:3]] == ["gsm8k-test/0000/0", "gsm8k-test/0000/1", "gsm8k-test/0000/2"]
     for o in out:
@@ -79,11 +80,11 @@ def test_generate_shapes_and_token_counts(tiny):
 
 
 def test_generate_is_deterministic_for_a_seed(tiny):
-    model, tok = tiny
+    engine, tok = tiny, tiny.tokenizer
     cfg = cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=7)
-    a, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
-    b, _ = generate(model, tok, PROBLEMS, cfg, progress=False)
-    c, _ = generate(model, tok, PROBLEMS, cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
+    a, _ = generate(engine, PROBLEMS, cfg, progress=False)
+    b, _ = generate(engine, PROBLEMS, cfg, progress=False)
+    c, _ = generate(engine, PROBLEMS, cfg_of(n_samples=2, max_new_tokens=5, batch_size=3, seed=8),
                     progress=False)
     assert a == b
     assert [x["text"] for x in a] != [x["text"] for x in c]
@@ -92,8 +93,8 @@ def test_generate_is_deterministic_for_a_seed(tiny):
 
 
 def test_greedy_samples_are_identical(tiny):
-    model, tok = tiny
-    out, _ = generate(model, tok, PROBLEMS[:2], cfg_of(n_samples=2, temperature=0, max_new_tokens=4,
+    engine, tok = tiny, tiny.tokenizer
+    out, _ = generate(engine, PROBLEMS[:2], cfg_of(n_samples=2, temperature=0, max_new_tokens=4,
                                                        batch_size=4), progress=False)
     assert out[0]["text"] == out[1]["text"] and out[2]["text"] == out[3]["text"]
     assert out[0]["completion_tokens"] == out[1]["completion_tokens"]
@@ -102,24 +103,24 @@ def test_greedy_samples_are_identical(tiny):
 def test_a_sample_does_not_depend_on_the_batch_or_the_other_rows(tiny):
     """Per-row RNG and unpadded one-prompt batches: batch size, n_samples and the problem set
     leave every (problem, sample index) row's tokens unchanged."""
-    model, tok = tiny
+    engine, tok = tiny, tiny.tokenizer
     kw = dict(max_new_tokens=12, seed=3)
-    ref, _ = generate(model, tok, PROBLEMS, cfg_of(n_samples=4, batch_size=8, **kw), progress=False)
+    ref, _ = generate(engine, PROBLEMS, cfg_of(n_samples=4, batch_size=8, **kw), progress=False)
     by_id = {r["id"]: r for r in ref}
     for probs, n, bs in ((PROBLEMS, 4, 1), (PROBLEMS, 4, 3), (PROBLEMS[1:], 2, 8), (PROBLEMS[::-1], 3, 2)):
-        out, _ = generate(model, tok, probs, cfg_of(n_samples=n, batch_size=bs, **kw), progress=False)
+        out, _ = generate(engine, probs, cfg_of(n_samples=n, batch_size=bs, **kw), progress=False)
         assert out == [by_id[r["id"]] for r in out], (n, bs)
     assert len({r["text"] for r in ref}) > len(PROBLEMS), "samples of a problem differ"
 
 
 def test_cache_generates_only_missing_rows_and_matches_a_fresh_run(tiny, tiny_model_dir, tmp_path):
-    model, tok = tiny
+    engine, tok = tiny, tiny.tokenizer
     cache = tmp_path / "cache"
     kw = dict(max_new_tokens=10, batch_size=4, seed=5)
-    fresh, s0 = generate(model, tok, PROBLEMS, cfg_of(n_samples=4, **kw), progress=False)
+    fresh, s0 = generate(engine, PROBLEMS, cfg_of(n_samples=4, **kw), progress=False)
     assert s0 == {"rows": 12, "generated": 12, "cache_hits": 0,
                   "generated_tokens": sum(r["completion_tokens"] for r in fresh)}
-    run = lambda probs, n: generate(model, tok, probs, cfg_of(n_samples=n, **kw), cache=open_cache(cache, tiny_model_dir),
+    run = lambda probs, n: generate(engine, probs, cfg_of(n_samples=n, **kw), cache=open_cache(cache, tiny_model_dir),
                                     progress=False)
     a, s1 = run(PROBLEMS[:2], 2)                # 2 problems x 2 samples: all new
     b, s2 = run(PROBLEMS[:2], 4)                # n_samples 2 -> 4: only samples 2 and 3 are new
@@ -129,11 +130,11 @@ def test_cache_generates_only_missing_rows_and_matches_a_fresh_run(tiny, tiny_mo
     assert c == d == fresh, "cached rows are byte-identical to a fresh run's"
     assert b == [r for r in fresh if r["problem_id"] in {p["id"] for p in PROBLEMS[:2]}]
     # another seed, max_new_tokens or model never reuses a row
-    _, s5 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "seed": 6}), cache=open_cache(cache, tiny_model_dir),
+    _, s5 = generate(engine, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "seed": 6}), cache=open_cache(cache, tiny_model_dir),
                      progress=False)
-    _, s6 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "max_new_tokens": 9}),
+    _, s6 = generate(engine, PROBLEMS[:1], cfg_of(n_samples=4, **{**kw, "max_new_tokens": 9}),
                      cache=open_cache(cache, tiny_model_dir), progress=False)
-    _, s7 = generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=4, **kw), cache=open_cache(cache, tmp_path),
+    _, s7 = generate(engine, PROBLEMS[:1], cfg_of(n_samples=4, **kw), cache=open_cache(cache, tmp_path),
                      progress=False)
     assert s5["cache_hits"] == s6["cache_hits"] == s7["cache_hits"] == 0
 
@@ -142,8 +143,8 @@ def test_cache_survives_a_corrupt_shard(tiny, tiny_model_dir, tmp_path):
     from posttrain.core.generation import GenerationCache
     from posttrain.core.fingerprint import model_key
 
-    model, tok = tiny
-    run = lambda: generate(model, tok, PROBLEMS[:1], cfg_of(n_samples=2, max_new_tokens=4), cache=open_cache(tmp_path, tiny_model_dir),
+    engine, tok = tiny, tiny.tokenizer
+    run = lambda: generate(engine, PROBLEMS[:1], cfg_of(n_samples=2, max_new_tokens=4), cache=open_cache(tmp_path, tiny_model_dir),
                            progress=False)
     a, _ = run()
     shard = next((tmp_path / model_key(str(tiny_model_dir))).glob("*.jsonl"))
@@ -182,7 +183,8 @@ def test_generate_stage_writes_samples_and_metrics(tmp_path, tiny_model_dir):
     out, met = tmp_path / "samples.jsonl", tmp_path / "m.json"
     args = ["--model", str(tiny_model_dir), "--problems", str(probs), "--out", str(out), "--metrics", str(met),
             "--n-samples", "2", "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "4",
-            "--batch-size", "4", "--seed", "0", "--threads", "0", "--no-progress"]
+            "--batch-size", "4", "--seed", "0", "--backend", "hf", "--llamacpp-weights", "f16", "--threads", "0",
+            "--no-progress"]
     res = CliRunner().invoke(_stage(), args)
     assert res.exit_code == 0, res.output
     first = out.read_bytes()
@@ -228,11 +230,12 @@ def test_tiny_profile_collect_then_generate(tmp_path, tiny_model_dir):
     problems = read_jsonl(tmp_path / "problems.jsonl")
     assert len(problems) == r["sample"] and {p["domain"] for p in problems} == {"math", "code"}
     res = CliRunner().invoke(_stage(), [
-        "--model", str(tiny_model_dir), "--problems", str(tmp_path / "problems.jsonl"),
+        "--model", r["model"], "--problems", str(tmp_path / "problems.jsonl"),
         "--out", str(tmp_path / "samples.jsonl"), "--metrics", str(tmp_path / "mg.json"),
         "--n-samples", str(r["n_samples"]), "--temperature", str(r["temperature"]), "--top-p", str(r["top_p"]),
         "--max-new-tokens", str(r["max_new_tokens"]), "--batch-size", str(r["batch_size"]),
-        "--seed", str(r["seed"]), "--threads", str(r["threads"]), "--no-progress"])
+        "--seed", str(r["seed"]), "--backend", r["backend"],
+        "--llamacpp-weights", r["llamacpp_weights"], "--threads", str(r["threads"]), "--no-progress"])
     assert res.exit_code == 0, res.output
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert len(samples) == r["sample"] * r["n_samples"]

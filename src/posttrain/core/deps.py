@@ -2,14 +2,16 @@
 
 A stage's code deps are its script plus every file of `src/posttrain` that running it
 executes: the import closure of the script (and of a `python -m posttrain...` launcher in
-its command), package `__init__.py` files included. A stage that reaches
-`posttrain.core.assets` also depends on `requirements-assets.txt`, since the asset
-packages pinned there are the files it reads.
+its command), package `__init__.py` files included. A module that sets a top-level
+`REQUIREMENTS_FILE = "..."` names the pinned requirements of what it wraps, and a stage that
+reaches it depends on that file too: `posttrain.core.assets` -> `requirements-assets.txt`
+(the asset packages are the files it reads), `posttrain.core.llamacpp` ->
+`requirements-llamacpp.txt` (a new engine version can change samples).
 
     python -m posttrain.core.deps --write   # rewrite the derived deps in dvc.yaml (`make deps`)
     python -m posttrain.core.deps --check   # exit 1 and name the stages whose deps differ
 
-Only the `src/posttrain/...` and `requirements-assets.txt` lines of each stage's `deps:`
+Only the `src/posttrain/...` and `requirements-*.txt` lines of each stage's `deps:`
 are managed; data deps and comments stay as written.
 """
 
@@ -23,8 +25,6 @@ from pathlib import Path
 import click
 
 PKG = "posttrain"
-ASSETS_MODULE = "posttrain.core.assets"
-ASSETS_REQS = "requirements-assets.txt"
 
 
 def _module_file(src: Path, dotted: str) -> Path | None:
@@ -93,14 +93,24 @@ def stage_code_deps(cmd: str, root: Path) -> list[str]:
     if launchers:
         files |= closure(src / PKG / "__init__.py", src, launchers)
     deps = sorted(str(f.relative_to(root)) for f in files)
-    if _module_file(src, ASSETS_MODULE) in files:
-        deps.append(ASSETS_REQS)
-    return deps
+    return deps + sorted({r for f in files if (r := requirements_file(f))})
+
+
+def requirements_file(path: Path) -> str | None:
+    """The module's top-level `REQUIREMENTS_FILE = "..."`, if it sets one."""
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "REQUIREMENTS_FILE"
+                                                for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                return node.value.value
+            raise ValueError(f"{path}: REQUIREMENTS_FILE must be a string literal")
+    return None
 
 
 def _managed(line: str) -> bool:
     item = line.strip()[2:].strip() if line.strip().startswith("- ") else ""
-    return (item.startswith(f"src/{PKG}/") and item.endswith(".py")) or item == ASSETS_REQS
+    return ((item.startswith(f"src/{PKG}/") and item.endswith(".py"))
+            or re.fullmatch(r"requirements-[\w-]+\.txt", item) is not None)
 
 
 def rewrite(text: str, root: Path) -> tuple[str, list[str]]:

@@ -15,7 +15,15 @@ the run. Two things would break that, and both are avoided:
 
 That is what makes `GenerationCache` exact: raising `n_samples` or adding prompts
 generates only the missing rows, and the output equals a fresh run's, byte for
-byte (tests/core/test_generation.py). Layout under the cache directory:
+byte (tests/reason/test_generation.py).
+
+An engine samples the rows: `HFEngine` (transformers, above) or a dedicated one
+(`posttrain.core.llamacpp`, vLLM through `posttrain.reason.generation`). Engines whose
+rows can depend on the rows decoded beside them (`exact_rows = False`) run whole groups
+of sample indices (0..B-1, B..2B-1, ... for batch size B), every row of a group even
+when fewer are asked for, and the group size goes into the key: a row then depends
+only on its group, which is fixed, and the cache stays exact. Layout under the cache
+directory:
 
     <model_key>/<shard>.jsonl   {"key", "text", "completion_tokens"} per line
 
@@ -63,15 +71,12 @@ def row_seed(sampling: Sampling, row: Row) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are < 2**63
 
 
-def row_key(sampling: Sampling, row: Row, model: str) -> str:
-    """Cache key of a row. The torch version and thread count are in it because
-    both can change float reduction order, hence samples."""
-    import torch
-
+def row_key(sampling: Sampling, row: Row, model: str, engine: dict) -> str:
+    """Cache key of a row. `engine` is the engine's own part (`Engine.key()`: its name and
+    version, threads, group size): all of them can change float reduction order, hence samples."""
     spec = {"model": model, "prompt": row.prompt, "sample_idx": row.sample_idx, "seed": sampling.seed,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_new_tokens": sampling.max_new_tokens, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "max_new_tokens": sampling.max_new_tokens, **engine}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -143,6 +148,31 @@ def completion_length(ids: list[int], eos_ids: set[int]) -> int:
     return len(ids)
 
 
+class HFEngine:
+    """transformers' `generate` on a loaded model (the default engine, and GRPO's): rows are
+    exact (independent of the rows beside them), see the module docstring."""
+
+    name = "hf"
+    exact_rows = True
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def key(self) -> dict:
+        import torch
+
+        # no backend name: keys from before engines existed stay valid
+        return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    def sample(self, prompt_ids: tuple[int, ...], seeds: list[int], sampling: Sampling,
+               eos_ids: set[int]) -> list[list[int]]:
+        self.model.eval()
+        return _sample_batch(self.model, self.tokenizer, prompt_ids, seeds, sampling, eos_ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def _sample_batch(model, tokenizer, prompt_ids: tuple[int, ...], seeds: list[int], sampling: Sampling,
                   eos_ids: set[int]) -> list[list[int]]:
     """len(seeds) completions (token ids, up to end of turn) of one prompt."""
@@ -165,36 +195,49 @@ def _sample_batch(model, tokenizer, prompt_ids: tuple[int, ...], seeds: list[int
     return [row[:completion_length(row, eos_ids)] for row in seqs[:, ids.shape[1]:].tolist()]
 
 
-def generate_rows(model, tokenizer, rows: list[Row], sampling: Sampling, *, batch_size: int,
+def eos_ids_of(tokenizer) -> set[int]:
+    eos = tokenizer.eos_token_id
+    return {eos} if isinstance(eos, int) else set(eos)
+
+
+def generate_rows(engine, rows: list[Row], sampling: Sampling, *, batch_size: int,
                   cache: GenerationCache | None = None, progress: bool = False,
                   desc: str = "generate") -> tuple[list[dict], dict]:
     """Completions of `rows`, in order: [{text, completion_tokens}], and
-    {"rows", "generated", "cache_hits", "generated_tokens"}. Only rows missing from `cache` are generated."""
+    {"rows", "generated", "cache_hits", "generated_tokens"}. Only rows missing from `cache` are
+    generated; an engine without exact rows generates each missing row's whole group (the extra
+    rows go to the cache and count as generated)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    eos = tokenizer.eos_token_id
-    eos_ids = {eos} if isinstance(eos, int) else set(eos)
-    keys = [row_key(sampling, r, cache.model) if cache is not None else None for r in rows]
-    todo: dict[tuple[int, ...], list[int]] = {}  # prompt ids -> indices of rows to generate
-    seen: set = set()
-    for i, (r, k) in enumerate(zip(rows, keys)):
-        if (k is not None and k in cache) or (r, k) in seen:
+    eos_ids = eos_ids_of(engine.tokenizer)
+    engine_key = engine.key() if engine.exact_rows else {**engine.key(), "group": batch_size}
+    key = (lambda r: row_key(sampling, r, cache.model, engine_key)) if cache is not None else (lambda r: None)
+    keys = [key(r) for r in rows]
+    todo: dict[tuple[int, ...], list[Row]] = {}  # prompt ids -> rows to generate
+    seen: set[Row] = set()
+    for r, k in zip(rows, keys):
+        if (k is not None and k in cache) or r in seen:
             continue
-        seen.add((r, k))
-        todo.setdefault(r.prompt_ids, []).append(i)
-    batches = [idx[j:j + batch_size] for idx in todo.values() for j in range(0, len(idx), batch_size)]
+        if engine.exact_rows:
+            todo.setdefault(r.prompt_ids, []).append(r)
+            seen.add(r)
+        else:  # the row's whole group, in sample-index order
+            first = r.sample_idx - r.sample_idx % batch_size
+            group = [Row(r.prompt, r.prompt_ids, first + j) for j in range(batch_size)]
+            todo.setdefault(r.prompt_ids, []).extend(group)
+            seen.update(group)
+    batches = [todo_rows[j:j + batch_size] for todo_rows in todo.values()
+               for j in range(0, len(todo_rows), batch_size)]
     fresh: dict[Row, dict] = {}
-    model.eval()
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        seeds = [row_seed(sampling, rows[i]) for i in batch]
-        for i, toks in zip(batch, _sample_batch(model, tokenizer, rows[batch[0]].prompt_ids, seeds,
-                                                sampling, eos_ids)):
-            fresh[rows[i]] = {"text": tokenizer.decode(toks, skip_special_tokens=True).strip(),
-                              "completion_tokens": len(toks)}
+        seeds = [row_seed(sampling, r) for r in batch]
+        for r, toks in zip(batch, engine.sample(batch[0].prompt_ids, seeds, sampling, eos_ids)):
+            toks = toks[:completion_length(toks, eos_ids)]
+            fresh[r] = {"text": engine.decode(toks), "completion_tokens": len(toks)}
     if cache is not None:
-        cache.add({keys[i]: fresh[rows[i]] for i in range(len(rows)) if rows[i] in fresh})
+        cache.add({key(r): out for r, out in fresh.items()})
     out = [fresh[r] if r in fresh else cache.get(k) for r, k in zip(rows, keys)]
-    return out, {"rows": len(rows), "generated": len(fresh), "cache_hits": len(rows) - len(fresh),
+    return out, {"rows": len(rows), "generated": len(fresh), "cache_hits": sum(r not in fresh for r in rows),
                  "generated_tokens": sum(o["completion_tokens"] for o in fresh.values())}

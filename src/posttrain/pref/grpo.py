@@ -76,23 +76,21 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, *
     """Greedy completions of chat prompts, through `posttrain.core.generation`: one prompt
     per batch and no padding, so a completion does not depend on the other prompts and
     `cache` (a GenerationCache of this model) can keep it for the next run."""
-    from posttrain.core.generation import Row, Sampling, generate_rows
+    from posttrain.core.generation import HFEngine, Row, Sampling, generate_rows
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     rows = [Row(t, tuple(tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts]
     greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
-    outs, stats = generate_rows(model, tokenizer, rows, greedy, batch_size=1, cache=cache)
+    outs, stats = generate_rows(HFEngine(model, tokenizer), rows, greedy, batch_size=1, cache=cache)
     log.info("greedy eval: %d completions, %d from the cache", stats["rows"], stats["cache_hits"])
     return [o["text"] for o in outs]
 
 
 def require_vllm() -> None:
     """vLLM is an optional extra for GPU machines; say so before anything loads."""
-    import importlib.util
+    from posttrain.core.vllm_engine import require_vllm as require
 
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError("pref.grpo.use_vllm is true but vllm is not installed: on a GPU machine "
-                           "`pip install vllm` (see README, Running at scale), or set pref.grpo.use_vllm: false")
+    require("pref.grpo.use_vllm: true (or set it to false)")
 
 
 def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max_prompts: int,

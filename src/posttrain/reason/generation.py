@@ -1,10 +1,17 @@
 """Sampled step-by-step solutions: n samples per problem, through `posttrain.core.generation`.
 
 Every (problem, sample index) pair is one row, and a row's tokens depend only on the
-model, its rendered prompt, the sampling params, the seed and its sample index (its
-own RNG; batches hold samples of one prompt, without padding). So a run is
-reproducible for the same seed and thread count whatever the batch size, and with a
-cache directory only rows not sampled before are generated.
+model, its rendered prompt, the sampling params, the seed, its sample index (its own
+RNG; batches hold samples of one prompt, without padding) and the engine
+(`reason.backend`, its version and threads; for llama.cpp and vLLM also the batch
+size, which fixes each row's group). So a run is reproducible for the same params and
+backend, and with a cache directory only rows not sampled before are generated.
+
+Backends (`reason.backend`):
+  hf        transformers `generate` on the model folder, fp32 (rows exact at any batch size)
+  llamacpp  llama.cpp on the model's GGUF file (`posttrain.core.llamacpp`): the CPU default,
+            ~3x hf's tokens/s at batch 8 here (`python bench/generate.py`)
+  vllm      vLLM on a GPU machine (`posttrain.core.vllm_engine`), an optional extra
 """
 
 from __future__ import annotations
@@ -42,6 +49,32 @@ def load_model(ref):
     return model, tokenizer
 
 
+BACKENDS = ("hf", "llamacpp", "vllm")
+
+
+def load_engine(ref, backend: str, *, threads: int, seed: int, llamacpp_weights: str):
+    """The generation engine of `backend` for model `ref` (see the module docstring). `threads`
+    0 = the machine's cores (llama.cpp); for hf the caller sets torch's threads.
+    `llamacpp_weights`: what the GGUF's weights run as under llama.cpp (`posttrain.core.llamacpp`)."""
+    if backend == "hf":
+        from posttrain.core.generation import HFEngine
+
+        return HFEngine(*load_model(ref))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    from posttrain.core.models import load_tokenizer
+
+    if backend == "llamacpp":
+        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
+
+        gguf = gguf_of(str(ref))  # before the tokenizer: a model without a GGUF fails fast
+        return LlamaCppEngine(gguf, load_tokenizer(str(ref)), threads=threads, weights=llamacpp_weights)
+    from posttrain.core.vllm_engine import VLLMEngine, require_vllm
+
+    require_vllm("reason.backend: vllm")
+    return VLLMEngine(str(ref), load_tokenizer(str(ref)), seed=seed)
+
+
 def open_cache(cache_dir, model_ref):
     """The generation cache of `model_ref` (keyed by its bytes) under `cache_dir`."""
     from posttrain.core.generation import GenerationCache
@@ -50,21 +83,24 @@ def open_cache(cache_dir, model_ref):
     return GenerationCache(cache_dir, model_key(str(model_ref)))
 
 
-def generate(model, tokenizer, problems: list[dict], cfg: SamplingConfig, *, cache=None,
+def generate(engine, problems: list[dict], cfg: SamplingConfig, *, cache=None,
              progress: bool = True) -> tuple[list[dict], dict]:
-    """Sample `cfg.n_samples` solutions per problem. Returns the sample records in problem
-    order then sample index ({id, problem_id, sample_idx, domain, source, text,
-    prompt_tokens, completion_tokens}) and {rows, generated, cache_hits, generated_tokens}.
-    `cache` (`open_cache`) keeps every sample for later runs."""
+    """Sample `cfg.n_samples` solutions per problem with `engine` (`load_engine`). Returns the
+    sample records in problem order then sample index ({id, problem_id, sample_idx, domain,
+    source, text, prompt_tokens, completion_tokens}) and {rows, generated, cache_hits,
+    generated_tokens}. `cache` (`open_cache`) keeps every sample for later runs."""
     from posttrain.core.generation import Row, generate_rows
 
+    tokenizer = engine.tokenizer
     texts = [prompts.render(tokenizer, p) for p in problems]
     ids = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    if texts and hasattr(engine, "check_prompt"):
+        engine.check_prompt(texts[0], ids[0])
     rows = [Row(texts[i], ids[i], s) for i in range(len(problems)) for s in range(cfg.n_samples)]
     log.info("%d problems x %d samples = %d rows (max_new_tokens=%d, %s)", len(problems), cfg.n_samples,
              len(rows), cfg.max_new_tokens,
              f"T={cfg.temperature}, top_p={cfg.top_p}" if cfg.temperature > 0 else "greedy")
-    outs, stats = generate_rows(model, tokenizer, rows, cfg, batch_size=cfg.batch_size, cache=cache,
+    outs, stats = generate_rows(engine, rows, cfg, batch_size=cfg.batch_size, cache=cache,
                                 progress=progress, desc="reason_generate")
     samples = []
     for i, p in enumerate(problems):
