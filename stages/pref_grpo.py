@@ -19,6 +19,8 @@ from posttrain.core.cli import finite, run
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
               help="Per eval prompt RM reward before/after (jsonl) for `posttrain compare`.")
 @click.option("--eval-prompts", "--eval_prompts", required=True, type=click.IntRange(min=1))
+@click.option("--eval-batch-size", "--eval_batch_size", required=True, type=click.IntRange(min=1),
+              help="eval prompts per left-padded greedy batch (before and after)")
 @click.option("--max-prompts", "--max_prompts", required=True, type=click.IntRange(min=0),
               help="GRPO training prompts cap (0 = all)")
 @click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
@@ -39,8 +41,8 @@ from posttrain.core.cli import finite, run
               help="Rollouts through vLLM (trl's use_vllm; GPU machines with vllm installed).")
 @click.option("--gen-cache", "gen_cache_dir", type=click.Path(file_okay=False),
               help="Cache of the base policy's greedy eval completions (a persist: true out).")
-def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_path, eval_prompts, max_prompts,
-         max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
+def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_path, eval_prompts, eval_batch_size,
+         max_prompts, max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed, use_vllm, gen_cache_dir):
     if use_vllm:
         try:
@@ -53,7 +55,7 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_
         max_completion_length=max_completion_length, max_length=max_length, lr=lr,
         temperature=temperature, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_layers=lora_layers, seed=seed, live_dir=live_dir, gen_cache_dir=gen_cache_dir,
-        use_vllm=use_vllm)
+        use_vllm=use_vllm, eval_batch_size=eval_batch_size)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     write_json(metrics_path, res["metrics"])

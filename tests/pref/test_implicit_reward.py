@@ -69,3 +69,28 @@ def test_keep_end_truncation_keeps_the_answer(tokenizer):
     assert len(seq) == 10 and seq[-n:] == answer[-n:] and n == 9
     seq, n = truncated(prompt, answer, 0)
     assert seq == prompt + answer and n == len(answer)
+
+
+def test_reference_pass_from_the_first_adapted_layer_equals_a_full_second_pass(tiny_model, tokenizer,
+                                                                              monkeypatch):
+    """LoRA on the top layer only (as the CPU default trains the top 4 of 30): the reference pass
+    starts at that layer from the policy pass's hidden state, and gives the very same numbers as
+    a full pass with the adapter disabled."""
+    from peft import LoraConfig, get_peft_model
+
+    from posttrain.pref import implicit_reward
+
+    model = get_peft_model(tiny_model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  layers_to_transform=[1])).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    decoder = model.get_base_model().get_decoder()
+    assert implicit_reward.first_adapted_layer(decoder) == 1
+    shared = implicit_rewards(model, tokenizer, PAIRS, beta=0.1, max_length=64, batch_size=3)
+    monkeypatch.setattr(implicit_reward, "first_adapted_layer", lambda d: 0)  # two full passes
+    full = implicit_rewards(model, tokenizer, PAIRS, beta=0.1, max_length=64, batch_size=3)
+    for side in ("chosen", "rejected"):
+        assert np.array_equal(shared[side], full[side]), side
+    assert np.abs(shared["chosen"]).max() > 1e-3

@@ -75,10 +75,10 @@ def test_grpo_changes_the_greedy_output_on_a_training_prompt(few_pairs, tiny_mod
     prompt = [load_prefixes(few_pairs / "prefixes_all.jsonl")[train_ids[0]]]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    before = generate(base, tok, prompt, 8)
+    before = generate(base, tok, prompt, 8, batch_size=1)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                       str(tmp_path / "grpo")).eval()
-    after = generate(tuned, tok, prompt, 8)
+    after = generate(tuned, tok, prompt, 8, batch_size=1)
     assert after != before, (before, after)
     cfg = json.loads((tmp_path / "grpo" / "adapter_config.json").read_text())
     assert cfg["r"] == 8

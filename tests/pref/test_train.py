@@ -142,7 +142,7 @@ DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_
            bucket_quantile=0.25, seed=0)
 GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_generations=4,
             max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
-            lora_alpha=16, lora_layers=0, seed=0, use_vllm=False)
+            lora_alpha=16, lora_layers=0, seed=0, use_vllm=False, eval_batch_size=2)
 
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):

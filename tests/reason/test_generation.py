@@ -240,3 +240,26 @@ def test_tiny_profile_collect_then_generate(tmp_path, tiny_model_dir):
     samples = read_jsonl(tmp_path / "samples.jsonl")
     assert len(samples) == r["sample"] * r["n_samples"]
     assert all(s["completion_tokens"] <= r["max_new_tokens"] for s in samples)
+
+
+def test_greedy_rows_pad_batches_and_cache_them_by_batch(tiny, tiny_model_dir, tmp_path):
+    """GRPO's eval path: greedy completions of many prompts in left-padded batches. A row's key
+    holds its batch's prompts, so a rerun of the same list is all cache hits and a changed
+    prompt regenerates its own batch only; at batch size 1 it equals the exact per-row path."""
+    from posttrain.core.generation import GenerationCache, Row, Sampling, generate_rows, greedy_rows
+
+    tok = tiny.tokenizer
+    texts = [prompts.render(tok, {**MATH, "problem": f"What is {i} + {i}?"}) for i in range(5)]
+    rows = [Row(t, tuple(tok(t, add_special_tokens=False)["input_ids"])) for t in texts]
+    cache = lambda: GenerationCache(tmp_path, "tiny")  # noqa: E731
+    a, s1 = greedy_rows(tiny, rows, max_new_tokens=6, batch_size=2, cache=cache())
+    b, s2 = greedy_rows(tiny, rows, max_new_tokens=6, batch_size=2, cache=cache())
+    assert (s1["generated"], s2["generated"], s2["cache_hits"]) == (5, 0, 5) and a == b
+    changed = rows[:3] + [Row(texts[0] + " ", rows[0].prompt_ids + (220,))] + rows[4:]
+    c, s3 = greedy_rows(tiny, changed, max_new_tokens=6, batch_size=2, cache=cache())
+    assert s3["generated"] == 2 and c[:2] == a[:2] and c[4] == a[4]  # batch [2, 3] changed
+    one, _ = greedy_rows(tiny, rows, max_new_tokens=6, batch_size=1)
+    exact, _ = generate_rows(tiny, rows, Sampling(temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0),
+                             batch_size=1)
+    assert one == exact
+    assert all(1 <= o["completion_tokens"] <= 6 for o in a)

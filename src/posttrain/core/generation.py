@@ -241,3 +241,52 @@ def generate_rows(engine, rows: list[Row], sampling: Sampling, *, batch_size: in
     out = [fresh[r] if r in fresh else cache.get(k) for r, k in zip(rows, keys)]
     return out, {"rows": len(rows), "generated": len(fresh), "cache_hits": sum(r not in fresh for r in rows),
                  "generated_tokens": sum(o["completion_tokens"] for o in fresh.values())}
+
+
+def greedy_rows(engine: HFEngine, rows: list[Row], *, max_new_tokens: int, batch_size: int,
+                cache: GenerationCache | None = None, desc: str = "greedy") -> tuple[list[dict], dict]:
+    """Greedy completions of many prompts (one row each), `batch_size` consecutive prompts per
+    left-padded transformers batch: ~3x faster than one prompt at a time here (GRPO's eval).
+
+    Padding moves a row's logits by ~1e-5 with the other prompts of its batch, so a row's key
+    holds its batch's prompts too: the cache serves a rerun of the same prompt list exactly,
+    and a changed list regenerates the batches that changed. Returns what `generate_rows` does."""
+    import torch
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
+    tok, model = engine.tokenizer, engine.model
+    eos_ids = eos_ids_of(tok)
+    batches = [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+    out: list[dict] = []
+    fresh: dict[str, dict] = {}
+    generated = tokens = 0
+    for batch in batches:
+        batch_key = hashlib.sha256("\n\0".join(r.prompt for r in batch).encode()).hexdigest()
+        keys = [row_key(greedy, r, cache.model, {**engine.key(), "padded_batch": batch_key})
+                if cache is not None else None for r in batch]
+        if cache is not None and all(k in cache for k in keys):
+            out += [cache.get(k) for k in keys]
+            continue
+        side = tok.padding_side
+        tok.padding_side = "left"  # new tokens must follow each prompt directly
+        try:
+            feats = tok.pad({"input_ids": [list(r.prompt_ids) for r in batch]}, return_tensors="pt")
+        finally:
+            tok.padding_side = side
+        model.eval()
+        with torch.no_grad():
+            seqs = model.generate(**feats, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids))
+        for k, ids in zip(keys, seqs[:, feats["input_ids"].shape[1]:].tolist()):
+            ids = ids[:completion_length(ids, eos_ids)]
+            o = {"text": engine.decode(ids), "completion_tokens": len(ids)}
+            out.append(o)
+            generated, tokens = generated + 1, tokens + len(ids)
+            if k is not None:
+                fresh[k] = o
+    if cache is not None:
+        cache.add(fresh)
+    return out, {"rows": len(rows), "generated": generated, "cache_hits": len(rows) - generated,
+                 "generated_tokens": tokens}

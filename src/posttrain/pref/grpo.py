@@ -72,16 +72,17 @@ class RewardModelScore:
         return self.score(prompts, answers).tolist()
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, *, cache=None) -> list[str]:
-    """Greedy completions of chat prompts, through `posttrain.core.generation`: one prompt
-    per batch and no padding, so a completion does not depend on the other prompts and
-    `cache` (a GenerationCache of this model) can keep it for the next run."""
-    from posttrain.core.generation import HFEngine, Row, Sampling, generate_rows
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, *, batch_size: int,
+             cache=None) -> list[str]:
+    """Greedy completions of chat prompts, `batch_size` prompts per left-padded batch, through
+    `posttrain.core.generation.greedy_rows`: `cache` (a GenerationCache of this model) keeps
+    them for a rerun on the same prompts (each keyed with its batch's prompts)."""
+    from posttrain.core.generation import HFEngine, Row, greedy_rows
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     rows = [Row(t, tuple(tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts]
-    greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, seed=0)
-    outs, stats = generate_rows(HFEngine(model, tokenizer), rows, greedy, batch_size=1, cache=cache)
+    outs, stats = greedy_rows(HFEngine(model, tokenizer), rows, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, cache=cache)
     log.info("greedy eval: %d completions, %d from the cache", stats["rows"], stats["cache_hits"])
     return [o["text"] for o in outs]
 
@@ -97,7 +98,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
                max_steps: int, batch_size: int, num_generations: int,
                max_completion_length: int, max_length: int, lr: float,
                temperature: float, beta: float, lora_r: int, lora_alpha: int,
-               lora_layers: int, seed: int, use_vllm: bool, live_dir, gen_cache_dir=None) -> dict:
+               lora_layers: int, seed: int, use_vllm: bool, eval_batch_size: int, live_dir,
+               gen_cache_dir=None) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
     `gen_cache_dir` keeps the base policy's greedy eval completions (the "before" side),
@@ -146,7 +148,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
             from posttrain.core.fingerprint import model_key
 
             cache = GenerationCache(gen_cache_dir, model_key(str(policy)))
-        before_text = generate(model, tok, eval_msgs, max_completion_length, cache=cache)
+        before_text = generate(model, tok, eval_msgs, max_completion_length, batch_size=eval_batch_size,
+                               cache=cache)
         before = reward_fn.score(eval_msgs, before_text)
 
     scratch = tempfile.mkdtemp(prefix="pref_grpo_trainer_")
@@ -171,7 +174,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     if policy_model is None:
         return None
 
-    after_text = generate(policy_model, tok, eval_msgs, max_completion_length)
+    after_text = generate(policy_model, tok, eval_msgs, max_completion_length, batch_size=eval_batch_size)
     after = reward_fn.score(eval_msgs, after_text)
 
     def fill(tmp: Path) -> None:
