@@ -43,17 +43,19 @@ def truncated(prompt: list[int], answer: list[int], max_length: int) -> tuple[li
 
 
 def _answer_logps(head, hidden, ids, mask, idx, n_answer, out: np.ndarray) -> None:
-    """out[i] = sum of log p(token) over the last n_answer[i] tokens of each row of the batch."""
+    """out[i] = sum of log p(token) over the last n_answer[i] tokens of each row of the batch:
+    the LM head once, on the answer positions of the whole batch."""
     import torch
 
     lengths = mask.sum(1)
-    for j, i in enumerate(idx):
-        n, L = n_answer[i], int(lengths[j])
-        if n <= 0:
-            continue
-        h = hidden[j, L - n - 1:L - 1]  # position t predicts token t + 1
-        logp = torch.log_softmax(head(h).float(), dim=-1)
-        out[i] = float(logp.gather(1, ids[j, L - n:L].unsqueeze(1)).sum())
+    rows = [(j, i, n_answer[i], int(lengths[j])) for j, i in enumerate(idx) if n_answer[i] > 0]
+    if not rows:
+        return
+    h = torch.cat([hidden[j, L - n - 1:L - 1] for j, _, n, L in rows])  # position t predicts token t + 1
+    target = torch.cat([ids[j, L - n:L] for j, _, n, L in rows])
+    logp = torch.log_softmax(head(h).float(), dim=-1).gather(1, target.unsqueeze(1))[:, 0]
+    for (_, i, _, _), part in zip(rows, logp.split([n for _, _, n, _ in rows])):
+        out[i] = float(part.sum())
 
 
 def first_adapted_layer(decoder) -> int:
