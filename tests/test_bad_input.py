@@ -508,12 +508,12 @@ CASES += [
 
 # ------------------------------------------------------------------ reason_generate
 
-def reason_generate(problems):
+def reason_generate(problems, backend="hf"):
     def build(tmp, model):
         return ["--model", model, "--problems", put(tmp, "problems.jsonl", problems), "--out",
                 out(tmp, "samples.jsonl"), "--metrics", out(tmp, "m.json"), "--n-samples", 1,
                 "--temperature", 0.8, "--top-p", 0.95, "--max-new-tokens", 4, "--batch-size", 1,
-                "--seed", 0, "--threads", 1]
+                "--seed", 0, "--backend", backend, "--llamacpp-weights", "bf16", "--threads", 1]
     return build
 
 
@@ -527,6 +527,12 @@ CASES += [
          rf"{G} 1: field 'tests': missing$"),
     Case("generate-malformed-line", "reason_generate", reason_generate(jl(MATH_P) + "{oops}\n"),
          rf"{G} 2: malformed JSON: Expecting property name enclosed in double quotes \(column 2\)$"),
+    # the tiny random policy was not made from a GGUF: llama.cpp cannot run it
+    Case("generate-llamacpp-without-gguf", "reason_generate", reason_generate(jl(MATH_P), backend="llamacpp"),
+         r"^reason_generate: error: .*policy: the llamacpp backend runs GGUF models, .* or use the hf backend$"),
+    Case("generate-vllm-not-installed", "reason_generate", reason_generate(jl(MATH_P), backend="vllm"),
+         r"^reason_generate: error: reason.backend: vllm needs vllm, which is not installed: on a GPU machine "
+         r"`pip install vllm` \(see README, Running at scale\)$"),
 ]
 
 
