@@ -9,6 +9,7 @@ import click
 from posttrain.pref.dpo import train_dpo
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.cli import finite, run
+from posttrain.core.stats import write_split
 
 
 @click.command()
@@ -18,6 +19,9 @@ from posttrain.core.cli import finite, run
 @click.option("--policy", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
               help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
@@ -39,7 +43,7 @@ from posttrain.core.cli import finite, run
 @click.option("--lora-layers", "--lora_layers", required=True, type=click.IntRange(min=0),
               help="LoRA only on the top N decoder layers (0 = all)")
 @click.option("--seed", required=True, type=int)
-def main(pairs, ids, weights, policy, out_dir, metrics_path, live_dir, predictions_path, density_aware,
+def main(pairs, ids, weights, policy, out_dir, metrics_path, facts_path, live_dir, predictions_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
          batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, seed):
     res = train_dpo(
@@ -50,7 +54,7 @@ def main(pairs, ids, weights, policy, out_dir, metrics_path, live_dir, predictio
         lora_layers=lora_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
-    write_json(metrics_path, res["metrics"])
+    write_split(res["metrics"], metrics_path, facts_path, write_json)
     write_jsonl(predictions_path, res["predictions"])
     h = res["metrics"]["heldout"]
     click.echo(f"pref_dpo: held-out reward accuracy {h['reward_accuracy']}, "

@@ -6,6 +6,7 @@ import click
 from posttrain.pref.grpo import require_vllm, train_grpo
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.cli import finite, run
+from posttrain.core.stats import write_split
 
 
 @click.command()
@@ -14,6 +15,9 @@ from posttrain.core.cli import finite, run
 @click.option("--rm", "rm_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
               help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
@@ -41,7 +45,7 @@ from posttrain.core.cli import finite, run
               help="Rollouts through vLLM (trl's use_vllm; GPU machines with vllm installed).")
 @click.option("--gen-cache", "gen_cache_dir", type=click.Path(file_okay=False),
               help="Cache of the base policy's greedy eval completions (a persist: true out).")
-def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_path, eval_prompts, eval_batch_size,
+def main(prefixes, policy, rm_dir, out_dir, metrics_path, facts_path, live_dir, predictions_path, eval_prompts, eval_batch_size,
          max_prompts, max_steps, batch_size, num_generations, max_completion_length, max_length, lr, temperature,
          beta, lora_r, lora_alpha, lora_layers, seed, use_vllm, gen_cache_dir):
     if use_vllm:
@@ -58,7 +62,7 @@ def main(prefixes, policy, rm_dir, out_dir, metrics_path, live_dir, predictions_
         use_vllm=use_vllm, eval_batch_size=eval_batch_size)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
-    write_json(metrics_path, res["metrics"])
+    write_split(res["metrics"], metrics_path, facts_path, write_json)
     write_jsonl(predictions_path, res["predictions"])
     r = res["metrics"]["eval_reward"]
     click.echo(f"pref_grpo: mean RM reward on eval prompts {r['before']:.4f} -> {r['after']:.4f}", err=True)

@@ -10,6 +10,7 @@ import click
 from posttrain.core.io import outputs
 from posttrain.pref.reward import train_reward_model
 from posttrain.core.cli import finite, run
+from posttrain.core.stats import write_split
 
 
 @click.command()
@@ -19,6 +20,9 @@ from posttrain.core.cli import finite, run
 @click.option("--backbone", required=True, help="Model folder or hub id; a sequence-classification head is added.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
               help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
@@ -41,7 +45,7 @@ from posttrain.core.cli import finite, run
 @click.option("--trainable-layers", "--trainable_layers", required=True, type=click.IntRange(min=0),
               help="train only the top N kept layers + head (0 = all)")
 @click.option("--seed", required=True, type=int)
-def main(pairs, ids, weights, backbone, out_dir, metrics_path, live_dir, predictions_path, density_aware, max_pairs,
+def main(pairs, ids, weights, backbone, out_dir, metrics_path, facts_path, live_dir, predictions_path, density_aware, max_pairs,
          heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     res = train_reward_model(
@@ -52,7 +56,7 @@ def main(pairs, ids, weights, backbone, out_dir, metrics_path, live_dir, predict
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:
-        o.write_json(metrics_path, res["metrics"])
+        write_split(res["metrics"], metrics_path, facts_path, o.write_json)
         o.write_jsonl(predictions_path, res["predictions"])
     h, b = res["metrics"]["heldout"], res["metrics"]["heldout_buckets"]
     click.echo(f"pref_rm: held-out accuracy {h['accuracy']} on {h['n']} pairs "

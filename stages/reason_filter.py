@@ -15,6 +15,7 @@ incorrect solutions of the same problem in the pref pair format.
 import click
 
 from posttrain.core.cli import finite, run
+from posttrain.core.stats import write_split
 from posttrain.reason.graded import build_pairs, filter_metrics, grade_samples, prediction_rows
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.reason.problems import index, read_problem_records, read_problems
@@ -32,6 +33,9 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
 @click.option("--filtered", "filtered_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--timeout-s", "--timeout_s", required=True, type=finite(0, min_open=True),
               help="Wall-time limit per code run.")
 @click.option("--memory-mb", "--memory_mb", required=True, type=click.IntRange(min=16))
@@ -39,7 +43,7 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text",
 @click.option("--seed", required=True, type=int, help="Seed of the bootstrap CIs on the pass rates.")
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
               help="Per sample grades (jsonl) for `posttrain compare`.")
-def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, metrics_path,
+def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, metrics_path, facts_path,
          timeout_s, memory_mb, workers, seed, predictions_path):
     problems = index(read_problems(problems_path))
     samples = read_problem_records(samples_path, problems, SAMPLE_FIELDS)
@@ -51,7 +55,7 @@ def main(problems_path, samples_path, graded_path, filtered_path, pairs_path, me
     write_jsonl(pairs_path, pairs)
     metrics = {**filter_metrics(graded, seed=seed), "pairs": pair_stats}
     metrics["sandbox"] = protections()  # which isolation this host gave the code runs
-    write_json(metrics_path, metrics)
+    write_split(metrics, metrics_path, facts_path, write_json)
     write_jsonl(predictions_path, prediction_rows(graded))
     click.echo(f"reason_filter: {len(accepted)}/{len(graded)} accepted, {len(pairs)} pairs", err=True)
 

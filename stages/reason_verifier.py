@@ -17,6 +17,7 @@ from posttrain.reason import verifier
 from posttrain.core.io import write_json, write_jsonl
 from posttrain.core.models import save_folder
 from posttrain.core.cli import finite, run
+from posttrain.core.stats import write_split
 
 log = logging.getLogger("reason_verifier")
 
@@ -55,13 +56,16 @@ log = logging.getLogger("reason_verifier")
 @click.option("--out-model", required=True, type=click.Path(file_okay=False))
 @click.option("--out-scores", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--live", "live_dir", required=True, type=click.Path(file_okay=False),
               help="dvclive folder for the training curves (metrics.json, plots/metrics/*.tsv).")
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
               help="Per held-out record predictions (jsonl) for `posttrain compare`.")
 def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, heldout_frac, seed,
          max_length, padding, chat_template, batch_size, eval_batch_size, max_steps, lr, warmup_ratio,
-         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, live_dir,
+         weight_decay, num_layers, trainable_layers, threshold, out_model, out_scores, metrics_path, facts_path, live_dir,
          predictions_path):
     t0 = time.perf_counter()
     records, counts = verifier.load_records(
@@ -88,7 +92,7 @@ def main(model_dir, graded, problems, use_graded, champ, max_champ, max_graded, 
 
     save_folder(model, tokenizer, out_model, {"source": str(model_dir), "task": "verifier-regression"})
     write_jsonl(out_scores, scored)
-    write_json(metrics_path, metrics)
+    write_split(metrics, metrics_path, facts_path, write_json)
     write_jsonl(predictions_path, verifier.heldout_predictions(train, scored, threshold))
     # Wall time goes to the log, not the metrics: outputs stay byte-identical across runs.
     log.info("train %.1fs, total %.1fs; held-out %s", t_train, time.perf_counter() - t0,

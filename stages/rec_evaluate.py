@@ -16,6 +16,7 @@ from posttrain.core.io import read_jsonl, write_json, write_jsonl
 from posttrain.rec.lora import load_for_eval
 from posttrain.rec.tokenization import STRATEGIES, tokenize_prompts
 from posttrain.core.cli import run
+from posttrain.core.stats import write_split
 
 
 @click.command()
@@ -30,12 +31,15 @@ from posttrain.core.cli import run
 @click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
 @click.option("--seed", required=True, type=int)
 @click.option("--metrics", "metrics_path", default="metrics/rec_evaluate.json", show_default=True)
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help="The run's facts beside the metrics (data counts, flags, training facts): "
+                   "the metrics file holds only estimates with n and a 95% CI.")
 @click.option("--roc-llm", default="metrics/rec_evaluate_roc_llm.json", show_default=True)
 @click.option("--roc-baseline", default="metrics/rec_evaluate_roc_baseline.json", show_default=True)
 @click.option("--predictions", "predictions_path", required=True, type=click.Path(dir_okay=False),
               help="Per-row scores (jsonl) for `posttrain compare`.")
 def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, truncation, batch_size, seed,
-         metrics_path, roc_llm, roc_baseline, predictions_path):
+         metrics_path, facts_path, roc_llm, roc_baseline, predictions_path):
     import torch
     from transformers import AutoTokenizer
 
@@ -60,7 +64,7 @@ def main(model_dir, adapter_dir, data_dir, max_test_examples, cutoff_len, trunca
                "baseline": scoring.binary_metrics(labels, base, users, seed=seed),
                "llm_minus_baseline": scoring.paired_metrics(labels, p_yes, base, users, seed=seed),
                "test": scoring.split_counts(labels, users), "adapter": bool(adapter_dir)}
-    write_json(metrics_path, metrics)
+    write_split(metrics, metrics_path, facts_path, write_json)
     write_json(roc_llm, scoring.roc_points(labels, p_yes))
     write_json(roc_baseline, scoring.roc_points(labels, base))
     write_jsonl(predictions_path, scoring.prediction_rows(test, p_yes, base))

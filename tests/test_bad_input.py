@@ -465,7 +465,7 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
         w = put(tmp, "w.npy", b"")
         np.save(w, np.full(4, 0.25) if weights is None else weights)
         return ["--pairs", p, "--ids", idp, "--weights", w, "--backbone", model, "--out", out(tmp, "rm"),
-                "--metrics", out(tmp, "m.json"), "--live", out(tmp, "dvclive"),
+                "--metrics", out(tmp, "m.json"), "--facts", out(tmp, "run.json"), "--live", out(tmp, "dvclive"),
                 "--predictions", out(tmp, "predictions.jsonl"), "--density-aware", "true",
                 "--max-pairs", 0, "--heldout-fraction", heldout, "--bucket-quantile", quantile, "--seed", 0,
                 "--max-length", 64, "--max-steps", 1, "--batch-size", 2, "--grad-accum", 1, "--lr", 1e-4,

@@ -59,30 +59,36 @@ def test_second_repro_does_nothing(project):
 EVAL_STAGES = ("rec_evaluate", "pref_rm", "pref_dpo", "pref_grpo", "reason_filter", "reason_verifier")
 
 
-def _unestimated(block, path: str = "") -> list[str]:
-    """Keys of an eval block (a dict with "n") that are neither a size (n, n_clusters) nor an
-    estimate with both CI bounds: other numbers, flags, and nested blocks (breakdowns sit
-    beside the block, not in it). Blocks anywhere in the file are walked."""
+def _unestimated(node: dict, path: str = "") -> list[str]:
+    """Keys of an eval metrics file that are not an estimate with both CI bounds or a size (n,
+    n_clusters) inside an eval block (a dict with "n"): numbers, flags and strings outside any
+    block, other keys and nested dicts inside one. Dicts of blocks (breakdowns) are walked."""
     bad = []
-    if isinstance(block, dict):
-        for k, v in block.items():
-            if "n" in block and k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
-                    and (isinstance(v, (dict, list, bool, str)) or not {f"{k}_ci_low", f"{k}_ci_high"} <= set(block)):
+    for k, v in node.items():
+        if "n" in node:
+            if k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
+                    and (isinstance(v, (dict, list, bool, str)) or not {f"{k}_ci_low", f"{k}_ci_high"} <= set(node)):
                 bad.append(f"{path}{k}")
+        elif isinstance(v, dict):
             bad += _unestimated(v, f"{path}{k}.")
+        else:
+            bad.append(f"{path}{k}")
     return bad
 
 
-def test_eval_blocks_hold_only_estimates_with_their_ci(project):
-    """Every number in an evaluation block is a size (n, n_clusters) or an estimate with its
-    95% CI; counts and training facts sit in blocks of their own."""
+def test_eval_metrics_hold_only_estimates_with_their_ci(project):
+    """Every number an eval stage's metrics file holds is a size (n, n_clusters) or an estimate
+    with its 95% CI; the run's counts, flags and training facts are in its `_run.json` beside it."""
     import json
 
     for stage in EVAL_STAGES:
         m = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
         assert _unestimated(m) == [], stage
+        facts = json.loads((project.root / "metrics" / f"{stage}_run.json").read_text(encoding="utf-8"))
+        assert facts and not set(facts) & {k for k, v in m.items() if "n" in v}, stage
     assert _unestimated({"x": {"n": 3, "acc": 0.5, "acc_ci_low": 0.1}}) == ["x.acc"]  # the check can fail
     assert _unestimated({"x": {"n": 3, "skipped": 2, "by": {"a": {"n": 1}}}}) == ["x.skipped", "x.by"]
+    assert _unestimated({"counts": {"rows": 3}, "flag": True, "by": {"a": {"n": 1}}}) == ["counts.rows", "flag"]
 
 
 def _set_param(text: str, dotted: str, value) -> str:
@@ -228,15 +234,15 @@ def test_training_stages_run_under_two_processes(project, tmp_path):
         project.dvc("repro")
         assert project.stale_stages() == set()
 
-        def metrics(stage: str) -> dict:
-            return json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
+        def metrics(name: str) -> dict:
+            return json.loads((project.root / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
 
         params = yaml.safe_load(text)
         assert metrics("rec_finetune")["world_size"] == 2
-        assert metrics("reason_verifier")["train"]["world_size"] == 2
-        assert metrics("pref_grpo")["train"]["world_size"] == 2
+        assert metrics("reason_verifier_run")["train"]["world_size"] == 2
+        assert metrics("pref_grpo_run")["train"]["world_size"] == 2
         # The weighted sampler's draws of both ranks add up: one draw of steps x batch x 2 pairs.
-        rm, dpo = metrics("pref_rm"), metrics("pref_dpo")
+        rm, dpo = metrics("pref_rm_run"), metrics("pref_dpo_run")
         assert rm["train"]["world_size"] == dpo["train"]["world_size"] == 2
         p = params["pref"]
         assert json.loads((project.root / "data/pref/rm/sampling.json").read_text())["draws"] == rm["train"]["steps"] * p["rm"]["batch_size"] * p["rm"]["grad_accum"] * 2

@@ -129,8 +129,8 @@ def test_every_stage_of_the_full_profile_runs_at_tiny_size(smoke):
     assert lock == stages  # every stage ran
 
     # DPO on the full profile's max_length: pairs were cut to fit, one prompt per pair.
-    dpo = _metrics(smoke, "pref_dpo")
-    assert dpo["pairs"]["longer_than_max_length"] > 0 and dpo["heldout"]["n"] > 0
+    dpo = _metrics(smoke, "pref_dpo_run")
+    assert dpo["pairs"]["longer_than_max_length"] > 0 and _metrics(smoke, "pref_dpo")["heldout"]["n"] > 0
     assert set(dpo["pairs"]["train_per_source"]) <= {"hh-rlhf", "ultrafeedback-binarized",
                                                      "stack-exchange-preferences", "champ"}
     # The RM and the verifier are full fine-tunes in full (num_layers 0, all layers trained).

@@ -144,3 +144,15 @@ def test_mean_diff_is_the_mean_change_and_report_gathers_skipped_resamples():
     assert skipped["auc"] == alone["auc"] > 0 and set(skipped) == {"auc", "auc2", "acc"}
     assert skipped["acc"] == 0 and set(rep) == {"auc", "auc_ci_low", "auc_ci_high", "acc", "acc_ci_low",
                                                  "acc_ci_high", "auc2", "auc2_ci_low", "auc2_ci_high", "n", "n_clusters"}
+
+
+def test_split_estimates_keeps_only_eval_blocks_in_the_metrics():
+    from posttrain.core.stats import split_estimates
+
+    metrics = {"heldout": {"n": 4, "n_clusters": 3, "acc": 0.5, "acc_ci_low": 0.2, "acc_ci_high": 0.8},
+               "buckets": {"rare": {"n": 2, "acc": 1.0, "acc_ci_low": 1.0, "acc_ci_high": 1.0}, "label": "x"},
+               "pairs": {"train": 10, "per_source": {"a": 10}}, "density_aware": True}
+    est, facts = split_estimates(metrics)
+    assert est == {"heldout": metrics["heldout"], "buckets": {"rare": metrics["buckets"]["rare"]}}
+    assert facts == {"buckets": {"label": "x"}, "pairs": {"train": 10, "per_source": {"a": 10}},
+                     "density_aware": True}

@@ -57,7 +57,7 @@ def test_filter_stage_end_to_end(tmp_path):
     cmd = [sys.executable, str(REPO / "stages/reason_filter.py"),
            "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
            "--graded", str(d / "graded.jsonl"), "--filtered", str(d / "filtered.jsonl"),
-           "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "m.json"),
+           "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "m.json"), "--facts", str(d / "run.json"),
            "--timeout-s", "2", "--memory-mb", "256", "--workers", "2", "--seed", "0",
            "--predictions", str(d / "pred.jsonl")]
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -72,14 +72,15 @@ def test_filter_stage_end_to_end(tmp_path):
     pairs = read_jsonl(d / "pairs.jsonl")
     assert len(pairs) == 4 and {p["src"] for p in pairs} == {"reason"}
     m = json.loads((d / "m.json").read_text())
-    assert m["counts"]["accepted"] == 2 and m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
+    facts = json.loads((d / "run.json").read_text())
+    assert facts["counts"]["accepted"] == 2 and m["by_domain"]["math"]["pass_rate"] == round(1 / 3, 6)
     # One problem per domain: no between-problem spread, so no interval (never NaN).
     assert m["by_domain"]["math"]["n_clusters"] == 1 and m["by_domain"]["math"]["pass_rate_ci_low"] is None
     o = m["overall"]
     assert o["n_clusters"] == 2 and o["pass_rate_ci_low"] <= o["pass_rate"] <= o["pass_rate_ci_high"]
     pred = read_jsonl(d / "pred.jsonl")
     assert [(p["id"], p["grade"]) for p in pred] == [(v[0], v[1]) for v in verdicts]
-    assert m["counts"]["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
-    assert m["counts"]["answer_extraction_failures"] == 1
+    assert facts["counts"]["by_source"]["humaneval"]["reasons"] == {"correct": 1, "timeout": 1, "wrong_answer": 1}
+    assert facts["counts"]["answer_extraction_failures"] == 1
     from posttrain.reason.sandbox import PROTECTIONS
-    assert sorted(m["sandbox"]) == sorted(PROTECTIONS) and m["sandbox"]["audit_hook"] is True
+    assert sorted(facts["sandbox"]) == sorted(PROTECTIONS) and facts["sandbox"]["audit_hook"] is True

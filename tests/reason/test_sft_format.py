@@ -208,7 +208,7 @@ def test_filter_and_format_stages_with_stand_in_graders(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "graded.jsonl"), "--filtered", str(d / "filtered.jsonl"),
-        "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "mf.json"),
+        "--pairs", str(d / "pairs.jsonl"), "--metrics", str(d / "mf.json"), "--facts", str(d / "run.json"),
         "--timeout-s", "3", "--memory-mb", "128", "--workers", "2", "--seed", "0",
         "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code == 0, res.output
@@ -221,7 +221,8 @@ def test_filter_and_format_stages_with_stand_in_graders(tmp_path, fake_grading):
     assert [f["id"] for f in read_jsonl(d / "filtered.jsonl")] == ["gsm8k-test/0000/0", "humaneval/0053/0"]
     assert len(read_jsonl(d / "pairs.jsonl")) == 2
     m = json.loads((d / "mf.json").read_text())
-    assert m["by_domain"]["code"]["pass_rate"] == 0.5 and m["pairs"]["n_pairs"] == 2
+    assert m["by_domain"]["code"]["pass_rate"] == 0.5
+    assert json.loads((d / "run.json").read_text())["pairs"]["n_pairs"] == 2
 
     res = CliRunner().invoke(_stage("reason_format"), [
         "--problems", str(d / "problems.jsonl"), "--filtered", str(d / "filtered.jsonl"),
@@ -242,7 +243,8 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     res = CliRunner().invoke(_stage("reason_filter"), [
         "--problems", str(d / "problems.jsonl"), "--samples", str(d / "samples.jsonl"),
         "--graded", str(d / "g.jsonl"), "--filtered", str(d / "f.jsonl"), "--pairs", str(d / "p.jsonl"),
-        "--metrics", str(d / "m.json"), "--timeout-s", "5", "--memory-mb", "512", "--workers", "1",
+        "--metrics", str(d / "m.json"), "--facts", str(d / "run.json"), "--timeout-s", "5", "--memory-mb", "512",
+        "--workers", "1",
         "--seed", "0", "--predictions", str(d / "pred.jsonl")])
     assert res.exit_code != 0
     assert "line 2" in str(res.exception) and "problem_id" in str(res.exception)

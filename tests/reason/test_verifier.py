@@ -158,19 +158,20 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
                 *param_args("reason.verifier", champ=champ, max_steps=3, batch_size=4, max_length=48,
                             trainable_layers=1, heldout_frac=0.3, num_layers=0, max_graded=0),
                 "--out-model", str(out / "verifier"), "--out-scores", str(out / "scores.jsonl"),
-                "--metrics", str(out / "metrics.json"), "--live", str(out / "dvclive"),
+                "--metrics", str(out / "metrics.json"), "--facts", str(out / "run.json"),
+                "--live", str(out / "dvclive"),
                 "--predictions", str(out / "pred.jsonl")]
         res = CliRunner().invoke(reason_verifier.main, args, catch_exceptions=False)
         assert res.exit_code == 0, res.output
         return out
 
     a = run(tmp_path / "a")
-    m = read_json(a / "metrics.json")
+    m, facts = read_json(a / "metrics.json"), read_json(a / "run.json")
     held = read_jsonl(a / "scores.jsonl")
-    assert m["heldout"]["n"] == len(held) == m["data"]["heldout"]["records"] > 0
-    assert m["data"]["train"]["records"] + m["data"]["heldout"]["records"] == 8 + 12
+    assert m["heldout"]["n"] == len(held) == facts["data"]["heldout"]["records"] > 0
+    assert facts["data"]["train"]["records"] + facts["data"]["heldout"]["records"] == 8 + 12
     assert set(m["heldout_by_origin"]) <= {"champ", "graded"}
-    assert m["train"]["steps"] == 3
+    assert facts["train"]["steps"] == 3
     for key in ("mse", "accuracy", "auc", "baseline_mse_train_mean"):
         assert key in m["heldout"]
     pred = read_jsonl(a / "pred.jsonl")

@@ -224,3 +224,32 @@ def report(specs: dict[str, tuple], clusters=None, *, seed: int, skipped: dict |
     if not specs:
         out.update({"n": 0, "n_clusters": 0})
     return out
+
+
+def split_estimates(metrics: dict) -> tuple[dict, dict]:
+    """(estimates, run facts) of an eval stage's results. Estimates: the eval blocks (dicts with
+    "n": estimates with their CIs and sizes) and the groupings of them (per bucket, per source),
+    in their place; everything else (counts of the data, flags, training facts, the sandbox's
+    protections) goes to the facts, in its place. The eval metrics file holds only the first, so
+    every number `dvc metrics show` lists for an eval stage carries n and a 95% CI."""
+    est, facts = {}, {}
+    for k, v in metrics.items():
+        if isinstance(v, dict) and "n" in v:
+            est[k] = v
+        elif isinstance(v, dict):
+            e, f = split_estimates(v)
+            if e:
+                est[k] = e
+            if f:
+                facts[k] = f
+        else:
+            facts[k] = v
+    return est, facts
+
+
+def write_split(metrics: dict, metrics_path, facts_path, write) -> None:
+    """`split_estimates`, then `write(path, obj)` each part (core.io's write_json, or an
+    `outputs()` block's, so both land together)."""
+    est, facts = split_estimates(metrics)
+    write(metrics_path, est)
+    write(facts_path, facts)
