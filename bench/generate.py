@@ -126,17 +126,17 @@ class Paths:
 
         return self._posttrain(HFEngine(*self.hf()))
 
-    def llamacpp(self):
+    def _llamacpp(self, weights: str):
         from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
 
         return self._posttrain(LlamaCppEngine(gguf_of(str(self.model_dir)), self.hf()[1], threads=self.threads,
-                                              weights="bf16"))
+                                              weights=weights))
+
+    def llamacpp(self):
+        return self._llamacpp("bf16")
 
     def llamacpp_q4_1(self):
-        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
-
-        return self._posttrain(LlamaCppEngine(gguf_of(str(self.model_dir)), self.hf()[1], threads=self.threads,
-                                              weights="source"))
+        return self._llamacpp("source")
 
     def hf_fp32(self):
         return self._hf_generate(self.hf()[0])

@@ -46,10 +46,6 @@ from posttrain.core.cli import finite, run
 def main(model_ref, problems_path, cache_dir, out, metrics_path, n_samples, temperature, top_p, max_new_tokens,
          batch_size, seed, backend, llamacpp_weights, threads, progress):
     problems = read_problems(problems_path)  # bad input fails fast, before torch is imported
-    if threads and backend == "hf":
-        import torch
-
-        torch.set_num_threads(threads)
     cfg = SamplingConfig(n_samples=n_samples, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     try:

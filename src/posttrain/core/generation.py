@@ -175,7 +175,7 @@ class HFEngine:
 
 def _sample_batch(model, tokenizer, prompt_ids: tuple[int, ...], seeds: list[int], sampling: Sampling,
                   eos_ids: set[int]) -> list[list[int]]:
-    """len(seeds) completions (token ids, up to end of turn) of one prompt."""
+    """len(seeds) completions of one prompt (token ids; `generate_rows` cuts them after the end of turn)."""
     import torch
     from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
 
@@ -192,7 +192,7 @@ def _sample_batch(model, tokenizer, prompt_ids: tuple[int, ...], seeds: list[int
         seqs = model.generate(input_ids=ids.repeat(k, 1), attention_mask=torch.ones(k, ids.shape[1], dtype=torch.long),
                               past_key_values=past if ids.shape[1] > 1 else None,
                               generation_config=config, logits_processor=procs)
-    return [row[:completion_length(row, eos_ids)] for row in seqs[:, ids.shape[1]:].tolist()]
+    return seqs[:, ids.shape[1]:].tolist()
 
 
 def eos_ids_of(tokenizer) -> set[int]:

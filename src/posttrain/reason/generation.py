@@ -53,12 +53,16 @@ BACKENDS = ("hf", "llamacpp", "vllm")
 
 
 def load_engine(ref, backend: str, *, threads: int, seed: int, llamacpp_weights: str):
-    """The generation engine of `backend` for model `ref` (see the module docstring). `threads`
-    0 = the machine's cores (llama.cpp); for hf the caller sets torch's threads.
+    """The generation engine of `backend` for model `ref` (see the module docstring). `threads`:
+    the engine's intra-op threads, 0 = its default (torch's; llama.cpp: every core).
     `llamacpp_weights`: what the GGUF's weights run as under llama.cpp (`posttrain.core.llamacpp`)."""
     if backend == "hf":
+        import torch
+
         from posttrain.core.generation import HFEngine
 
+        if threads:
+            torch.set_num_threads(threads)
         return HFEngine(*load_model(ref))
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
