@@ -43,7 +43,8 @@ def test_stages_chain_through_the_contract_files(dvc_stages):
     cache = next(e for e in dvc_stages["reason_generate"]["outs"] if not isinstance(e, str))
     assert cache == {"data/reason/gen_cache": {"persist": True}}  # kept across runs, never a dep
     assert outs["reason_filter"] == {"data/reason/graded.jsonl", "data/reason/filtered.jsonl",
-                                     "data/reason/graded_pairs.jsonl", "metrics/reason_filter_predictions.jsonl"}
+                                     "data/reason/graded_pairs.jsonl", "metrics/reason_filter_predictions.jsonl",
+                                     "metrics/reason_filter_run.json"}
     assert {"data/reason/samples.jsonl", "data/reason/problems.jsonl"} <= set(dvc_stages["reason_filter"]["deps"])
     assert "data/models/policy" in dvc_stages["reason_generate"]["deps"]
     assert "data/reason/filtered.jsonl" in dvc_stages["reason_format"]["deps"]
