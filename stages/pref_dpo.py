@@ -34,6 +34,8 @@ from posttrain.core.stats import write_split
 @click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1))
 @click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
 @click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--eval-batch-size", "--eval_batch_size", required=True, type=click.IntRange(min=1),
+              help="held-out rows per scoring batch")
 @click.option("--grad-accum", "--grad_accum", required=True, type=click.IntRange(min=1))
 @click.option("--lr", required=True, type=finite(0, min_open=True))
 @click.option("--beta", required=True, type=finite(0, min_open=True))
@@ -45,11 +47,11 @@ from posttrain.core.stats import write_split
 @click.option("--seed", required=True, type=int)
 def main(pairs, ids, weights, policy, out_dir, metrics_path, facts_path, live_dir, predictions_path, density_aware,
          split_max_pairs, split_heldout_fraction, split_seed, bucket_quantile, max_length, max_steps,
-         batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, seed):
+         batch_size, eval_batch_size, grad_accum, lr, beta, lora_r, lora_alpha, lora_dropout, lora_layers, seed):
     res = train_dpo(
         pairs, ids, weights, policy, out_dir, density_aware=density_aware, max_pairs=split_max_pairs,
         heldout_fraction=split_heldout_fraction, split_seed=split_seed, bucket_quantile=bucket_quantile,
-        max_length=max_length, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        max_length=max_length, max_steps=max_steps, batch_size=batch_size, eval_batch_size=eval_batch_size, grad_accum=grad_accum,
         lr=lr, beta=beta, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_layers=lora_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes

@@ -36,6 +36,8 @@ from posttrain.core.stats import write_split
 @click.option("--max-length", "--max_length", required=True, type=click.IntRange(min=1))
 @click.option("--max-steps", "--max_steps", required=True, type=click.IntRange(min=1))
 @click.option("--batch-size", "--batch_size", required=True, type=click.IntRange(min=1))
+@click.option("--eval-batch-size", "--eval_batch_size", required=True, type=click.IntRange(min=1),
+              help="held-out rows per scoring batch")
 @click.option("--grad-accum", "--grad_accum", required=True, type=click.IntRange(min=1))
 @click.option("--lr", required=True, type=finite(0, min_open=True))
 @click.option("--lora-r", "--lora_r", required=True, type=click.IntRange(min=0), help="0 = full fine-tune")
@@ -46,12 +48,12 @@ from posttrain.core.stats import write_split
               help="train only the top N kept layers + head (0 = all)")
 @click.option("--seed", required=True, type=int)
 def main(pairs, ids, weights, backbone, out_dir, metrics_path, facts_path, live_dir, predictions_path, density_aware, max_pairs,
-         heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, grad_accum, lr,
+         heldout_fraction, bucket_quantile, max_length, max_steps, batch_size, eval_batch_size, grad_accum, lr,
          lora_r, lora_alpha, num_layers, trainable_layers, seed):
     res = train_reward_model(
         pairs, ids, weights, backbone, out_dir, density_aware=density_aware, max_pairs=max_pairs,
         heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile, max_length=max_length,
-        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r,
+        max_steps=max_steps, batch_size=batch_size, eval_batch_size=eval_batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r,
         lora_alpha=lora_alpha, num_layers=num_layers, trainable_layers=trainable_layers, seed=seed, live_dir=live_dir)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return

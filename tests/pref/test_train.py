@@ -135,10 +135,10 @@ def live_steps(live_dir, key):
 
 # The library takes every training setting explicitly (defaults live in params.yaml);
 # these are the values the tests do not vary.
-RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, grad_accum=1,
+RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, eval_batch_size=4, grad_accum=1,
           lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0)
 DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_steps=30, batch_size=2,
-           grad_accum=1, lr=5e-5, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_layers=0,
+           eval_batch_size=4, grad_accum=1, lr=5e-5, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_layers=0,
            bucket_quantile=0.25, seed=0)
 GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_generations=4,
             max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
@@ -300,7 +300,7 @@ def test_reward_function_scores_prompt_plus_completion(trained_rm):
     from posttrain.pref.grpo import RewardModelScore
 
     model, tok = common.load_reward_model(trained_rm[0])
-    fn = RewardModelScore(model, tok, max_length=64)
+    fn = RewardModelScore(model, tok, max_length=64, batch_size=2)
     prompts = [[{"role": "user", "content": "hi"}]] * 2
     r = fn(prompts, [[{"role": "assistant", "content": "A good, correct answer."}],
                      [{"role": "assistant", "content": "no"}]])

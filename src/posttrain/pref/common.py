@@ -145,7 +145,7 @@ def render_ids(tokenizer, messages: list[dict], answer: str, max_length: int) ->
 
 # ---------------------------------------------------------------- models and training
 
-def score_ids(model, tokenizer, seqs: list[list[int]], batch_size: int = 8) -> np.ndarray:
+def score_ids(model, tokenizer, seqs: list[list[int]], batch_size: int) -> np.ndarray:
     """Scalar reward per token sequence (right-padded batches, eval mode, no grad)."""
     import torch
 

@@ -44,7 +44,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
               max_steps: int, batch_size: int, grad_accum: int, lr: float,
               beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
               lora_layers: int,
-              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int = 8) -> dict:
+              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
 

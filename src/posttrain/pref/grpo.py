@@ -59,7 +59,7 @@ class RewardModelScore:
 
     __name__ = "reward_model"  # trl names the logged reward column after the function
 
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 8):
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int):
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
 
@@ -126,7 +126,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
                         f"({len(train_ids)}) and evaluation ({len(eval_ids)})")
 
     rm, rm_tok = load_reward_model(rm_dir)
-    reward_fn = RewardModelScore(rm, rm_tok, max_length)
+    reward_fn = RewardModelScore(rm, rm_tok, max_length, eval_batch_size)
     tok = AutoTokenizer.from_pretrained(str(policy))
 
     def build():

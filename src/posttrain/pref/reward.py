@@ -57,7 +57,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
                        max_length: int, max_steps: int, batch_size: int,
                        grad_accum: int, lr: float, lora_r: int, lora_alpha: int,
                        num_layers: int, trainable_layers: int,
-                       bucket_quantile: float, seed: int, live_dir, eval_batch_size: int = 8) -> dict:
+                       bucket_quantile: float, seed: int, live_dir, eval_batch_size: int) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics;
     the training curves go to `live_dir` (dvclive).
 
