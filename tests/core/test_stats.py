@@ -110,6 +110,46 @@ def test_auc_one_class_is_null_and_one_class_resamples_are_skipped_and_counted()
     assert r["auc_ci_low"] == 1.0
 
 
+def test_all_zero_proportion_gets_the_exact_cluster_bound_not_a_zero_width_interval():
+    # 64 misses over 8 problems: the bootstrap would say [0, 0]; the bound counts problems, not samples.
+    clusters = [f"p{i // 8}" for i in range(64)]
+    r = stats.estimate("proportion", [np.zeros(64)], clusters, seed=0, name="pass_rate")
+    assert r["pass_rate"] == 0 and r["pass_rate_ci_low"] == 0 and r["n"] == 64 and r["n_clusters"] == 8
+    hi = r["pass_rate_ci_high"]
+    assert hi == pytest.approx(1 - 0.025 ** (1 / 8), abs=1e-6) and 0.3 < hi < 0.4
+    # the bound is tight: at a true rate of hi, 8 independent problems all miss 2.5% of the time
+    assert (1 - hi) ** 8 == pytest.approx(0.025, rel=1e-4)
+    assert stats.estimate("mean", [np.zeros(64)], clusters, seed=0)["mean_ci_high"] == 0  # what it replaces
+    ones = stats.estimate("proportion", [np.ones(64)], clusters, seed=0)
+    assert ones["proportion_ci_low"] == pytest.approx(1 - hi, abs=1e-6) and ones["proportion_ci_high"] == 1
+
+
+def test_all_zero_proportion_bound_covers_rates_it_cannot_rule_out():
+    # Simulated 8 problems x 8 samples, each problem solvable with its own rate (mean 0.2):
+    # whenever all 64 miss, the reported interval must still cover the true mean rate 0.2
+    # unless such a miss is rarer than 2.5% (it is: the bound holds at any correlation).
+    rng = np.random.default_rng(0)
+    clusters = [f"p{i // 8}" for i in range(64)]
+    misses = covered = 0
+    for _ in range(4000):
+        rate = rng.beta(0.5, 2.0, size=8)  # mean 0.2, strongly clustered
+        x = (rng.random(64) < np.repeat(rate, 8)).astype(int)
+        if x.sum() == 0:
+            misses += 1
+            covered += stats.estimate("proportion", [x], clusters, seed=0)["proportion_ci_high"] >= 0.2
+    assert misses > 0 and covered == misses
+
+
+def test_mixed_proportion_is_the_bootstrap_and_non_proportions_are_refused():
+    x = np.array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0])
+    clusters = [f"u{i // 3}" for i in range(12)]
+    p = stats.estimate("proportion", [x], clusters, seed=3, name="v")
+    m = stats.estimate("mean", [x], clusters, seed=3, name="v")
+    assert p == m
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.estimate("proportion", [[0.5, 2.0, 0.0]], seed=0)
+
+
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError):
         stats.estimate("mse", [[1, 2], [1]], seed=0)

@@ -38,21 +38,21 @@ class Spec:
 
 SPECS = {
     "rec_evaluate": Spec("metrics/rec_evaluate_predictions.jsonl", "user", {
-        "llm_auc": ("auc", "label", "llm"), "llm_accuracy": ("mean", "llm_correct"),
-        "baseline_auc": ("auc", "label", "baseline"), "baseline_accuracy": ("mean", "baseline_correct")}),
+        "llm_auc": ("auc", "label", "llm"), "llm_accuracy": ("proportion", "llm_correct"),
+        "baseline_auc": ("auc", "label", "baseline"), "baseline_accuracy": ("proportion", "baseline_correct")}),
     "pref_rm": Spec("metrics/pref_rm_predictions.jsonl", "prefix_id", {
-        "accuracy": ("mean", "correct"), "margin": ("mean", "margin")}, groups=("bucket",)),
+        "accuracy": ("proportion", "correct"), "margin": ("mean", "margin")}, groups=("bucket",)),
     "pref_dpo": Spec("metrics/pref_dpo_predictions.jsonl", "prefix_id", {
-        "reward_accuracy": ("mean", "correct"), "reward_margin": ("mean", "margin")}, groups=("bucket",)),
+        "reward_accuracy": ("proportion", "correct"), "reward_margin": ("mean", "margin")}, groups=("bucket",)),
     "pref_grpo": Spec("metrics/pref_grpo_predictions.jsonl", "prefix_id", {
         "reward_before": ("mean", "reward_before"), "reward_after": ("mean", "reward_after"),
         # each revision scores with its own RM, so across revisions only the change is comparable
         "reward_delta": ("mean_diff", "reward_after", "reward_before")}),
     "reason_verifier": Spec("metrics/reason_verifier_predictions.jsonl", "problem_id", {
         "auc": ("auc", "label", "verifier_score"), "mse": ("mse", "verifier_score", "score"),
-        "accuracy": ("mean", "hit")}, groups=("origin",)),
+        "accuracy": ("proportion", "hit")}, groups=("origin",)),
     "reason_filter": Spec("metrics/reason_filter_predictions.jsonl", "problem_id", {
-        "pass_rate": ("mean", "grade")}, groups=("domain", "source")),
+        "pass_rate": ("proportion", "grade")}, groups=("domain", "source")),
 }
 
 

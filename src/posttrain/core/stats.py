@@ -21,6 +21,12 @@ resamples with one class are left out of its CI; how many is logged (a warning) 
 given to the caller's `skipped` dict, not written into the block. No data (n = 0), one cluster
 (no between-cluster spread to estimate) and an undefined point value give null, never NaN.
 A paired difference (same items, two scores) uses the same resamples for both sides.
+
+A proportion (items in [0, 1]: hits, pass rates) whose items are all 0 or all 1 has no
+spread to resample: the percentile bootstrap gives [0, 0] however few clusters there are.
+Its interval is then the exact one-sided bound with clusters as the units: when the rate is
+p, k independent clusters are all 0 with probability at most (1 - p)^k whatever the
+correlation within a cluster, so p <= 1 - 0.025^(1/k) (0.37 for 8 problems).
 """
 
 from __future__ import annotations
@@ -53,6 +59,13 @@ def _mean(w, x):
 def _mean_diff(w, x, y):
     """Mean of the per-item change x - y (e.g. reward after - before within one run)."""
     return _wmean(w, np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64))
+
+
+def _proportion(w, x):
+    x = np.asarray(x, dtype=np.float64)
+    if x.size and not ((x >= 0) & (x <= 1)).all():
+        raise ValueError("a proportion needs items in [0, 1]")
+    return _wmean(w, x)
 
 
 def _mse(w, pred, target):
@@ -94,7 +107,8 @@ def _auc_point(labels, scores):
     return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64))) if 0 < y.sum() < y.size else None
 
 
-METRICS: dict[str, Callable] = {"mean": _mean, "mean_diff": _mean_diff, "mse": _mse, "auc": _auc}
+METRICS: dict[str, Callable] = {"mean": _mean, "proportion": _proportion, "mean_diff": _mean_diff,
+                                 "mse": _mse, "auc": _auc}
 
 
 # ---------------------------------------------------------------- resampling
@@ -158,6 +172,13 @@ def _interval(values: np.ndarray, name: str, value, k: int, skipped: dict | None
     return {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
 
 
+def _exact_bound(value: float, name: str, k: int) -> dict:
+    """CI of an all-0 (or all-1) proportion over k clusters (see the module doc)."""
+    u = 1 - ((1 - CONFIDENCE) / 2) ** (1 / k)
+    lo, hi = (0.0, u) if value == 0 else (1 - u, 1.0)
+    return {name: _round(value), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
+
+
 def _columns(cols: Sequence, n: int | None = None) -> list[np.ndarray]:
     arrs = [np.asarray(c) for c in cols]
     lengths = {len(a) for a in arrs} | ({n} if n is not None else set())
@@ -180,7 +201,7 @@ def point(metric: str, cols: Sequence) -> float | None:
 
 def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str | None = None,
              n_resamples: int = N_RESAMPLES, skipped: dict | None = None) -> dict:
-    """`metric` ("mean"; "mean_diff": x, y; "mse": pred, target; "auc": labels, scores) of the item columns
+    """`metric` ("mean", "proportion": x; "mean_diff": x, y; "mse": pred, target; "auc": labels, scores) of the item columns
     `cols`, with its cluster bootstrap CI, n and n_clusters (see the module doc). `skipped`,
     when given, receives {name: resamples left out of the CI as undefined}."""
     cols = _columns(cols)
@@ -188,6 +209,8 @@ def estimate(metric: str, cols: Sequence, clusters=None, *, seed: int, name: str
     k = len(set(_cluster_codes(clusters, n).tolist()))
     name = name or metric
     value = point(metric, cols)
+    if metric == "proportion" and value in (0.0, 1.0) and k > 1:
+        return {**_exact_bound(value, name, k), "n": n, "n_clusters": k}
     vals = _resampled(metric, clusters, n, seed, n_resamples, cols) \
         if n and value is not None and k > 1 else np.full(n_resamples, np.nan)
     return {**_interval(vals, name, value, k, skipped), "n": n, "n_clusters": k}

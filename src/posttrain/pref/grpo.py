@@ -206,5 +206,5 @@ def reward_report(before, after, prefix_ids: list[str], *, seed: int) -> dict:
     with n and a CI (one prompt per prefix, so prefixes are the resampled clusters)."""
     b, a = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     return stats.report({"before": ("mean", [b]), "after": ("mean", [a]), "delta": ("mean", [a], [b]),
-                         "improved_fraction": ("mean", [(a > b).astype(int)])}, prefix_ids, seed=seed)
+                         "improved_fraction": ("proportion", [(a > b).astype(int)])}, prefix_ids, seed=seed)
 

@@ -21,7 +21,7 @@ def pair_report(chosen, rejected, pairs: list[dict], thresholds: tuple[float, fl
                 prefix: str = "", extra: dict | None = None) -> dict:
     """Eval blocks `heldout` (overall), `heldout_per_source` and `heldout_buckets` (one block
     per source / rarity bucket), each with `{prefix}accuracy` and `{prefix}margin`; `extra`
-    maps a name to one value per pair whose mean (with its CI) is reported overall only.
+    maps a name to one 0/1 value per pair whose proportion (with its CI) is reported overall only.
     An empty group gives n = 0 and nulls."""
     margin = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
     correct = (margin > 0).astype(int)
@@ -29,8 +29,8 @@ def pair_report(chosen, rejected, pairs: list[dict], thresholds: tuple[float, fl
 
     def summary(mask, more=()) -> dict:
         mask = np.asarray(mask, dtype=bool).reshape(len(pairs))
-        specs = {f"{prefix}accuracy": ("mean", [correct[mask]]), f"{prefix}margin": ("mean", [margin[mask]])}
-        specs.update({k: ("mean", [np.asarray(v, dtype=np.float64)[mask]]) for k, v in more})
+        specs = {f"{prefix}accuracy": ("proportion", [correct[mask]]), f"{prefix}margin": ("mean", [margin[mask]])}
+        specs.update({k: ("proportion", [np.asarray(v, dtype=np.float64)[mask]]) for k, v in more})
         return stats.report(specs, prefixes[mask].tolist(), seed=seed)
 
     buckets = [bucket_of(p["density"], thresholds) for p in pairs]

@@ -79,7 +79,7 @@ def _means(rows: list[dict], steps: dict[int, int], seed: int) -> dict:
 
 def _pass_rate(rows: list[dict], seed: int) -> dict:
     """pass_rate with n and a CI; a problem's samples are correlated, so problems are resampled."""
-    return stats.estimate("mean", [[g["grade"] for g in rows]], [g["problem_id"] for g in rows],
+    return stats.estimate("proportion", [[g["grade"] for g in rows]], [g["problem_id"] for g in rows],
                           seed=seed, name="pass_rate")
 
 

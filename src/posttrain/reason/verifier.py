@@ -290,14 +290,14 @@ def score_metrics(scored: Iterable[dict], threshold: float = 0.5, train_mean: fl
     rows = prediction_rows(scored, threshold, train_mean)
     col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
     y, p, label, hit, base_hit = col("score"), col("verifier_score"), col("label"), col("hit"), col("baseline_hit")
-    specs = {"mse": ("mse", [p, y]), "accuracy": ("mean", [hit]),
+    specs = {"mse": ("mse", [p, y]), "accuracy": ("proportion", [hit]),
              # Always answering the majority class: the bar accuracy must clear.
-             "baseline_accuracy_majority": ("mean", [base_hit]),
+             "baseline_accuracy_majority": ("proportion", [base_hit]),
              "accuracy_minus_baseline": ("mean", [hit], [base_hit]),
              "auc": ("auc", [label, p]),
              # Mean target vs mean prediction: a calibration check, each with its CI.
              "mean_score": ("mean", [y]), "mean_prediction": ("mean", [p]),
-             "correct_fraction": ("mean", [label])}
+             "correct_fraction": ("proportion", [label])}
     if train_mean is not None:
         # What predicting the training mean would score: the bar a verifier must clear.
         base = np.full(len(rows), float(train_mean))

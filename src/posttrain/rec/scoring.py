@@ -53,7 +53,7 @@ def binary_metrics(labels, scores, users=None, *, seed: int, threshold: float = 
     and their user-clustered bootstrap CIs (`posttrain.core.stats`)."""
     y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     correct = ((s >= threshold).astype(int) == y).astype(int)
-    return stats.report({"auc": ("auc", [y, s]), "accuracy": ("mean", [correct]), "mean_score": ("mean", [s])},
+    return stats.report({"auc": ("auc", [y, s]), "accuracy": ("proportion", [correct]), "mean_score": ("mean", [s])},
                         users, seed=seed)
 
 
