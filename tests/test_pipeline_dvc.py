@@ -60,13 +60,13 @@ EVAL_STAGES = ("rec_evaluate", "pref_rm", "pref_dpo", "pref_grpo", "reason_filte
 
 
 def _unestimated(node: dict, path: str = "") -> list[str]:
-    """Keys of an eval metrics file that are not an estimate with both CI bounds or a size (n,
-    n_clusters) inside an eval block (a dict with "n"): numbers, flags and strings outside any
+    """Keys of an eval metrics file that are not an estimate with both CI bounds or its n
+    inside an eval block (a dict with "n"): numbers, flags and strings outside any
     block, other keys and nested dicts inside one. Dicts of blocks (breakdowns) are walked."""
     bad = []
     for k, v in node.items():
         if "n" in node:
-            if k not in ("n", "n_clusters") and not k.endswith(("_ci_low", "_ci_high")) \
+            if k != "n" and not k.endswith(("_ci_low", "_ci_high")) \
                     and (isinstance(v, (dict, list, bool, str)) or not {f"{k}_ci_low", f"{k}_ci_high"} <= set(node)):
                 bad.append(f"{path}{k}")
         elif isinstance(v, dict):
@@ -77,8 +77,8 @@ def _unestimated(node: dict, path: str = "") -> list[str]:
 
 
 def test_eval_metrics_hold_only_estimates_with_their_ci(project):
-    """Every number an eval stage's metrics file holds is a size (n, n_clusters) or an estimate
-    with its 95% CI; the run's counts, flags and training facts are in its `_run.json` beside it."""
+    """Every number an eval stage's metrics file holds is an n or an estimate with its 95% CI;
+    the run's counts, flags, training facts and each block's n_clusters are in its `_run.json`."""
     import json
 
     for stage in EVAL_STAGES:
@@ -86,8 +86,10 @@ def test_eval_metrics_hold_only_estimates_with_their_ci(project):
         assert _unestimated(m) == [], stage
         facts = json.loads((project.root / "metrics" / f"{stage}_run.json").read_text(encoding="utf-8"))
         assert facts and not set(facts) & {k for k, v in m.items() if "n" in v}, stage
+        assert facts["n_clusters"], stage  # the resampled clusters of each block, beside it
     assert _unestimated({"x": {"n": 3, "acc": 0.5, "acc_ci_low": 0.1}}) == ["x.acc"]  # the check can fail
     assert _unestimated({"x": {"n": 3, "skipped": 2, "by": {"a": {"n": 1}}}}) == ["x.skipped", "x.by"]
+    assert _unestimated({"x": {"n": 3, "n_clusters": 2}}) == ["x.n_clusters"]
     assert _unestimated({"counts": {"rows": 3}, "flag": True, "by": {"a": {"n": 1}}}) == ["counts.rows", "flag"]
 
 

@@ -193,6 +193,7 @@ def test_split_estimates_keeps_only_eval_blocks_in_the_metrics():
                "buckets": {"rare": {"n": 2, "acc": 1.0, "acc_ci_low": 1.0, "acc_ci_high": 1.0}, "label": "x"},
                "pairs": {"train": 10, "per_source": {"a": 10}}, "density_aware": True}
     est, facts = split_estimates(metrics)
-    assert est == {"heldout": metrics["heldout"], "buckets": {"rare": metrics["buckets"]["rare"]}}
+    assert est == {"heldout": {"n": 4, "acc": 0.5, "acc_ci_low": 0.2, "acc_ci_high": 0.8},
+                   "buckets": {"rare": metrics["buckets"]["rare"]}}
     assert facts == {"buckets": {"label": "x"}, "pairs": {"train": 10, "per_source": {"a": 10}},
-                     "density_aware": True}
+                     "density_aware": True, "n_clusters": {"heldout": 3}}

@@ -177,7 +177,7 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     pred = read_jsonl(a / "pred.jsonl")
     assert [p["id"] for p in pred] == [r["id"] for r in held] == sorted(p["id"] for p in pred)
     assert m["heldout"]["accuracy"] == pytest.approx(sum(p["hit"] for p in pred) / len(pred), abs=1e-6)
-    assert m["heldout"]["n_clusters"] == len({p["problem_id"] for p in pred})
+    assert facts["n_clusters"]["heldout"] == len({p["problem_id"] for p in pred})
     # Metadata rides along: every held-out record keeps its sample fields.
     r = held[0]
     assert {"id", "problem_id", "problem", "proof", "score", "origin", "verifier_score"} <= set(r)

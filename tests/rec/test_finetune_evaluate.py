@@ -70,7 +70,7 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     assert ev["llm"]["accuracy"] == pytest.approx(np.mean([r["llm_correct"] for r in pred]), abs=1e-6)
     assert ev["llm_minus_baseline"]["accuracy"] == pytest.approx(
         np.mean([r["llm_correct"] - r["baseline_correct"] for r in pred]), abs=1e-6)
-    assert ev["llm"]["n_clusters"] == len({r["user"] for r in pred})
+    assert read_json(met / "eval_run.json")["n_clusters"]["llm"] == len({r["user"] for r in pred})
     for block in ("llm", "baseline"):
         m = ev[block]
         if m["auc_ci_low"] is not None:

@@ -251,23 +251,31 @@ def report(specs: dict[str, tuple], clusters=None, *, seed: int, skipped: dict |
 
 def split_estimates(metrics: dict) -> tuple[dict, dict]:
     """(estimates, run facts) of an eval stage's results. Estimates: the eval blocks (dicts with
-    "n": estimates with their CIs and sizes) and the groupings of them (per bucket, per source),
-    in their place; everything else (counts of the data, flags, training facts, the sandbox's
-    protections) goes to the facts, in its place. The eval metrics file holds only the first, so
-    every number `dvc metrics show` lists for an eval stage carries n and a 95% CI."""
-    est, facts = {}, {}
+    "n": estimates with their CIs and n) and the groupings of them (per bucket, per source), in
+    their place; everything else (counts of the data, flags, training facts, the sandbox's
+    protections) goes to the facts, in its place. A block's `n_clusters` (how many clusters its
+    CIs resampled) describes the data, so it goes to the facts too, under "n_clusters" at the
+    block's path. The eval metrics file holds only the estimates, so every number `dvc metrics
+    show` lists for an eval stage is an estimate with its 95% CI, or its n."""
+    est, facts, clusters = _split(metrics)
+    return est, {**facts, "n_clusters": clusters} if clusters else facts
+
+
+def _split(metrics: dict) -> tuple[dict, dict, dict]:
+    est, facts, clusters = {}, {}, {}
     for k, v in metrics.items():
         if isinstance(v, dict) and "n" in v:
-            est[k] = v
+            est[k] = {kk: vv for kk, vv in v.items() if kk != "n_clusters"}
+            if "n_clusters" in v:
+                clusters[k] = v["n_clusters"]
         elif isinstance(v, dict):
-            e, f = split_estimates(v)
-            if e:
-                est[k] = e
-            if f:
-                facts[k] = f
+            e, f, c = _split(v)
+            for out, part in ((est, e), (facts, f), (clusters, c)):
+                if part:
+                    out[k] = part
         else:
             facts[k] = v
-    return est, facts
+    return est, facts, clusters
 
 
 def write_split(metrics: dict, metrics_path, facts_path, write) -> None:
