@@ -269,12 +269,9 @@ def greedy_rows(engine: HFEngine, rows: list[Row], *, max_new_tokens: int, batch
         if cache is not None and all(k in cache for k in keys):
             out += [cache.get(k) for k in keys]
             continue
-        side = tok.padding_side
-        tok.padding_side = "left"  # new tokens must follow each prompt directly
-        try:
-            feats = tok.pad({"input_ids": [list(r.prompt_ids) for r in batch]}, return_tensors="pt")
-        finally:
-            tok.padding_side = side
+        # left: new tokens must follow each prompt directly
+        feats = tok.pad({"input_ids": [list(r.prompt_ids) for r in batch]}, padding_side="left",
+                        return_tensors="pt")
         model.eval()
         with torch.no_grad():
             seqs = model.generate(**feats, max_new_tokens=max_new_tokens, do_sample=False,
