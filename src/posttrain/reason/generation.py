@@ -73,8 +73,9 @@ def load_engine(ref, backend: str, *, threads: int, seed: int, llamacpp_weights:
 
         gguf = gguf_of(str(ref))  # before the tokenizer: a model without a GGUF fails fast
         return LlamaCppEngine(gguf, load_tokenizer(str(ref)), threads=threads, weights=llamacpp_weights)
-    from posttrain.core.vllm_engine import VLLMEngine
+    from posttrain.core.vllm_engine import VLLMEngine, require_vllm
 
+    require_vllm("reason.backend: vllm")  # before the tokenizer loads: fail fast, as for llama.cpp
     return VLLMEngine(str(ref), load_tokenizer(str(ref)), seed=seed)
 
 
