@@ -127,8 +127,11 @@ class Paths:
         return self._posttrain(HFEngine(*self.hf()))
 
     def _llamacpp(self, weights: str):
-        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of
+        from posttrain.core.llamacpp import LlamaCppEngine, gguf_of, runs_here
 
+        why = runs_here(gguf_of(str(self.model_dir)), weights)  # a crashing kernel ends a probe, not the bench
+        if why:
+            raise RuntimeError(why)
         return self._posttrain(LlamaCppEngine(gguf_of(str(self.model_dir)), self.hf()[1], threads=self.threads,
                                               weights=weights))
 
@@ -236,6 +239,16 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
         weight_bytes["gguf"] = gguf_of(str(model_dir)).stat().st_size
     except ValueError:
         pass
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    try:
+        from posttrain.core.llamacpp import system_info
+
+        info = system_info()
+        cpu += f"; llama-cpp-python {info['llama_cpp']} built with {' '.join(info['cpu_features'])}"
+    except ImportError:
+        pass
+    click.echo(f"machine: {cpu}")
     click.echo(f"machine: {bw:.1f} GB/s read, {flops['float32']:.0f} GFLOP/s fp32 and {flops['bfloat16']:.0f} "
                f"bf16 matmul at {threads} threads; "
                f"model {params / 1e6:.0f}M params, weights " + ", ".join(

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from posttrain.core.llamacpp import WEIGHTS
+from posttrain.core.llamacpp import WEIGHTS, system_info
 from posttrain.reason.generation import BACKENDS, SamplingConfig, generate, load_engine, open_cache, summarize
 from posttrain.core.io import outputs
 from posttrain.reason.problems import read_problems
@@ -60,6 +60,8 @@ def main(model_ref, problems_path, cache_dir, out, metrics_path, n_samples, temp
     # Throughput and cache use depend on the machine and on what ran before: metrics, not data.
     metrics["cache"] = {k: stats[k] for k in ("generated", "cache_hits")}
     metrics["engine"] = {"backend": backend, **engine.key()}
+    if backend == "llamacpp":  # the build's kernels: which weight types run here, and how fast
+        metrics["engine"]["cpu_features"] = system_info()["cpu_features"]
     metrics["completion_tokens_per_s"] = (round(stats["generated_tokens"] / secs, 2)
                                           if stats["generated"] and secs else None)
     with outputs() as o:

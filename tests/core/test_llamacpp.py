@@ -16,7 +16,7 @@ from posttrain.core.io import read_jsonl, write_jsonl
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (requirements-llamacpp.txt) is not installed")
 
-from posttrain.core.llamacpp import LlamaCppEngine, gguf_of  # noqa: E402
+from posttrain.core.llamacpp import LlamaCppEngine, gguf_of, runs_here, system_info  # noqa: E402
 from posttrain.reason.generation import SamplingConfig, generate  # noqa: E402
 
 ASSET = "smollm2-135m-instruct"
@@ -32,8 +32,21 @@ def cfg_of(**kw) -> SamplingConfig:
                                     batch_size=4, seed=0), **kw})
 
 
+_RUNS: dict[str, str | None] = {}
+
+
+def needs(weights: str) -> None:
+    """Skip, with the reason, where this CPU's build cannot decode `weights` (probed in a child
+    process, so a crashing kernel ends the probe, not the test run)."""
+    if weights not in _RUNS:
+        _RUNS[weights] = runs_here(gguf_of(ASSET), weights)
+    if _RUNS[weights]:
+        pytest.skip(_RUNS[weights])
+
+
 @pytest.fixture(scope="module")
 def engine(tokenizer):
+    needs("bf16")
     e = LlamaCppEngine(gguf_of(ASSET), tokenizer, threads=1, weights="bf16")
     yield e
     e.close()
@@ -101,9 +114,39 @@ def test_the_gguf_vocabulary_and_prompt_ids_are_checked(engine, tokenizer):
         LlamaCppEngine(gguf_of(ASSET), other, threads=1, weights="bf16")
 
 
+def test_the_build_states_its_cpu_features_and_leaves_out_amx():
+    """The Makefile builds for this CPU less ggml's AMX kernels (their Q4_1 matmul segfaults on
+    AMX CPUs, issue 30); on a CPU without AMX this only checks what the build says."""
+    info = system_info()
+    assert info["llama_cpp"] and "SSE3" in info["cpu_features"], info
+    assert not [f for f in info["cpu_features"] if f.startswith("AMX")], info
+
+
+def test_a_crashing_decode_is_a_reason_not_a_crash(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    why = runs_here(bad, "source")
+    assert why and why.startswith("llama.cpp ") and "on this CPU" in why, why
+
+
+def test_two_engines_of_different_weight_types_decode_in_one_process(tokenizer):
+    """Two engines live side by side and take turns decoding (the bench does this for every
+    weight type; on AMX CPUs the second one's first decode used to segfault)."""
+    needs("q8_0"), needs("f16")
+    a = LlamaCppEngine(gguf_of(ASSET), tokenizer, threads=1, weights="q8_0")
+    b = LlamaCppEngine(gguf_of(ASSET), tokenizer, threads=1, weights="f16")
+    greedy = cfg_of(n_samples=2, batch_size=2, temperature=0, max_new_tokens=6)
+    outs = [generate(e, PROBLEMS[:2], greedy, progress=False)[0] for e in (a, b, a, b)]
+    assert outs[0] == outs[2] and outs[1] == outs[3], "each engine is unchanged by the other's decoding"
+    assert all(r["completion_tokens"] >= 1 for o in outs for r in o)
+    assert sum(x["text"].split()[:2] == y["text"].split()[:2] for x, y in zip(outs[0], outs[1])) >= 2
+    a.close(), b.close()
+
+
 def test_weights_as_stored_or_converted_are_the_same_model(engine, tokenizer):
     """The shipped Q4_1 file as stored and converted to bf16 by llama.cpp's quantizer: same
     vocabulary, same greedy start; another weight type is another cache key."""
+    needs("source")
     q4 = LlamaCppEngine(gguf_of(ASSET), tokenizer, threads=1, weights="source")
     greedy = cfg_of(n_samples=1, batch_size=1, temperature=0, max_new_tokens=6)
     a, _ = generate(engine, PROBLEMS, greedy, progress=False)

@@ -61,6 +61,43 @@ def gguf_of(ref: str) -> Path:
         "model, or use the hf backend")
 
 
+def system_info() -> dict:
+    """What the built engine runs on: its version and the ggml CPU features compiled in, from
+    llama.cpp's own system info (`CPU : SSE3 = 1 | AVX512_BF16 = 1 | ...`). Recorded beside the
+    samples, since a build's kernels decide which weight types run and how fast."""
+    import llama_cpp
+
+    text = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    features = sorted({part.split("=")[0].strip() for part in text.replace("CPU :", "|").split("|")
+                       if "=" in part and part.split("=")[1].strip() == "1"})
+    return {"llama_cpp": llama_cpp.__version__, "cpu_features": features}
+
+
+def runs_here(gguf: Path, weights: str, timeout: float = 120.0) -> str | None:
+    """None if this build of llama.cpp loads `gguf` as `weights` and decodes with it on this CPU;
+    else why not, in one line. It runs in a child process, since a kernel that crashes (ggml's
+    AMX Q4_1 matmul did, issue 30) takes its process with it: tests and benches skip a weight
+    type with this reason instead of dying."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, types; from posttrain.core.llamacpp import LlamaCppEngine\n"
+            "e = LlamaCppEngine(sys.argv[1], None, threads=1, weights=sys.argv[2])\n"
+            "e.sample((1, 2, 3, 4), [0, 1], types.SimpleNamespace(temperature=0.8, top_p=0.95, max_new_tokens=4), set())\n")
+    try:
+        res = subprocess.run([sys.executable, "-c", code, str(gguf), weights], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"llama.cpp did not decode {weights} weights within {timeout:.0f} s on this CPU"
+    if res.returncode == 0:
+        return None
+    how = (f"died of {signal.Signals(-res.returncode).name}" if res.returncode < 0
+           else f"failed ({(res.stderr.strip().splitlines() or ['exit ' + str(res.returncode)])[-1]})")
+    return (f"llama.cpp {how} decoding {weights} weights on this CPU; its build has "
+            f"{' '.join(system_info()['cpu_features'])}")
+
+
 def _quiet() -> None:
     # llama.cpp logs every tensor and kernel at load; keep its errors only.
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
@@ -100,7 +137,7 @@ class LlamaCppEngine:
         self._gguf_hash = None
         self._batch = None
         n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        if n_vocab != len(tokenizer):
+        if tokenizer is not None and n_vocab != len(tokenizer):  # None: a probe (runs_here)
             raise ValueError(f"{self.gguf}: {n_vocab} tokens in the GGUF vocabulary, {len(tokenizer)} in the "
                              "tokenizer: they are not the same model")
 
@@ -244,3 +281,8 @@ class LlamaCppEngine:
             self.close()
         except Exception:
             pass
+
+
+if __name__ == "__main__":  # `make setup` prints what the engine was built with
+    info = system_info()
+    print(f"llama-cpp-python {info['llama_cpp']}: ggml CPU features {' '.join(info['cpu_features'])}")
