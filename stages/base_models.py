@@ -1,22 +1,18 @@
-"""base_models: materialize the policy model once as a transformers folder.
-
-    python stages/base_models.py --policy smollm2-135m-instruct --out data/models/policy
-"""
+"""base_models: the policy model as a plain transformers folder (the packaged GGUF dequantized),
+materialized once; every model-using stage depends on it."""
 
 import click
 
-from posttrain.core.models import materialize
-from posttrain.core.cli import run
+from posttrain.core.cli import OUT_DIR, run, settings
+from posttrain.core.models import ModelSettings, materialize
 
 
 @click.command()
-@click.option("--policy", required=True,
-              help="Asset name (smollm2-135m-instruct), GGUF file, local folder, hub id, "
-                   "or tiny-random[-qwen3] (tests/CI).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-def main(policy: str, out_dir: str) -> None:
-    path = materialize(policy, out_dir)
-    click.echo(f"base_models: {policy} -> {path}", err=True)
+@click.option("--out", required=True, type=OUT_DIR)
+@settings(ModelSettings)
+def main(out, settings):
+    path = materialize(settings.policy, out)
+    click.echo(f"base_models: {settings.policy} -> {path}", err=True)
 
 
 if __name__ == "__main__":

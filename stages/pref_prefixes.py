@@ -10,14 +10,14 @@ import click
 from posttrain.core.io import outputs
 from posttrain.pref.pairs import read_pairs
 from posttrain.pref.prefixes import build_prefixes, write_id_map
-from posttrain.core.cli import run
+from posttrain.core.cli import IN_FILE, OUT_FILE, run
 
 
 @click.command()
-@click.option("--pairs", "pairs_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--prefixes", "prefixes_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--id-map", "id_map_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--metrics", "metrics_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--pairs", "pairs_path", required=True, type=IN_FILE)
+@click.option("--prefixes", "prefixes_path", required=True, type=OUT_FILE)
+@click.option("--id-map", "id_map_path", required=True, type=OUT_FILE)
+@click.option("--metrics", "metrics_path", required=True, type=OUT_FILE)
 def main(pairs_path, prefixes_path, id_map_path, metrics_path):
     pairs = read_pairs(pairs_path)
     prefixes, id_map, stats = build_prefixes(pairs)

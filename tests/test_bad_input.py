@@ -374,10 +374,11 @@ CODE_SOL = {"id": "c1/0", "problem_id": "c1", "domain": "code", "source": "s",
             "text": "```python\ndef add(a, b):\n    return a + b\n```"}
 
 
-def reason_format(filtered, problems=PROBLEMS, mix="1:1"):
+def reason_format(filtered, problems=PROBLEMS, mix=("1", "1")):
     def build(tmp, _model):
         return ["--problems", put(tmp, "problems.jsonl", problems), "--filtered", put(tmp, "f.jsonl", filtered),
-                "--out", out(tmp, "sft.jsonl"), "--metrics", out(tmp, "m.json"), "--mix", mix, "--seed", 0]
+                "--out", out(tmp, "sft.jsonl"), "--metrics", out(tmp, "m.json"), "--mix-math", mix[0],
+                "--mix-code", mix[1], "--seed", 0]
     return build
 
 
@@ -388,11 +389,13 @@ def _format_skips(tmp):
 
 F = r"^reason_format: error: .*f\.jsonl, line"
 CASES += [
-    Case("format-mix-nan", "reason_format", reason_format(jl(SOL, CODE_SOL), mix="nan:1"),
-         r"^reason_format: error: Invalid value for --mix: reason.mix weights must be finite, >= 0 and not "
-         r"both 0, got 'nan:1'$"),
-    Case("format-mix-negative", "reason_format", reason_format(jl(SOL), mix="-1:1"),
-         r"^reason_format: error: Invalid value for --mix: reason.mix weights must be finite"),
+    Case("format-mix-nan", "reason_format", reason_format(jl(SOL, CODE_SOL), mix=("nan", "1")),
+         r"^reason_format: error: Invalid value for '--mix-math' .*'nan' is not a finite number.$"),
+    Case("format-mix-negative", "reason_format", reason_format(jl(SOL), mix=("-1", "1")),
+         r"^reason_format: error: Invalid value for '--mix-math' .*-1.0 is not in the range x>=0.$"),
+    Case("format-mix-both-zero", "reason_format", reason_format(jl(SOL), mix=("0", "0")),
+         r"^reason_format: error: Invalid value for --mix-math/--mix-code: reason.mix_math and mix_code must be "
+         r"finite, >= 0 and not both 0, got 0.0 and 0.0$"),
     Case("format-unknown-problem", "reason_format", reason_format(jl(SOL, {**SOL, "problem_id": "zz"})),
          rf"{F} 2: field 'problem_id': unknown problem 'zz'$"),
     Case("format-domain-mismatch", "reason_format", reason_format(jl({**CODE_SOL, "domain": "math"})),
@@ -407,7 +410,7 @@ CASES += [
          reason_format(jl(SOL), problems=jl({"id": "m1", "domain": "math", "source": "s", "problem": "q"})),
          r"^reason_format: error: .*problems\.jsonl, line 1: field 'answer': missing$"),
     Case("format-duplicate-and-no-final-counted", "reason_format", reason_format(jl(
-        SOL, SOL, {**SOL, "id": "m1/1", "text": "no idea", "extracted": None}, CODE_SOL), mix="1:1"),
+        SOL, SOL, {**SOL, "id": "m1/1", "text": "no idea", "extracted": None}, CODE_SOL)),
          check=_format_skips),
 ]
 

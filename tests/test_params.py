@@ -9,7 +9,8 @@ dvc.yaml hands params to stages as `--opt ${group.key}` or by DVC's dict unpacki
 - an option of a stage script that is neither fed by a param nor given a literal value
   (a path) in its cmd, unless it is one of the DEV_ONLY flags below;
 - a param-fed option with a default of its own (it must be required, default-free);
-- a library function the stage calls with a param-fed value that has a default for it;
+- a param-fed option that is no settings field (`posttrain.core.cli.settings`), and a
+  settings field with a default of its own;
 - a `${...}` in a cmd that the stage's `params:` do not cover.
 
 Each check is shown to fire on a deliberately broken copy of the project. The last
@@ -19,9 +20,7 @@ command, so dvc.yaml and the scripts cannot drift apart.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
-import inspect
 import re
 import shlex
 import shutil
@@ -127,47 +126,13 @@ def option_of(command: click.Command, opt: str):
     return None
 
 
-def library_defaults(mod, fed_names: set[str]) -> list[tuple[str, str]]:
-    """(call, kwarg) pairs in `main` where a param-fed argument meets a library default."""
-    tree = ast.parse(inspect.getsource(mod))
-    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
-    found = []
-    calls = [n for stmt in main.body for n in ast.walk(stmt) if isinstance(n, ast.Call)]  # not decorators
-    for call in calls:
-        fn = resolve(mod, call.func)
-        if fn is None:
-            continue
-        try:
-            sig = inspect.signature(fn)
-        except (TypeError, ValueError):
-            continue
-        positional = [p for p in sig.parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        bound = [(positional[i].name if i < len(positional) else None, a) for i, a in enumerate(call.args)]
-        bound += [(k.arg, k.value) for k in call.keywords]
-        for kw, value in bound:
-            if kw and isinstance(value, ast.Name) and value.id in fed_names:
-                p = sig.parameters.get(kw)
-                if p is not None and p.default is not inspect.Parameter.empty:
-                    found.append((ast.unparse(call.func), kw))
-    return found
+def settings_defaults(command: click.Command) -> list[str]:
+    """`Class.field` of every settings field of the stage that has a default of its own."""
+    import dataclasses
 
-
-def lookup(mod, node):
-    if isinstance(node, ast.Name):
-        return mod.__dict__.get(node.id)
-    if isinstance(node, ast.Attribute):
-        base = lookup(mod, node.value)
-        return getattr(base, node.attr, None) if base is not None else None
-    return None
-
-
-def resolve(mod, node):
-    """The function or class a call's `f` / `pkg.f` names in the stage module, or None."""
-    obj = lookup(mod, node)
-    # Only the project's own functions and classes (and this file's stand-ins): not click.echo, numpy, ...
-    module = getattr(obj, "__module__", None) or ""
-    return obj if callable(obj) and (module.startswith("posttrain") or module == __name__) else None
+    classes = getattr(command.callback, "settings", {})
+    return [f"{cls.__name__}.{f.name}" for cls in classes.values() for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
 
 
 def check(root: Path) -> list[str]:
@@ -188,14 +153,14 @@ def check(root: Path) -> list[str]:
                 problems.append(f"{st.name}: cmd interpolates ${{{e}}} but its params: do not list it")
         mod = load_script(st.script)
         command = mod.main
-        fed_names = set()
         for opt, key in [*st.fed.items(), *st.unpacked.items()]:
             p = option_of(command, opt)
             if p is None:
                 if not (st.launcher and key.rsplit(".", 1)[-1] in LAUNCHER_KEYS):
                     problems.append(f"{st.name}: cmd passes {opt} (from {key}) but the script has no such option")
                 continue
-            fed_names.add(p.name)
+            if "__" not in p.name:  # core.cli.settings names its options DEST__FIELD
+                problems.append(f"{st.name}: option {opt} is fed by {key} but is no settings field")
             if has_default(p) or not p.required:
                 problems.append(f"{st.name}: option {opt} is fed by {key} but has a default of its own "
                                 f"({p.default!r}, required={p.required})")
@@ -215,8 +180,8 @@ def check(root: Path) -> list[str]:
                     problems.append(f"{st.name}: cmd passes {opt} (from {key}) to the launcher, which has no such option")
                 elif has_default(p) or not p.required:
                     problems.append(f"{st.name}: launcher option {opt} is fed by {key} but has a default of its own")
-        for call, kw in library_defaults(mod, fed_names):
-            problems.append(f"{st.name}: {call}() has a default for {kw}, which params.yaml feeds")
+        for name in settings_defaults(command):
+            problems.append(f"{st.name}: {name} has a default, which params.yaml feeds")
     return problems
 
 
@@ -262,20 +227,22 @@ def test_reports_an_option_no_param_feeds(copy):
 
 
 def test_reports_a_param_fed_option_with_a_default(copy):
-    edit(copy / "stages/rec_finetune.py", '@click.option("--lr", required=True, type=finite(0, min_open=True))',
-         '@click.option("--lr", default=2e-4, type=finite(0, min_open=True))')
-    assert check(copy) == ["rec_finetune: option --lr is fed by rec.finetune.lr but has a default of its own "
+    # a hand-written option beside the settings: fed by params, yet with a default of its own
+    edit(copy / "stages/rec_finetune.py", '@click.option("--out", required=True, type=OUT_DIR)',
+         '@click.option("--out", required=True, type=OUT_DIR)\n@click.option("--lr", default=2e-4)')
+    assert check(copy) == ["rec_finetune: option --lr is fed by rec.finetune.lr but is no settings field",
+                           "rec_finetune: option --lr is fed by rec.finetune.lr but has a default of its own "
                            "(0.0002, required=False)"]
 
 
-def test_reports_a_library_default_for_a_param_fed_kwarg(copy, monkeypatch):
-    from posttrain.pref import density
+def test_reports_a_settings_field_with_a_default(copy, monkeypatch):
+    import dataclasses
 
-    def knn_density(x, *, k, method="auto", auto_threshold, seed):  # a drifting default
-        raise AssertionError("not called")
+    from posttrain.pref.density import DensitySettings
 
-    monkeypatch.setattr(density, "knn_density", knn_density)
-    assert check(copy) == ["pref_density: knn_density() has a default for method, which params.yaml feeds"]
+    field = next(f for f in dataclasses.fields(DensitySettings) if f.name == "method")
+    monkeypatch.setattr(field, "default", "auto")  # a drifting default
+    assert check(copy) == ["pref_density: DensitySettings.method has a default, which params.yaml feeds"]
 
 
 def test_reports_an_interpolation_params_do_not_cover(copy):
@@ -368,7 +335,8 @@ def test_ratios_must_leave_a_train_split(tmp_path, capsys):
     command = load_script(REPO / "stages/rec_prepare.py").main
     with pytest.raises(SystemExit) as e:
         run(command, ["--source", "x", "--history-len", "5", "--rating-threshold", "4", "--val-ratio", "0.5",
-                      "--test-ratio", "0.5", "--seed", "0", "--out-dir", str(tmp_path)], prog="rec_prepare")
+                      "--test-ratio", "0.5", "--seed", "0", "--out-dir", str(tmp_path),
+                      "--metrics", str(tmp_path / "m.json")], prog="rec_prepare")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "val_ratio + test_ratio must be < 1" in err[0]

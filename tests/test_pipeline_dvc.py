@@ -38,7 +38,7 @@ INVALIDATION = {
     "reason.sample": (3, {"reason_collect"}, REASON),
     "reason.temperature": (0.5, {"reason_generate"}, REASON - {"reason_collect"}),
     "reason.timeout_s": (3, {"reason_filter"}, {"reason_filter", "reason_format", "reason_verifier"}),
-    "reason.mix": ("2:1", {"reason_format"}, {"reason_format"}),
+    "reason.mix_math": (2, {"reason_format"}, {"reason_format"}),
     "reason.verifier.max_steps": (3, {"reason_verifier"}, {"reason_verifier"}),
 }
 

@@ -19,12 +19,14 @@ def test_callback_writes_only_stable_values(tmp_path):
     cb.on_train_begin(args, state, control)
     for step, loss in ((3, 0.5), (4, 0.25)):  # e.g. logging_steps > 1: the Trainer's step is kept
         state.global_step = step
-        cb.on_log(args, state, control, logs={"loss": loss, "step_time": 0.123})
+        cb.on_log(args, state, control, logs={"loss": loss, "step_time": 0.123, "num_tokens": 800.0 * step})
     cb.on_log(args, state, control, logs={"train_loss": 0.375, "train_runtime": 9.9,
                                           "train_samples_per_second": 1.5})
     cb.on_train_end(args, state, control)
     live = tmp_path / "live"
     assert (live / "plots" / "metrics" / "loss.tsv").read_text().splitlines() == ["step\tloss", "3\t0.5", "4\t0.25"]
-    assert read_json(live / "metrics.json") == {"loss": 0.25, "step": 4, "train": {"loss": 0.375}}
+    # every key keeps its last value; only the curves a person reads are plotted (core.live.CURVES)
+    assert read_json(live / "metrics.json") == {"loss": 0.25, "num_tokens": 3200.0, "step": 4,
+                                                "train": {"loss": 0.375}}
     assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
-        "metrics.json", "plots/metrics/loss.tsv", "plots/metrics/train/loss.tsv"]
+        "metrics.json", "plots/metrics/loss.tsv"]

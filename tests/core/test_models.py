@@ -51,10 +51,8 @@ def test_shrink_layers_keeps_first_layers_and_trains_the_top(tiny_model_dir):
     assert all(p.requires_grad for p in m.model.layers[0].parameters()) and m.score.weight.requires_grad
     assert m.model.norm.weight.requires_grad
 
-    m = shrink_layers(load(), num_layers=0, trainable_layers=0)  # head and final norm only
+    m = shrink_layers(load(), num_layers=0, trainable_layers=0)  # 0 = all, as for num_layers
     assert len(m.model.layers) == 2
-    assert {n for n, p in m.named_parameters() if p.requires_grad} == {"model.norm.weight", "score.weight"}
-    m = shrink_layers(load(), num_layers=0, trainable_layers=-1)  # everything
     assert all(p.requires_grad for p in m.parameters())
     m = shrink_layers(load(), num_layers=0, trainable_layers=1)  # top one of two
     assert not any(p.requires_grad for p in m.model.layers[0].parameters())

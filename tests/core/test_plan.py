@@ -24,7 +24,7 @@ def test_counts_match_the_stages_real_models(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from posttrain.core.models import shrink_layers
-    from posttrain.pref.common import lora_config
+    from posttrain.core.adapters import lora_config
 
     params = tiny_params(tiny_model_dir)
     params["pref"]["dpo"]["lora_layers"] = 1

@@ -114,7 +114,7 @@ def test_method_choice():
 
 def test_pynndescent_tiny_inputs_fall_back_to_exact():
     x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
-    i1, s1 = knn_pynndescent(x, 10)  # k >= N - 1: the whole set, computed exactly
+    i1, s1 = knn_pynndescent(x, 10, 0)  # k >= N - 1: the whole set, computed exactly
     i2, s2 = knn_faiss(x, 10)
     assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
 

@@ -66,9 +66,9 @@ def test_humaneval_records_run_their_tests(packaged):
 
 def test_sample_is_deterministic_and_round_robin():
     specs = P.parse_sources([{"name": "gsm8k-test", "weight": 2}, "aime2025", {"name": "humaneval", "cap": 5}])
-    a, ma = P.collect(specs, 10, seed=3)
-    b, _ = P.collect(specs, 10, seed=3)
-    c, _ = P.collect(specs, 10, seed=4)
+    a, ma = P.collect(specs, P.CollectSettings(sample=10, seed=3))
+    b, _ = P.collect(specs, P.CollectSettings(sample=10, seed=3))
+    c, _ = P.collect(specs, P.CollectSettings(sample=10, seed=4))
     assert [p["id"] for p in a] == [p["id"] for p in b]
     assert [p["id"] for p in a] != [p["id"] for p in c]
     sel = {s: m["selected"] for s, m in ma["by_source"].items()}
@@ -80,12 +80,12 @@ def test_sample_is_deterministic_and_round_robin():
 
 def test_caps_limit_each_source_and_sample_zero_keeps_all():
     specs = P.parse_sources(["aime2025:7", {"name": "humaneval", "cap": 3}])
-    probs, m = P.collect(specs, None, seed=0)
+    probs, m = P.collect(specs, P.CollectSettings(sample=0, seed=0))
     assert m["by_source"]["aime2025"]["selected"] == 7 and m["by_source"]["humaneval"]["selected"] == 3
     # the cap is a seeded subset, not just the first rows
     assert [p["id"] for p in probs if p["source"] == "aime2025"] != [f"aime2025/{i:04d}" for i in range(7)]
     # a sample larger than what the sources hold takes everything
-    probs2, _ = P.collect(specs, 100, seed=0)
+    probs2, _ = P.collect(specs, P.CollectSettings(sample=100, seed=0))
     assert sorted(p["id"] for p in probs2) == sorted(p["id"] for p in probs)
 
 

@@ -75,16 +75,16 @@ def test_code_template():
 
 
 def test_mix_counts():
-    w = F.parse_mix("1:1")
+    w = F.mix_weights(1, 1)
     assert F.mix_counts({"math": 10, "code": 4}, w) == {"math": 4, "code": 4}
-    assert F.mix_counts({"math": 10, "code": 4}, F.parse_mix("3:1")) == {"math": 10, "code": 3}
-    assert F.mix_counts({"math": 10, "code": 4}, F.parse_mix("1:0")) == {"math": 10, "code": 0}
+    assert F.mix_counts({"math": 10, "code": 4}, F.mix_weights(3, 1)) == {"math": 10, "code": 3}
+    assert F.mix_counts({"math": 10, "code": 4}, F.mix_weights(1, 0)) == {"math": 10, "code": 0}
     # a weighted domain with nothing accepted: the other is kept whole, not emptied
     assert F.mix_counts({"math": 5, "code": 0}, w) == {"math": 5, "code": 0}
     assert F.mix_counts({"math": 0, "code": 0}, w) == {"math": 0, "code": 0}
-    for bad in ("1", "a:b", "0:0", "-1:2", 61):  # 61: what YAML makes of an unquoted 1:1
+    for bad in ((0, 0), (-1, 2), (float("nan"), 1), (1, float("inf"))):
         with pytest.raises(ValueError):
-            F.parse_mix(bad)
+            F.mix_weights(*bad)
 
 
 def _accepted():
@@ -95,14 +95,14 @@ def _accepted():
 
 def test_build_sft_balances_and_dedups():
     acc = _accepted() + [sample(MATH_P["id"], 9, MATH_OK + " (0)", 1, "correct", extracted="5")]  # duplicate text
-    ex, m = F.build_sft(acc, PROBLEMS, "1:1", seed=0)
+    ex, m = F.build_sft(acc, PROBLEMS, F.FormatSettings(mix_math=1, mix_code=1, seed=0))
     assert m["by_domain"] == {"math": 1, "code": 1} and m["available_by_domain"] == {"math": 4, "code": 1}
     assert m["skipped_duplicates"] == 1 and m["n_examples"] == 2 == len(ex)
-    ex2, _ = F.build_sft(acc, PROBLEMS, "1:1", seed=0)
-    ex3, _ = F.build_sft(acc, PROBLEMS, "1:1", seed=5)
+    ex2, _ = F.build_sft(acc, PROBLEMS, F.FormatSettings(mix_math=1, mix_code=1, seed=0))
+    ex3, _ = F.build_sft(acc, PROBLEMS, F.FormatSettings(mix_math=1, mix_code=1, seed=5))
     assert ex == ex2
     assert {e["id"] for e in ex if e["domain"] == "math"} | {e["id"] for e in ex3 if e["domain"] == "math"}
-    ex4, m4 = F.build_sft(acc, PROBLEMS, "1:0", seed=0)
+    ex4, m4 = F.build_sft(acc, PROBLEMS, F.FormatSettings(mix_math=1, mix_code=0, seed=0))
     assert m4["by_domain"] == {"math": 4, "code": 0} and m4["math_fraction"] == 1.0
 
 
@@ -251,9 +251,9 @@ def test_filter_stage_rejects_unknown_problem(tmp_path, fake_grading):
     assert not (d / "g.jsonl").exists()
 
 
-@pytest.mark.parametrize("mix", ["nan:1", "1:inf", "-1:1", "0:0", "1-1", "a:b"])
+@pytest.mark.parametrize("mix", [(float("nan"), 1), (1, float("inf")), (-1, 1), (0, 0)])
 def test_mix_must_be_two_finite_non_negative_weights(mix):
-    from posttrain.reason.sft_format import parse_mix
+    from posttrain.reason.sft_format import mix_weights
 
-    with pytest.raises(ValueError, match="reason.mix"):
-        parse_mix(mix)
+    with pytest.raises(ValueError, match="reason.mix_math and mix_code"):
+        mix_weights(*mix)

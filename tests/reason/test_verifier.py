@@ -220,7 +220,7 @@ def test_training_lowers_the_regression_loss(tmp_path, tiny_model_dir):
     from posttrain.reason.verifier import load_regressor, predict, train
 
     recs = champ_examples(champ_file(tmp_path / "v0.json", 4))
-    model, tok = load_regressor(tiny_model_dir, trainable_layers=-1, seed=0, num_layers=0)
+    model, tok = load_regressor(tiny_model_dir, trainable_layers=0, seed=0, num_layers=0)
 
     def mse():
         scored = predict(model, tok, recs, batch_size=4, max_length=48, chat_template=False)

@@ -25,8 +25,8 @@ def test_lora_sft_overfits_and_moves_b(tmp_path, tiny_model_dir, tokenizer):
     cols, _ = tokenize_records(tokenizer, RECORDS, cutoff_len=256)
     ds = datasets.Dataset.from_dict(cols)
     datasets.DatasetDict(train=ds, eval=ds).save_to_disk(str(tmp_path / "tok"))
-    s = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear",
-                     learning_rate=5e-2, max_steps=30, batch_size=4, grad_accum=1, warmup_steps=0,
+    s = LoraSettings(lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                     lr=5e-2, max_steps=30, batch_size=4, grad_accum=1, warmup_steps=0,
                      max_train_examples=0, max_eval_examples=0, seed=0, quantization="none")
     res = train(tiny_model_dir, tmp_path / "tok", tmp_path / "adapter", s, live_dir=tmp_path / "dvclive")
     before = _answer_loss(load_for_eval(tiny_model_dir), cols)

@@ -6,7 +6,7 @@ follows the per-process hash seed (PYTHONHASHSEED), so two identical trainings w
 different config bytes and DVC saw a changed output. `save_adapter` saves through
 peft, then rewrites those fields as sorted lists in peft's own layout
 (indent 2, sorted keys). Every adapter save (rec_finetune, pref_dpo, pref_grpo) goes
-through it.
+through it. `lora_config` is the pref trainers' LoRA (all linear layers, or the top ones).
 """
 
 from __future__ import annotations
@@ -34,3 +34,25 @@ def save_adapter(model, folder) -> None:
             cfg[key] = sorted(cfg[key])
     with atomic_open(path) as fh:
         fh.write(json.dumps(cfg, indent=2, sort_keys=True))  # peft's layout, no trailing newline
+
+
+def lora_config(r: int, alpha: int, dropout: float, task_type: str, modules_to_save=None,
+                top_layers: int = 0, model=None):
+    """peft LoRA on all linear layers (of the top `top_layers` of `n_layers` decoder layers
+    when top_layers > 0: backward then stops there, the main CPU saving), or None when
+    r == 0 (full fine-tune)."""
+    if not r:
+        return None
+    from peft import LoraConfig
+
+    import torch
+
+    targets, kw = "all-linear", {}
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0)) if model is not None else 0
+    if top_layers and n_layers and top_layers < n_layers:
+        # peft allows layers_to_transform only with explicit module names, not "all-linear".
+        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"})
+        kw["layers_to_transform"] = list(range(n_layers - top_layers, n_layers))
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                      task_type=task_type, modules_to_save=modules_to_save, **kw)

@@ -13,17 +13,26 @@ carry no defaults of their own (see tests/test_params.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import sys
+import typing
 from pathlib import Path
 
 import click
 
 from posttrain.core.io import DataError
+from posttrain.core.settings import NotInstalled, SettingsError, fields
 
 DEBUG_ENV = "POSTTRAIN_DEBUG"
+
+# Path option types of the stage scripts: inputs must exist; outputs are a file or a folder.
+IN_FILE = click.Path(exists=True, dir_okay=False)
+IN_DIR = click.Path(exists=True, file_okay=False)
+OUT_FILE = click.Path(dir_okay=False)
+OUT_DIR = click.Path(file_okay=False)
 
 
 class FiniteFloat(click.FloatRange):
@@ -45,6 +54,73 @@ def finite(min: float | None = None, max: float | None = None, *, min_open: bool
     return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
 
 
+def _option(name: str, kind, meta, dest: str):
+    decls = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])  # DVC renders --max_steps
+    if kind is bool and meta["flag"]:
+        return click.option(*(f"{d}/--no-{d[2:]}" for d in decls), dest, required=True, default=None,
+                            help=meta["help"])
+    bounds = {k: meta[k] for k in ("min", "max", "min_open", "max_open")}
+    if kind is bool:
+        type_ = click.BOOL
+    elif kind is int:
+        type_ = click.IntRange(**bounds)
+    elif kind is float:
+        type_ = finite(**bounds)
+    elif meta["choices"]:
+        type_ = click.Choice(meta["choices"])
+    else:
+        type_ = click.STRING
+    return click.option(*decls, dest, required=True, type=type_, help=meta["help"])
+
+
+def settings(cls, *, dest: str = "settings", prefix: str = ""):
+    """Decorator: one required Click option per field of the dataclass `cls` (its type, range
+    and help from `posttrain.core.settings.param`), handed to the command as one `cls` instance
+    named `dest`. `prefix` names the options `--PREFIX-FIELD`: a group read from another
+    stage's params, e.g. pref_dpo's `--split-seed ${pref.rm.seed}`."""
+    hints = typing.get_type_hints(cls)
+
+    def deco(f):
+        keys = {}
+        for fld in reversed(fields(cls)):
+            keys[fld.name] = f"{dest}__{fld.name}"
+            name = f"{prefix}_{fld.name}" if prefix else fld.name
+            f = _option(name, hints[fld.name], fld.metadata, keys[fld.name])(f)
+
+        @functools.wraps(f)
+        def wrapper(*args, **kw):
+            kw[dest] = cls(**{n: kw.pop(k) for n, k in keys.items()})
+            return f(*args, **kw)
+        wrapper.settings = {**getattr(f, "settings", {}), dest: cls}  # for tests/test_params.py
+        return wrapper
+    return deco
+
+
+def name_values(args: tuple[str, ...], what: str, example: str) -> list[tuple[str, int]]:
+    """`--NAME N` pairs as DVC renders a mapping param (`${pref.sources}`), in order: names
+    unique, N an integer >= 0. `what` names the mapping in errors."""
+    if len(args) % 2:
+        raise click.UsageError(f"{what} must be `--NAME N` pairs, got {' '.join(args)!r}")
+    out = []
+    for name, value in zip(args[::2], args[1::2]):
+        if not name.startswith("--"):
+            raise click.UsageError(f"{what}: expected --NAME before {value!r}, got {name!r}")
+        try:
+            n = int(value)
+        except ValueError:
+            raise click.UsageError(f"{what}: {name[2:]!r} must be an integer, got {value!r}") from None
+        if n < 0:
+            raise click.UsageError(f"{what}: {name[2:]!r} must be >= 0 (0 = all), got {n}")
+        out.append((name[2:], n))
+    if not out:
+        raise click.UsageError(f"no {what} given (e.g. {example})")
+    names = [n for n, _ in out]
+    for n in names:
+        if names.count(n) > 1:
+            raise click.UsageError(f"{what}: {n!r} given more than once")
+    return out
+
+
 def debug_enabled(argv=None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -63,7 +139,10 @@ def run(command: click.Command, argv=None, prog: str | None = None) -> None:
     prog = prog or Path(sys.argv[0]).stem
     setup_logging()
     try:
-        command.main(args=argv, prog_name=prog, standalone_mode=False)
+        try:
+            command.main(args=argv, prog_name=prog, standalone_mode=False)
+        except SettingsError as e:
+            raise click.BadParameter(str(e), param_hint=e.option) from e
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -74,7 +153,7 @@ def run(command: click.Command, argv=None, prog: str | None = None) -> None:
             raise
         click.echo(f"{prog}: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except DataError as e:
+    except (DataError, NotInstalled) as e:
         if debug:
             raise
         click.echo(f"{prog}: error: {e}", err=True)

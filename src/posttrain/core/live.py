@@ -16,6 +16,11 @@ dvclive step is the Trainer's global step, the wall-time keys (`train_runtime`,
 `*_per_second`, GRPO's `step_time`) are not logged, and neither are the TrainingArguments
 (dvclive's `params.yaml` would hold the scratch output_dir, a fresh temp name per run;
 DVC already records the stage's params from the project's params.yaml).
+
+Every logged key keeps its last value in `metrics.json`, but only the `CURVES` a person reads
+(loss, gradient norm, learning rate, each trainer's accuracy / margin / reward) get a plot
+file: trl logs ~20 keys per step (token counts, FLOPs, per-token log-prob stats), and plotting
+them all buried the curves in ~90 files.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def is_wall_time(key: str) -> bool:
     return key.endswith(("_runtime", "_per_second", "step_time"))
 
 
+# Raw Trainer / trl log keys that are plotted (`plots/metrics/<key>.tsv`).
+CURVES = frozenset({
+    "loss", "eval_loss", "grad_norm", "learning_rate",                   # every trainer
+    "rewards/accuracies", "rewards/margins",                               # DPO
+    "accuracy", "margin",                                                  # reward model
+    "reward", "reward_std", "kl",                                          # GRPO
+})
+
+
 def callback(live_dir):
     """A `transformers.integrations.DVCLiveCallback` writing to `live_dir` on rank 0."""
     from transformers.integrations import DVCLiveCallback
@@ -40,10 +54,17 @@ def callback(live_dir):
             self._initialized = True  # no log_params: see the module docstring
 
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            if self.live is not None:
-                self.live.step = state.global_step
-            logs = {k: v for k, v in (logs or {}).items() if not is_wall_time(k)}
-            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+            if self.live is None:
+                return
+            from dvclive.plots import Metric
+            from dvclive.utils import standardize_metric_name
+
+            self.live.step = state.global_step
+            for key, value in (logs or {}).items():
+                if not is_wall_time(key) and Metric.could_log(value):
+                    self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value,
+                                         plot=key in CURVES)
+            self.live.next_step()
 
     live = None
     if is_main_process():

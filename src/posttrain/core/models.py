@@ -10,10 +10,12 @@ stage loads the folder with plain `from_pretrained(path)`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.core import assets
 from posttrain.core.io import atomic_path, write_json
+from posttrain.core.settings import param
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,14 @@ def load_source(ref: str):
     return model, tokenizer
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """base_models' params (models.*)."""
+
+    policy: str = param("asset name (smollm2-135m-instruct), GGUF file, local folder, hub id, "
+                        "or tiny-random[-qwen3] (tests/CI)")
+
+
 def materialize(ref: str, out_dir, meta: dict | None = None) -> Path:
     """Write `ref` as a transformers folder at `out_dir`, atomically (temp dir + rename)."""
     out_dir = Path(out_dir)
@@ -133,9 +143,9 @@ def materialize(ref: str, out_dir, meta: dict | None = None) -> Path:
 
 
 def shrink_layers(model, *, num_layers: int, trainable_layers: int):
-    """CPU-sized backbone: keep the first `num_layers` decoder layers (0 = all) and train
-    only the top `trainable_layers` of them plus the final norm and the head (-1 = train
-    everything; 0 = norm and head only).
+    """CPU-sized backbone: keep the first `num_layers` decoder layers and train only the top
+    `trainable_layers` of them plus the final norm and the head; 0 = all, for both (the one
+    convention of every layer-count param).
 
     Backward then stops at the first trainable layer, so a step costs little more than a
     forward pass through the kept layers."""
@@ -143,17 +153,17 @@ def shrink_layers(model, *, num_layers: int, trainable_layers: int):
     base = getattr(model, prefix)
     layers = getattr(base, "layers", None)
     if layers is None:
-        if num_layers or trainable_layers >= 0:
+        if num_layers or trainable_layers:
             raise ValueError(f"{type(model).__name__}: no `.layers` to shrink; "
-                             "use num_layers 0 and trainable_layers -1")
+                             "use num_layers 0 and trainable_layers 0")
         return model
     if num_layers and num_layers < len(layers):
         base.layers = layers[:num_layers]
         model.config.num_hidden_layers = num_layers
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = list(model.config.layer_types)[:num_layers]
-    if trainable_layers >= 0:
-        keep = base.layers[max(0, len(base.layers) - trainable_layers):]  # [-0:] would be all
+    if trainable_layers:
+        keep = base.layers[max(0, len(base.layers) - trainable_layers):]
         trainable = {id(p) for m in (*keep, getattr(base, "norm", None)) if m is not None
                      for p in m.parameters()}
         for name, p in model.named_parameters():

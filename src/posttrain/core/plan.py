@@ -89,7 +89,7 @@ def _lora(model, r: int, alpha: int, task: str, top_layers: int = 0, targets=Non
     rec's explicit target modules."""
     from peft import LoraConfig, get_peft_model
 
-    from posttrain.pref.common import lora_config
+    from posttrain.core.adapters import lora_config
 
     cfg = (LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type=task) if targets is not None
            else lora_config(r, alpha, 0.0, task, top_layers=top_layers, model=model))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 
+from posttrain.core.settings import NotInstalled
+
 
 def require_vllm(what: str) -> None:
     """A clear error, before any model loads, when vllm is asked for but not installed."""
     if importlib.util.find_spec("vllm") is None:
-        raise ImportError(f"{what} needs vllm, which is not installed: on a GPU machine `pip install vllm` "
+        raise NotInstalled(f"{what} needs vllm, which is not installed: on a GPU machine `pip install vllm` "
                           "(see README, Running at scale)")
 
 

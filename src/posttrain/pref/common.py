@@ -6,7 +6,7 @@
   the same args hold out the same prompts and bucket them identically;
 - text: a prefix + answer rendered through the chat template as token ids, the end
   kept when too long;
-- models: reward-model scoring and loading, LoRA configs, device args, values read
+- models: reward-model scoring and loading, device args, values read
   from a Trainer log history (the curves themselves go through `posttrain.core.live`).
 """
 
@@ -14,12 +14,30 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from posttrain.core.batching import padded_by_length
 from posttrain.core.io import DataError, read_json
+from posttrain.core.settings import param
 from posttrain.pref.pairs import prefix_id, read_pairs
+
+
+@dataclass(frozen=True)
+class PairData:
+    """Which pairs a pref trainer sees: one cap and held-out split for pref_rm and pref_dpo
+    (params pref.rm.*; pref_grpo reads the RM's split), so both are judged on the same
+    held-out prompts, and whether training draws pairs by their prefix's density weight."""
+
+    density_aware: bool = param("draw training pairs in proportion to their prefix's density weight "
+                                "(rare prompts more often); false = uniform", flag=False)
+    max_pairs: int = param("pairs used, a seeded subset (0 = all)", min=0)
+    heldout_fraction: float = param("fraction of prefixes held out (a prefix is never split)",
+                                    min=0, max=1, min_open=True, max_open=True)
+    seed: int = param("seed of the cap and the held-out split")
+    bucket_quantile: float = param("rare = top quantile of prefix weights, common = bottom quantile",
+                                   min=0, max=0.5, min_open=True)
 
 
 # ---------------------------------------------------------------- pairs, weights, split
@@ -110,22 +128,21 @@ def bucket_of(weight: float, thresholds: tuple[float, float]) -> str:
     return "middle"
 
 
-def load_split(pairs_path, ids_path, weights_path, max_pairs: int, heldout_fraction: float,
-               split_seed: int, bucket_quantile: float):
+def load_split(pairs_path, ids_path, weights_path, data: PairData):
     """Pairs with their prefix weights, capped and split by prefix: the one split that
-    pref_rm and pref_dpo share (same args -> same held-out prompts).
+    pref_rm and pref_dpo share (same `data` -> same held-out prompts).
 
     Returns (pairs in the file, pairs used, train, held, weights, rarity thresholds)."""
-    check_split(heldout_fraction=heldout_fraction, bucket_quantile=bucket_quantile)
+    check_split(heldout_fraction=data.heldout_fraction, bucket_quantile=data.bucket_quantile)
     all_pairs = load_pairs(pairs_path)
     weights = load_prefix_weights(ids_path, weights_path)
     attach_weights(all_pairs, weights, source=weights_path)
-    pairs = cap_pairs(all_pairs, max_pairs, split_seed)
-    train, held = split_by_prefix(pairs, heldout_fraction, split_seed)
+    pairs = cap_pairs(all_pairs, data.max_pairs, data.seed)
+    train, held = split_by_prefix(pairs, data.heldout_fraction, data.seed)
     if not train or not held:
         raise DataError(pairs_path, f"need pairs on both sides of the split (train {len(train)}, "
                         f"held-out {len(held)}); add pairs or change heldout_fraction")
-    return len(all_pairs), pairs, train, held, weights, rarity_thresholds(weights.values(), bucket_quantile)
+    return len(all_pairs), pairs, train, held, weights, rarity_thresholds(weights.values(), data.bucket_quantile)
 
 
 # ---------------------------------------------------------------- text
@@ -166,28 +183,6 @@ def load_reward_model(path):
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
-
-
-def lora_config(r: int, alpha: int, dropout: float, task_type: str, modules_to_save=None,
-                top_layers: int = 0, model=None):
-    """peft LoRA on all linear layers (of the top `top_layers` of `n_layers` decoder layers
-    when top_layers > 0: backward then stops there, the main CPU saving), or None when
-    r == 0 (full fine-tune)."""
-    if not r:
-        return None
-    from peft import LoraConfig
-
-    import torch
-
-    targets, kw = "all-linear", {}
-    n_layers = int(getattr(model.config, "num_hidden_layers", 0)) if model is not None else 0
-    if top_layers and n_layers and top_layers < n_layers:
-        # peft allows layers_to_transform only with explicit module names, not "all-linear".
-        targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-                          if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"})
-        kw["layers_to_transform"] = list(range(n_layers - top_layers, n_layers))
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                      task_type=task_type, modules_to_save=modules_to_save, **kw)
 
 
 def training_device_args() -> dict:

@@ -23,14 +23,46 @@ exact up to `auto_threshold` points.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from posttrain.core.io import DataError, read_json
+from posttrain.core.settings import param
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "pynndescent")
+
+
+@dataclass(frozen=True)
+class DensitySettings:
+    """pref_density's params: pref.k, pref.eps, pref.density.*, pref.seed."""
+
+    k: int = param("neighbours of the k-NN density (self excluded)", min=1)
+    eps: float = param("weight = 1 / (density + eps); bounds the weight ratio", min=0, min_open=True)
+    method: str = param("k-NN search", choices=METHODS)
+    auto_threshold: int = param("auto: exact search up to this many prefixes, pynndescent above", min=0)
+    power: float = param("weight = (1/(density+eps))**power; 1 = the seed's formula", min=0)
+    seed: int = param("seed of pynndescent and the projection")
+
+
+def density_run(emb: np.ndarray, ids: list[str], texts: list[str], s: DensitySettings) -> dict:
+    """pref_density's outputs: {weights, metadata, projection, metrics, hist}."""
+    from posttrain.pref.projection import projection_records
+
+    density, info = knn_density(emb, k=s.k, method=s.method, auto_threshold=s.auto_threshold, seed=s.seed)
+    w = density_weights(density, s.eps, s.power)
+    stats = weight_stats(w)
+    dens = ({"min": float(density.min()), "max": float(density.max()), "mean": float(density.mean())}
+            if len(density) else {})
+    return {"weights": w, "info": info,
+            "metadata": {"density": {**info, "eps": s.eps, "power": s.power, "seed": s.seed,
+                                     "auto_threshold": s.auto_threshold, "similarity": "cosine", "stats": dens},
+                         "weights": stats},
+            "projection": projection_records(ids, emb, w, texts, seed=s.seed),
+            "metrics": {**info, "eps": s.eps, "power": s.power, "density_mean": dens.get("mean"), **stats},
+            "hist": weight_histogram(w)}
 
 
 def load_embeddings(emb_path, ids_path) -> tuple[np.ndarray, list[str]]:
@@ -100,7 +132,7 @@ def knn_faiss(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(sim, order, axis=1)
 
 
-def knn_pynndescent(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def knn_pynndescent(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Approximate k-NN (cosine) with pynndescent; self removed by index."""
     n = len(x)
     ke = effective_k(n, k)
@@ -123,7 +155,7 @@ def knn_pynndescent(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, n
     return idx, sim
 
 
-def choose_method(n: int, method: str = "auto", auto_threshold: int = 20000) -> str:
+def choose_method(n: int, method: str, auto_threshold: int) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown density method {method!r}; use one of {METHODS}")
     if method == "auto":

@@ -12,15 +12,17 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from posttrain.core.adapters import save_adapter
+from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
+from posttrain.core.settings import param
 from posttrain.core.sharded import full_model
-from posttrain.pref.common import last_logged, load_split, lora_config, training_device_args
+from posttrain.pref.common import PairData, last_logged, load_split, training_device_args
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.implicit_reward import implicit_rewards
 from posttrain.pref.pair_fit import fit_pairs
@@ -39,28 +41,42 @@ def dpo_records(pairs: list[dict], density_aware: bool) -> dict:
     }
 
 
-def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aware: bool,
-              max_pairs: int, heldout_fraction: float, split_seed: int, max_length: int,
-              max_steps: int, batch_size: int, grad_accum: int, lr: float,
-              beta: float, lora_r: int, lora_alpha: int, lora_dropout: float,
-              lora_layers: int,
-              bucket_quantile: float, seed: int, live_dir, eval_batch_size: int) -> dict:
+@dataclass(frozen=True)
+class DPOSettings:
+    """pref_dpo's params (pref.dpo.*); its pairs and split are `PairData` (pref.rm.*)."""
+
+    max_length: int = param("tokens per prompt + answer; longer pairs are cut, one prompt for both", min=1)
+    max_steps: int = param("optimizer steps", min=1)
+    batch_size: int = param("pairs per step and process", min=1)
+    eval_batch_size: int = param("held-out pairs per implicit-reward batch", min=1)
+    grad_accum: int = param("gradient accumulation steps", min=1)
+    lr: float = param("learning rate", min=0, min_open=True)
+    beta: float = param("DPO's KL strength", min=0, min_open=True)
+    lora_r: int = param("LoRA rank (the reference is the policy without its adapter)", min=1)
+    lora_alpha: int = param("LoRA alpha", min=1)
+    lora_dropout: float = param("LoRA dropout", min=0, max=1, max_open=True)
+    lora_layers: int = param("LoRA only on the top N decoder layers (0 = all)", min=0)
+    seed: int = param("training seed")
+
+
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSettings, data: PairData, *,
+              live_dir) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
 
     `max_pairs`, `heldout_fraction`, `split_seed`, `bucket_quantile` define the data split and
-    must match the reward model's to be evaluated on its held-out prompts; `seed` is training."""
+    must match the reward model's to be evaluated on its held-out prompts; `s.seed` is training."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    if not lora_r:
+    if not s.lora_r:
         raise ValueError("pref.dpo.lora_r must be > 0: the reference model is the policy without its adapter")
-    set_seed(seed)
+    set_seed(s.seed)
     # Same cap, split function and split seed as pref_rm: the held-out prompts are the same ones.
     _, pairs, train, held, weights, thresholds = load_split(
-        pairs_path, ids_path, weights_path, max_pairs, heldout_fraction, split_seed, bucket_quantile)
+        pairs_path, ids_path, weights_path, data)
 
     tok = AutoTokenizer.from_pretrained(str(policy))
 
@@ -70,30 +86,30 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         return m
 
     model = build()
-    peft_cfg = lora_config(lora_r, lora_alpha, lora_dropout, "CAUSAL_LM", top_layers=lora_layers, model=model)
+    peft_cfg = lora_config(s.lora_r, s.lora_alpha, s.lora_dropout, "CAUSAL_LM", top_layers=s.lora_layers, model=model)
 
     # Over-long pairs are cut here, one prompt for both answers (posttrain.pref.pair_fit), so
     # trl truncates nothing: it would cut prompt + chosen and prompt + rejected separately.
-    train, n_train_cut = fit_pairs(tok, train, max_length)
-    held, n_held_cut = fit_pairs(tok, held, max_length)
+    train, n_train_cut = fit_pairs(tok, train, s.max_length)
+    held, n_held_cut = fit_pairs(tok, held, s.max_length)
 
     scratch = tempfile.mkdtemp(prefix="pref_dpo_trainer_")
     args = DPOConfig(
-        output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=eval_batch_size, gradient_accumulation_steps=grad_accum,
-        learning_rate=lr, beta=beta, max_length=None, logging_steps=1, save_strategy="no",
-        report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
+        output_dir=scratch, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.eval_batch_size, gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.lr, beta=s.beta, max_length=None, logging_steps=1, save_strategy="no",
+        report_to="none", seed=s.seed, data_seed=s.seed, lr_scheduler_type="linear",
         **training_device_args())
     trainer = weighted_trainer_class(DPOTrainer)(
-        model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, density_aware)),
+        model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, data.density_aware)),
         processing_class=tok,
         peft_config=peft_cfg, callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train):  # trl must not drop pairs behind our back
         raise RuntimeError(f"DPOTrainer kept {len(trainer.train_dataset)} of {len(train)} training pairs")
     longest = max(len(x["prompt_ids"]) + max(len(x["chosen_ids"]), len(x["rejected_ids"]))
                   for x in trainer.train_dataset)
-    if longest > max_length:  # trl tokenized a fitted pair differently from pair_fit's measure
-        raise RuntimeError(f"a training pair has {longest} tokens after fitting to max_length={max_length}")
+    if longest > s.max_length:  # trl tokenized a fitted pair differently from pair_fit's measure
+        raise RuntimeError(f"a training pair has {longest} tokens after fitting to max_length={s.max_length}")
     try:
         trainer.train()
 
@@ -110,9 +126,9 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
 
     # Every held-out pair, scored directly (no trl loss pass): 2 sequences x policy + reference.
     policy_model.eval()
-    rw = implicit_rewards(policy_model, tok, held, beta=beta, max_length=max_length,
-                          batch_size=eval_batch_size)
-    heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=seed, prefix="reward_",
+    rw = implicit_rewards(policy_model, tok, held, beta=s.beta, max_length=s.max_length,
+                          batch_size=s.eval_batch_size)
+    heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=s.seed, prefix="reward_",
                           extra={"identical_after_truncation_fraction": rw["identical"]})  # 3 eval blocks
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 
@@ -120,12 +136,12 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, *, density_aw
         save_adapter(policy_model, tmp)  # the LoRA adapter only
         tok.save_pretrained(tmp)
         write_json(tmp / "posttrain_source.json", {"base_model": "data/models/policy", "kind": "dpo_lora",
-                                                   "density_aware": bool(density_aware)})
+                                                   "density_aware": bool(data.density_aware)})
 
     with atomic_path(out_dir, directory=True) as tmp:
         fill(tmp)
     metrics = {
-        "density_aware": bool(density_aware),
+        "density_aware": bool(data.density_aware),
         "pairs": {"used": len(pairs), "train": len(train), "heldout": len(held),
                   "longer_than_max_length": n_train_cut + n_held_cut,
                   "heldout_identical_after_truncation": int(np.sum(rw["identical"])),

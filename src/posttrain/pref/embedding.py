@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from posttrain.core.io import atomic_path
 from posttrain.core.fingerprint import model_key
+from posttrain.core.settings import param
 from posttrain.pref.pairs import first_user_content
 
 log = logging.getLogger(__name__)
@@ -152,3 +154,23 @@ def embed_texts(texts: list[str], model_ref: str, *, batch_size: int, cache_dir=
     stats = {"texts": len(texts), "unique_texts": n_unique, "embedded": len(todo),
              "cache_hits": n_unique - len(todo), "model_key": mkey}
     return emb, stats
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """pref_embed's params: pref.embedder and pref.embed.*."""
+
+    embedder: str = param("asset name, local sentence-transformers folder or hub id")
+    text: str = param("what is embedded: the first user message, or the whole prefix", choices=TEXT_MODES)
+    batch_size: int = param("texts per encode batch", min=1)
+
+
+def embed_prefixes(prefixes: list[dict], s: EmbedSettings, cache_dir=None) -> tuple[np.ndarray, dict, dict]:
+    """(embeddings aligned with `prefixes`, info for the density stage, metrics)."""
+    if cache_dir:  # exists even when nothing new was embedded (it is a declared DVC out)
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    texts = [prefix_text(p["prefix"], s.text) for p in prefixes]
+    emb, stats = embed_texts(texts, s.embedder, batch_size=s.batch_size, cache_dir=cache_dir)
+    info = {"embedder": s.embedder, "model_key": stats["model_key"], "text_mode": s.text,
+            "n": int(emb.shape[0]), "dim": int(emb.shape[1]), "normalized": True}
+    return emb, info, {**info, **{k: stats[k] for k in ("unique_texts", "embedded", "cache_hits")}}

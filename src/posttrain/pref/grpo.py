@@ -12,18 +12,20 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from posttrain.core import stats
-from posttrain.core.adapters import save_adapter
+from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
+from posttrain.core.settings import param
 from posttrain.core.sharded import full_model
 from posttrain.core.live import callback
-from posttrain.pref.common import (first_logged, last_logged, load_reward_model, lora_config,
-                                   render_ids, score_ids, training_device_args)
+from posttrain.pref.common import (first_logged, last_logged, load_reward_model, render_ids, score_ids,
+                                   training_device_args)
 from posttrain.pref.pairs import prefix_id
 
 log = logging.getLogger(__name__)
@@ -94,25 +96,43 @@ def require_vllm() -> None:
     require("pref.grpo.use_vllm: true (or set it to false)")
 
 
-def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max_prompts: int,
-               max_steps: int, batch_size: int, num_generations: int,
-               max_completion_length: int, max_length: int, lr: float,
-               temperature: float, beta: float, lora_r: int, lora_alpha: int,
-               lora_layers: int, seed: int, use_vllm: bool, eval_batch_size: int, live_dir,
-               gen_cache_dir=None) -> dict:
+@dataclass(frozen=True)
+class GRPOSettings:
+    """pref_grpo's params (pref.grpo.*). Its prompts are the reward model's held-out prefixes."""
+
+    eval_prompts: int = param("held-out prefixes kept for the before/after measurement", min=1)
+    eval_batch_size: int = param("eval prompts per left-padded greedy batch; completions per RM scoring batch",
+                                 min=1)
+    max_prompts: int = param("GRPO training prompts (the other held-out prefixes), 0 = all", min=0)
+    max_steps: int = param("optimizer steps", min=1)
+    batch_size: int = param("completions per step and process", min=1)
+    num_generations: int = param("completions per prompt (GRPO's group; advantages need at least 2)", min=2)
+    max_completion_length: int = param("new tokens per completion", min=1)
+    max_length: int = param("reward-model scoring truncation", min=1)
+    lr: float = param("learning rate", min=0, min_open=True)
+    temperature: float = param("rollout sampling temperature", min=0, min_open=True)
+    beta: float = param("KL strength (0 = no reference model)", min=0)
+    lora_r: int = param("LoRA rank", min=1)
+    lora_alpha: int = param("LoRA alpha", min=1)
+    lora_layers: int = param("LoRA only on the top N decoder layers (0 = all)", min=0)
+    seed: int = param("training seed")
+    use_vllm: bool = param("rollouts through vLLM (trl's use_vllm; GPU machines with vllm installed)")
+
+
+def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, *, live_dir, gen_cache_dir=None) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
     `gen_cache_dir` keeps the base policy's greedy eval completions (the "before" side),
     so a rerun that changes only the reward model or GRPO's training does not regenerate
-    them. `use_vllm` hands GRPO's rollouts to vLLM through trl (GPU machines only)."""
+    them. `s.use_vllm` hands GRPO's rollouts to vLLM through trl (GPU machines only)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    if use_vllm:
+    if s.use_vllm:
         require_vllm()
-    set_seed(seed)
+    set_seed(s.seed)
     prefixes = load_prefixes(prefixes_path)
     split = read_json(Path(rm_dir) / "split.json")
     held = split["heldout_prefix_ids"]
@@ -120,13 +140,13 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     if missing:
         raise DataError(prefixes_path, f"{len(missing)} held-out prefix ids of the reward model are "
                         f"missing (first: {missing[0]}); rerun pref_rm", field="prefix_id")
-    train_ids, eval_ids = split_prompts(held, eval_prompts, max_prompts, seed)
+    train_ids, eval_ids = split_prompts(held, s.eval_prompts, s.max_prompts, s.seed)
     if not train_ids or not eval_ids:
         raise DataError(Path(rm_dir) / "split.json", f"need held-out prefixes for both GRPO training "
                         f"({len(train_ids)}) and evaluation ({len(eval_ids)})")
 
     rm, rm_tok = load_reward_model(rm_dir)
-    reward_fn = RewardModelScore(rm, rm_tok, max_length, eval_batch_size)
+    reward_fn = RewardModelScore(rm, rm_tok, s.max_length, s.eval_batch_size)
     tok = AutoTokenizer.from_pretrained(str(policy))
 
     def build():
@@ -148,18 +168,18 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
             from posttrain.core.fingerprint import model_key
 
             cache = GenerationCache(gen_cache_dir, model_key(str(policy)))
-        before_text = generate(model, tok, eval_msgs, max_completion_length, batch_size=eval_batch_size,
+        before_text = generate(model, tok, eval_msgs, s.max_completion_length, batch_size=s.eval_batch_size,
                                cache=cache)
         before = reward_fn.score(eval_msgs, before_text)
 
     scratch = tempfile.mkdtemp(prefix="pref_grpo_trainer_")
     args = GRPOConfig(
-        output_dir=scratch, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        num_generations=num_generations, max_completion_length=max_completion_length,
-        learning_rate=lr, temperature=temperature, beta=beta, logging_steps=1, save_strategy="no",
-        report_to="none", seed=seed, data_seed=seed, lr_scheduler_type="linear",
-        use_vllm=use_vllm, **training_device_args())
-    peft_cfg = lora_config(lora_r, lora_alpha, 0.0, "CAUSAL_LM", top_layers=lora_layers, model=model)
+        output_dir=scratch, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+        num_generations=s.num_generations, max_completion_length=s.max_completion_length,
+        learning_rate=s.lr, temperature=s.temperature, beta=s.beta, logging_steps=1, save_strategy="no",
+        report_to="none", seed=s.seed, data_seed=s.seed, lr_scheduler_type="linear",
+        use_vllm=s.use_vllm, **training_device_args())
+    peft_cfg = lora_config(s.lora_r, s.lora_alpha, 0.0, "CAUSAL_LM", top_layers=s.lora_layers, model=model)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
@@ -174,7 +194,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
     if policy_model is None:
         return None
 
-    after_text = generate(policy_model, tok, eval_msgs, max_completion_length, batch_size=eval_batch_size)
+    after_text = generate(policy_model, tok, eval_msgs, s.max_completion_length, batch_size=s.eval_batch_size)
     after = reward_fn.score(eval_msgs, after_text)
 
     def fill(tmp: Path) -> None:
@@ -190,7 +210,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, *, eval_prompts: int, max
         fill(tmp)
     metrics = {
         "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
-        "eval_reward": reward_report(before, after, eval_ids, seed=seed),
+        "eval_reward": reward_report(before, after, eval_ids, seed=s.seed),
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "first_reward": first_logged(trainer.state.log_history, "reward"),
                   "last_reward": last_logged(trainer.state.log_history, "reward"),

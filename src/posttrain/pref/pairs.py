@@ -39,6 +39,7 @@ from typing import Any, Iterable, Iterator
 
 from posttrain.core import hub
 from posttrain.core.io import DataError, dumps, iter_jsonl, read_json
+from posttrain.core.settings import param
 from posttrain.reason.grading import answers_equal
 
 log = logging.getLogger(__name__)
@@ -547,8 +548,16 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
     return pairs, stats
 
 
-def collect(sources: list[tuple[str, int]], *, per_prompt: int, seed: int
-            ) -> tuple[list[dict], dict[str, Any]]:
+@dataclass(frozen=True)
+class DownloadSettings:
+    """pref_download's params (pref.download.*, pref.seed; the sources come as `--NAME CAP`)."""
+
+    per_prompt: int = param("most pairs per prompt for sources with many answers per prompt "
+                            "(champ, stack exchange)", min=1)
+    seed: int = param("seed of the per-prompt pair choice")
+
+
+def collect(sources: list[tuple[str, int]], s: DownloadSettings) -> tuple[list[dict], dict[str, Any]]:
     """Pairs of every source in order, and metrics: per-source rows/pairs/skips."""
     names = [name for name, _ in sources]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -558,7 +567,7 @@ def collect(sources: list[tuple[str, int]], *, per_prompt: int, seed: int
     out: list[dict] = []
     per_source = {}
     for name, cap in sources:
-        pairs, stats = load_source(name, cap, per_prompt, seed, seen)
+        pairs, stats = load_source(name, cap, s.per_prompt, s.seed, seen)
         out.extend(pairs)
         per_source[name] = stats.as_dict()
     metrics = {"pairs": len(out), "sources": per_source,

@@ -22,15 +22,18 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from posttrain.core.adapters import lora_config
 from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
+from posttrain.core.settings import param
 from posttrain.core.sharded import full_model
-from posttrain.pref.common import (bucket_of, last_logged, load_split, lora_config, render_ids,
+from posttrain.pref.common import (PairData, bucket_of, last_logged, load_split, render_ids,
                                    score_ids, training_device_args)
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
@@ -52,12 +55,25 @@ def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[dict,
     return cols, n_trunc
 
 
-def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
-                       density_aware: bool, max_pairs: int, heldout_fraction: float,
-                       max_length: int, max_steps: int, batch_size: int,
-                       grad_accum: int, lr: float, lora_r: int, lora_alpha: int,
-                       num_layers: int, trainable_layers: int,
-                       bucket_quantile: float, seed: int, live_dir, eval_batch_size: int) -> dict:
+@dataclass(frozen=True)
+class RewardSettings:
+    """pref_rm's params (pref.rm.*, less the split's, which are `PairData`)."""
+
+    backbone: str = param("model folder or hub id; a sequence-classification head (1 output) is added")
+    max_length: int = param("tokens per prefix + answer; longer ones keep their end (the answer)", min=1)
+    num_layers: int = param("keep the first N decoder layers of the backbone (0 = all)", min=0)
+    trainable_layers: int = param("train only the top N kept layers + norm + head (0 = all)", min=0)
+    max_steps: int = param("optimizer steps", min=1)
+    batch_size: int = param("pairs per step and process", min=1)
+    eval_batch_size: int = param("held-out sequences per scoring batch", min=1)
+    grad_accum: int = param("gradient accumulation steps", min=1)
+    lr: float = param("learning rate", min=0, min_open=True)
+    lora_r: int = param("LoRA rank, merged on save (0 = no LoRA: the trainable layers are fine-tuned)", min=0)
+    lora_alpha: int = param("LoRA alpha", min=1)
+
+
+def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSettings, data: PairData, *,
+                       live_dir) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics;
     the training curves go to `live_dir` (dvclive).
 
@@ -70,37 +86,36 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
 
     from posttrain.core.io import write_json
 
-    set_seed(seed)
+    set_seed(data.seed)
     n_file, pairs, train, held, weights, thresholds = load_split(
-        pairs_path, ids_path, weights_path, max_pairs, heldout_fraction, seed, bucket_quantile)
+        pairs_path, ids_path, weights_path, data)
     log.info("pref_rm: %d pairs (%d train / %d held-out), density_aware=%s",
-             len(pairs), len(train), len(held), density_aware)
+             len(pairs), len(train), len(held), data.density_aware)
 
-    tok = AutoTokenizer.from_pretrained(str(backbone))
+    tok = AutoTokenizer.from_pretrained(str(s.backbone))
 
     def build():
-        m = AutoModelForSequenceClassification.from_pretrained(str(backbone), num_labels=1, dtype=torch.float32)
+        m = AutoModelForSequenceClassification.from_pretrained(str(s.backbone), num_labels=1, dtype=torch.float32)
         m.config.pad_token_id = tok.pad_token_id
-        # pref.rm.trainable_layers 0 means the whole backbone (shrink_layers says -1)
-        shrink_layers(m, num_layers=num_layers, trainable_layers=trainable_layers or -1)
+        shrink_layers(m, num_layers=s.num_layers, trainable_layers=s.trainable_layers)
         return m
 
     model = build()
 
-    cols, n_trunc_train = tokenize_pairs(tok, train, max_length)
-    sample_w = pair_sampling_weights(train, density_aware)
+    cols, n_trunc_train = tokenize_pairs(tok, train, s.max_length)
+    sample_w = pair_sampling_weights(train, data.density_aware)
     train_ds = Dataset.from_dict({**cols, WEIGHT_COLUMN: sample_w})
 
     scratch = tempfile.mkdtemp(prefix="pref_rm_trainer_")  # nothing is saved there (save_strategy=no)
     args = RewardConfig(
         output_dir=scratch,
-        max_steps=max_steps, per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, learning_rate=lr, max_length=max_length,
-        logging_steps=1, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr, max_length=s.max_length,
+        logging_steps=1, save_strategy="no", report_to="none", seed=data.seed, data_seed=data.seed,
         disable_tqdm=False, lr_scheduler_type="linear", warmup_steps=0,
         **training_device_args())
     trainer_cls = weighted_trainer_class(RewardTrainer)
-    peft = lora_config(lora_r, lora_alpha, 0.0, "SEQ_CLS")
+    peft = lora_config(s.lora_r, s.lora_alpha, 0.0, "SEQ_CLS")
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                           peft_config=peft, callbacks=[callback(live_dir)])
     if len(trainer.train_dataset) != len(train_ds):
@@ -119,15 +134,15 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
     model = full_model(trainer, lambda: get_peft_model(build(), peft) if peft else build())
     if model is None:
         return None  # rank 0 evaluates, saves and reports
-    if lora_r:
+    if s.lora_r:
         model = model.merge_and_unload()
     model.eval()
 
     # Held-out pairwise accuracy, scored by us (same ids as training, no filtering).
-    hcols, n_trunc_held = tokenize_pairs(tok, held, max_length)
-    rc = score_ids(model, tok, hcols["chosen_ids"], eval_batch_size)
-    rr = score_ids(model, tok, hcols["rejected_ids"], eval_batch_size)
-    heldout = pair_report(rc, rr, held, thresholds, seed=seed)
+    hcols, n_trunc_held = tokenize_pairs(tok, held, s.max_length)
+    rc = score_ids(model, tok, hcols["chosen_ids"], s.eval_batch_size)
+    rr = score_ids(model, tok, hcols["rejected_ids"], s.eval_batch_size)
+    heldout = pair_report(rc, rr, held, thresholds, seed=data.seed)
 
     # Spread of weights actually used: draws per pair in the rare vs common buckets.
     counts = np.bincount(np.asarray(drawn, dtype=np.int64), minlength=len(train))
@@ -150,7 +165,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
 
     train_bucket_counts = Counter(tb.tolist())
     metrics = {
-        "density_aware": bool(density_aware),
+        "density_aware": bool(data.density_aware),
         "pairs": {"total_file": n_file, "used": len(pairs), "train": len(train),
                   "heldout": len(held), "train_prefixes": len({p["prefix_id"] for p in train}),
                   "heldout_prefixes": len({p["prefix_id"] for p in held}),
@@ -173,9 +188,9 @@ def train_reward_model(pairs_path, ids_path, weights_path, backbone, out_dir, *,
         # The sampler's realized spread: a fact of this training run, not an estimate, so it
         # travels with the model rather than in the eval metrics.
         write_json(tmp / "sampling.json", spread)
-        write_json(tmp / "posttrain_source.json", {"backbone": str(backbone), "kind": "reward_model",
+        write_json(tmp / "posttrain_source.json", {"backbone": str(s.backbone), "kind": "reward_model",
                                                    "num_layers": int(model.config.num_hidden_layers),
-                                                   "density_aware": bool(density_aware)})
+                                                   "density_aware": bool(data.density_aware)})
 
     predictions = pair_rows(rc, rr, held, thresholds)
     # Metrics first, model last: a value JSON cannot hold (NaN) fails here, before

@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass
 
 from posttrain.core.generation import Sampling
+from posttrain.core.llamacpp import WEIGHTS
+from posttrain.core.settings import NotInstalled, SettingsError, param
 from posttrain.reason import prompts
 
 log = logging.getLogger(__name__)
@@ -131,3 +133,56 @@ def summarize(samples: list[dict]) -> dict:
         "mean_completion_tokens": round(sum(comp) / n, 2) if n else 0.0,
         "max_completion_tokens": max(comp, default=0),
     }
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """reason_generate's params (reason.*)."""
+
+    model: str = param("model folder (data/models/policy), asset name or hub id; llamacpp needs a GGUF "
+                       "file or asset, or a base_models folder made from one")
+    backend: str = param("generation engine: hf (transformers), llamacpp (the model's GGUF through "
+                         "llama.cpp), vllm (GPU machines)", choices=BACKENDS)
+    llamacpp_weights: str = param("llamacpp: the GGUF's weights converted to this type before loading "
+                                  "(source = as stored)", choices=WEIGHTS)
+    n_samples: int = param("samples per problem", min=1)
+    temperature: float = param("sampling temperature (0 = greedy)", min=0)
+    top_p: float = param("nucleus sampling mass", min=0, max=1, min_open=True)
+    max_new_tokens: int = param("most new tokens per sample", min=1)
+    batch_size: int = param("rows decoded together (llamacpp/vllm: the group of sample indices a row "
+                            "depends on)", min=1)
+    threads: int = param("engine threads (0 = its default); part of the cache key", min=0)
+    seed: int = param("sampling seed")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n_samples=self.n_samples, temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed)
+
+
+def generate_run(problems: list[dict], s: GenerateSettings, cache_dir=None, progress: bool = True
+                 ) -> tuple[list[dict], dict]:
+    """reason_generate's work: (samples, metrics with the engine, cache use and throughput)."""
+    import time
+
+    try:
+        engine = load_engine(s.model, s.backend, threads=s.threads, seed=s.seed,
+                             llamacpp_weights=s.llamacpp_weights)
+    except NotInstalled:
+        raise
+    except (ImportError, ValueError) as e:  # no GGUF for llamacpp: one line
+        raise SettingsError("--model/--backend", str(e)) from e
+    t0 = time.perf_counter()
+    samples, stats = generate(engine, problems, s.sampling(), progress=progress,
+                              cache=open_cache(cache_dir, s.model) if cache_dir else None)
+    secs = time.perf_counter() - t0
+    metrics = summarize(samples)
+    # Throughput and cache use depend on the machine and on what ran before: metrics, not data.
+    metrics["cache"] = {k: stats[k] for k in ("generated", "cache_hits")}
+    metrics["engine"] = {"backend": s.backend, **engine.key()}
+    if s.backend == "llamacpp":  # the build's kernels: which weight types run here, and how fast
+        from posttrain.core.llamacpp import system_info
+
+        metrics["engine"]["cpu_features"] = system_info()["cpu_features"]
+    metrics["completion_tokens_per_s"] = (round(stats["generated_tokens"] / secs, 2)
+                                          if stats["generated"] and secs else None)
+    return samples, metrics

@@ -13,9 +13,10 @@ rejected are the two sampled answers.
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 
 from posttrain.core import stats
+from posttrain.core.settings import param
 from posttrain.reason import prompts
 from posttrain.reason.sft_format import count_steps
 
@@ -147,3 +148,26 @@ def build_pairs(graded: list[dict], problems: dict[str, dict]) -> tuple[list[dic
             pairs.append({"id": f"{SRC}/{pid}/{c['sample_idx']}-{r['sample_idx']}", "prefix": prefix,
                           "chosen": c["text"], "rejected": r["text"], "src": SRC})
     return pairs, {"n_pairs": len(pairs), "problems_with_pairs": mixed, "skipped_identical": identical}
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """reason_filter's params (reason.timeout_s, memory_mb, workers, seed)."""
+
+    timeout_s: float = param("wall-time limit per code run in the sandbox", min=0, min_open=True)
+    memory_mb: int = param("memory limit per code run", min=16)
+    workers: int = param("parallel sandbox workers", min=1)
+    seed: int = param("seed of the bootstrap CIs on the pass rates")
+
+
+def filter_run(samples: list[dict], problems: dict[str, dict], s: FilterSettings) -> dict:
+    """reason_filter's work: every sample graded (math answers checked, code run in the sandbox),
+    the accepted ones, correct/incorrect pairs, and metrics with the sandbox's protections."""
+    from posttrain.reason.sandbox import protections
+
+    graded = grade_samples(samples, problems, timeout_s=s.timeout_s, memory_mb=s.memory_mb, workers=s.workers)
+    pairs, pair_stats = build_pairs(graded, problems)
+    metrics = {**filter_metrics(graded, seed=s.seed), "pairs": pair_stats}
+    metrics["sandbox"] = protections()  # which isolation this host gave the code runs
+    return {"graded": graded, "accepted": [g for g in graded if g["grade"] == 1], "pairs": pairs,
+            "metrics": metrics, "predictions": prediction_rows(graded)}

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 from posttrain.core import assets, hub
 from posttrain.core.io import DataError, iter_jsonl, read_json
+from posttrain.core.settings import SettingsError, param
 from posttrain.reason.grading import gold_from_gsm8k, last_boxed
 
 log = logging.getLogger(__name__)
@@ -430,11 +431,54 @@ def select(per_source: list[tuple[SourceSpec, list[dict]]], sample: int | None, 
     return out
 
 
-def collect(specs: list[SourceSpec], sample: int | None, seed: int) -> tuple[list[dict], dict]:
+@dataclass(frozen=True)
+class CollectSettings:
+    """reason_collect's params (reason.sample, reason.seed; reason.sources is a list, which DVC
+    cannot put on a command line: the stage reads it from the params file, `sources_from`)."""
+
+    sample: int = param("total problems kept, round-robin over sources (0 = every capped problem)", min=0)
+    seed: int = param("seed of the round-robin sample")
+
+
+def sources_from(params_file, key: str) -> list[SourceSpec]:
+    """`key` (e.g. reason.sources) of a YAML params file, parsed into source specs."""
+    import yaml
+
+    try:
+        with open(params_file, encoding="utf-8") as fh:
+            node = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise DataError(params_file, f"cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(params_file, f"not YAML: {getattr(e, 'problem', e)}",
+                        line=mark.line + 1 if mark else None) from None
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise SettingsError("--params-file", f"{params_file}: no key {key!r}")
+        node = node[part]
+    return parse_source_list(node)
+
+
+def parse_source_list(raw) -> list[SourceSpec]:
+    """`parse_sources`, its errors named as the param they are."""
+    try:
+        return parse_sources(raw)
+    except ValueError as e:
+        raise SettingsError("reason.sources", str(e)) from None
+
+
+def collect(specs: list[SourceSpec], s: CollectSettings) -> tuple[list[dict], dict]:
     """Load every source, apply caps and the sample; returns (problems, metrics)."""
+    sample, seed = s.sample or None, s.seed
     per_source, stats = [], {}
     for spec in specs:
-        recs, skipped = load_source(spec)
+        try:
+            recs, skipped = load_source(spec)
+        except DataError:
+            raise
+        except ValueError as e:  # a source the loaders cannot read (unknown dataset / loader)
+            raise SettingsError("reason.sources", str(e)) from e
         log.info("source %s: %d problems (%d skipped)", spec.label, len(recs), skipped)
         per_source.append((spec, recs))
         stats[spec.label] = {"available": len(recs), "skipped_no_gold": skipped}

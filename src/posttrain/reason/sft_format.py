@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import dataclass
 
+from posttrain.core.settings import SettingsError, param
 from posttrain.reason import prompts
 
 MATH_SFT_SYSTEM = ("You are a math expert. Solve the problem step by step, one numbered "
@@ -104,15 +106,20 @@ def sft_example(record: dict, problem: dict) -> dict | None:
     }
 
 
-def parse_mix(mix) -> dict[str, float]:
-    """'math:code' weights ('1:1', '3:1', '1:0') -> {'math': w, 'code': w}."""
-    parts = str(mix).split(":")
-    try:
-        m, c = (float(x) for x in parts)
-    except ValueError:
-        raise ValueError(f"reason.mix must look like 'MATH:CODE' (e.g. '1:1'), got {mix!r}") from None
+@dataclass(frozen=True)
+class FormatSettings:
+    """reason_format's params (reason.mix_math, reason.mix_code, reason.seed)."""
+
+    mix_math: float = param("weight of math in the SFT set's math:code balance", min=0)
+    mix_code: float = param("weight of code in the SFT set's math:code balance", min=0)
+    seed: int = param("seed of which accepted solutions fill each domain's share")
+
+
+def mix_weights(math_w: float, code_w: float) -> dict[str, float]:
+    """The math:code balance as {'math': w, 'code': w}: finite, >= 0, not both 0."""
+    m, c = float(math_w), float(code_w)
     if not (math.isfinite(m) and math.isfinite(c)) or m < 0 or c < 0 or m + c == 0:
-        raise ValueError(f"reason.mix weights must be finite, >= 0 and not both 0, got {mix!r}")
+        raise ValueError(f"reason.mix_math and mix_code must be finite, >= 0 and not both 0, got {m} and {c}")
     return {"math": m, "code": c}
 
 
@@ -131,9 +138,12 @@ def mix_counts(available: dict[str, int], weights: dict[str, float]) -> dict[str
     return {d: (int(scale * w / total + 1e-9) if d in active else 0) for d, w in weights.items()}
 
 
-def build_sft(accepted: list[dict], problems: dict[str, dict], mix, seed: int) -> tuple[list[dict], dict]:
+def build_sft(accepted: list[dict], problems: dict[str, dict], s: FormatSettings) -> tuple[list[dict], dict]:
     """Accepted graded samples -> (SFT examples sorted by id, metrics)."""
-    weights = parse_mix(mix)
+    try:
+        weights = mix_weights(s.mix_math, s.mix_code)
+    except ValueError as e:
+        raise SettingsError("--mix-math/--mix-code", str(e)) from None
     examples: dict[str, list[dict]] = {"math": [], "code": []}
     no_final, duplicates, seen = 0, 0, set()
     for rec in accepted:
@@ -149,7 +159,7 @@ def build_sft(accepted: list[dict], problems: dict[str, dict], mix, seed: int) -
         examples[rec["domain"]].append(ex)
     available = {d: len(v) for d, v in examples.items()}
     counts = mix_counts(available, weights)
-    rng = random.Random(seed)
+    rng = random.Random(s.seed)
     chosen = []
     for d in ("math", "code"):
         pool = sorted(examples[d], key=lambda e: e["id"])

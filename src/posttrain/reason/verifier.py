@@ -21,7 +21,7 @@ non-pad token; MSE loss), trained with transformers' `Trainer`
 on length-grouped batches of `VerificationCollator`. CPU-sized
 defaults: `num_layers` keeps only the bottom N blocks of the policy as the
 backbone, and only the top `trainable_layers` of them (+ final norm + head) are
-trained (-1 trains all).
+trained (0 trains all).
 
 Evaluation is held out by problem (no problem has solutions on both sides).
 Metrics: MSE against the score, and AUC / accuracy for "fully correct"
@@ -36,11 +36,13 @@ import math
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from posttrain.core.io import DataError, iter_jsonl, read_json
 from posttrain.core.launch import world_size
+from posttrain.core.settings import param
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ def load_regressor(model_dir, *, trainable_layers: int, seed: int, num_layers: i
 
     `num_layers` > 0 keeps only the bottom `num_layers` transformer blocks (a shallower,
     much cheaper backbone for CPU runs); 0 keeps them all. Only the top `trainable_layers`
-    of them (+ final norm + head) are trained, -1 trains all (`core.models.shrink_layers`).
+    of them (+ final norm + head) are trained, 0 trains all (`core.models.shrink_layers`).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -384,3 +386,63 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
                   "n_params": sum(p.numel() for p in model.parameters()),
                   "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
     }
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    """reason_verifier's params (reason.verifier.*)."""
+
+    use_graded: bool = param("train on reason_filter's graded solutions too (false: CHAMP only)")
+    champ: str = param("CHAMP asset name or v0.json path; 'none' skips CHAMP")
+    max_champ: int = param("cap on CHAMP records, whole problems kept together (0 = all)", min=0)
+    max_graded: int = param("cap on graded records (0 = all)", min=0)
+    heldout_frac: float = param("fraction of problems held out (split by problem text)", min=0, max=1,
+                                min_open=True, max_open=True)
+    seed: int = param("seed of the split, the head's init and training")
+    num_layers: int = param("keep only the bottom N transformer blocks of the policy (0 = all)", min=0)
+    trainable_layers: int = param("train the top N kept blocks + norm + head (0 = all)", min=0)
+    max_length: int = param("tokens per problem + solution", min=1)
+    padding: str = param("collator padding", choices=("longest", "max_length"))
+    chat_template: bool = param("render texts as a user turn of the tokenizer's chat template")
+    batch_size: int = param("records per step and process", min=1)
+    eval_batch_size: int = param("held-out records per scoring batch", min=1)
+    max_steps: int = param("optimizer steps", min=1)
+    lr: float = param("learning rate", min=0, min_open=True)
+    warmup_ratio: float = param("fraction of steps warming up", min=0, max=1, max_open=True)
+    weight_decay: float = param("AdamW weight decay", min=0)
+    threshold: float = param('prediction >= threshold counts as "fully correct" for accuracy', min=0, max=1)
+
+
+def verifier_run(model_dir, graded, problems, s: VerifierSettings, *, live_dir) -> dict | None:
+    """reason_verifier's work: records loaded and split by problem, the regressor trained and
+    scored on the held-out problems -> {model, tokenizer, scored, metrics, predictions}; None on
+    ranks other than the main one under `accelerate launch`."""
+    import time
+
+    t0 = time.perf_counter()
+    records, counts = load_records(
+        champ=None if s.champ.lower() == "none" else s.champ,
+        graded=graded if s.use_graded else None, problems=problems if s.use_graded else None,
+        max_champ=s.max_champ or None, max_graded=s.max_graded or None)
+    train_recs, heldout = split_by_problem(records, s.heldout_frac, s.seed)
+    log.info("records: %d train / %d held-out (%s)", len(train_recs), len(heldout), counts)
+
+    def build():
+        return load_regressor(model_dir, trainable_layers=s.trainable_layers, seed=s.seed, num_layers=s.num_layers)
+
+    model, tokenizer = build()
+    history, model = train(model, tokenizer, train_recs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
+                           max_length=s.max_length, seed=s.seed, warmup_ratio=s.warmup_ratio,
+                           weight_decay=s.weight_decay, padding=s.padding, chat_template=s.chat_template,
+                           live_dir=live_dir, rebuild=lambda: build()[0])
+    if model is None:  # another rank of `accelerate launch`; rank 0 evaluates and writes
+        return None
+    t_train = time.perf_counter() - t0
+    scored = predict(model, tokenizer, heldout, batch_size=s.eval_batch_size, max_length=s.max_length,
+                     chat_template=s.chat_template)
+    metrics = summarize(model, train_recs, heldout, scored, history, counts, s.threshold, seed=s.seed)
+    # Wall time goes to the log, not the metrics: outputs stay byte-identical across runs.
+    log.info("train %.1fs, total %.1fs; held-out %s", t_train, time.perf_counter() - t0,
+             {k: metrics["heldout"].get(k) for k in ("n", "auc", "accuracy", "mse", "baseline_mse_train_mean")})
+    return {"model": model, "tokenizer": tokenizer, "scored": scored, "metrics": metrics,
+            "predictions": heldout_predictions(train_recs, scored, s.threshold)}

@@ -18,28 +18,36 @@ from pathlib import Path
 from posttrain.core.adapters import save_adapter
 from posttrain.core.io import atomic_path
 from posttrain.core.live import callback
+from posttrain.core.settings import param
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("none", "4bit")
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True)
 class LoraSettings:
-    # No defaults: every value comes from params.yaml (rec.finetune.*, rec.seed) through the stage.
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: list[str] | str  # module names, or "all-linear"
-    learning_rate: float
-    max_steps: int
-    batch_size: int
-    grad_accum: int
-    warmup_steps: int
-    max_train_examples: int  # 0 = all
-    max_eval_examples: int  # 0 = all
-    seed: int
-    quantization: str
+    """rec_finetune's params (rec.finetune.*, rec.seed)."""
+
+    max_train_examples: int = param("train rows used, a seeded sample (0 = all)", min=0)
+    max_eval_examples: int = param("eval rows for the final eval loss (0 = all)", min=0)
+    max_steps: int = param("optimizer steps", min=1)
+    batch_size: int = param("rows per step and process", min=1)
+    grad_accum: int = param("gradient accumulation steps", min=1)
+    lr: float = param("learning rate", min=0, min_open=True)
+    warmup_steps: int = param("linear warmup steps", min=0)
+    lora_r: int = param("LoRA rank", min=1)
+    lora_alpha: int = param("LoRA alpha", min=1)
+    lora_dropout: float = param("LoRA dropout", min=0, max=1, max_open=True)
+    target_modules: str = param("comma-separated module names, or all-linear")
+    quantization: str = param("none, or 4bit (QLoRA, bitsandbytes NF4; CUDA)", choices=QUANTIZATIONS)
+    seed: int = param("training seed (and the train-row sample)")
+
+    def modules(self) -> list[str] | str:
+        """peft's target_modules: a list of names, or "all-linear"."""
+        if self.target_modules == "all-linear":
+            return self.target_modules
+        return [m for m in self.target_modules.split(",") if m]
 
 
 def _cuda() -> bool:
@@ -95,9 +103,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
     eval_ds = _cap(dd["eval"], s.max_eval_examples) if "eval" in dd else None
     model = load_base(model_dir, s.quantization)
     model.config.use_cache = False
-    peft_config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                             target_modules=(s.target_modules if isinstance(s.target_modules, str)  # "all-linear"
-                                             else list(s.target_modules)), bias="none", task_type="CAUSAL_LM")
+    peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                             target_modules=s.modules(), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, peft_config)
     trainable, total = model.get_nb_trainable_parameters()
     cuda = _cuda()
@@ -106,7 +113,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
         args = SFTConfig(
             output_dir=str(work), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
             per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
-            learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, lr_scheduler_type="linear",
+            learning_rate=s.lr, warmup_steps=s.warmup_steps, lr_scheduler_type="linear",
             # 135M params and short batches fit in memory; recomputing activations
             # (trl's default) would cost a third more time on CPU.
             gradient_checkpointing=False,
@@ -122,7 +129,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
                    "train_examples": len(train_ds), "trainable_parameters": int(trainable),
                    "total_parameters": int(total), "quantization": s.quantization,
                    "device": "cuda" if cuda else "cpu", "world_size": int(args.world_size),
-                   "lora_r": s.r, "lora_alpha": s.alpha}
+                   "lora_r": s.lora_r, "lora_alpha": s.lora_alpha}
         if eval_ds is not None and len(eval_ds):
             ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
             metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)

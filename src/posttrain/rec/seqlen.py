@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from posttrain.rec.tokenization import IGNORE_INDEX, Stats
+from posttrain.rec.tokenization import IGNORE_INDEX, Stats, TokenizeSettings, tokenize_dataset
 
 CUTOFFS = (256, 384, 512, 768, 896, 1024, 1536, 2048, 4096)
 
@@ -89,3 +89,26 @@ def render_example(tokenizer, input_ids, labels) -> str:
         "LABELS:", "".join(parts),
         "TRAINED TEXT: " + repr(tokenizer.decode(trained)),
     ])
+
+
+def tokenize_with_report(tokenizer, records: dict[str, list[dict]], s: TokenizeSettings) -> tuple[dict, dict, list]:
+    """rec_tokenize's work: each split tokenized and label-masked -> (datasets by split, the
+    length report as metrics, every example's untruncated length)."""
+    splits, metrics, lengths = {}, {"cutoff_len": s.cutoff_len, "truncation": s.truncation}, []
+    for name, rows in records.items():
+        ds, stats = tokenize_dataset(tokenizer, rows, cutoff_len=s.cutoff_len, strategy=s.truncation, desc=name)
+        splits[name] = ds
+        metrics[name] = length_report(stats, *mask_counts(ds), s.cutoff_len)
+        lengths += stats.full_len
+    metrics["cutoff_table"] = cutoff_table(lengths, extra=s.cutoff_len)
+    metrics["answer_truncated"] = sum(metrics[name]["answer_truncated"] for name in records)
+    return splits, metrics, lengths
+
+
+def save_splits(splits: dict, path) -> None:
+    """The tokenized splits as one datasets folder. An explicit shard count: datasets writes no
+    shard for an empty split (then cannot load it back); ~500 MB per shard otherwise."""
+    import datasets
+
+    shards = {k: 1 + ds.data.nbytes // 500_000_000 for k, ds in splits.items()}
+    datasets.DatasetDict(splits).save_to_disk(str(path), num_shards=shards)

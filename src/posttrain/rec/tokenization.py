@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from posttrain.rec import alpaca
 from posttrain.core.chat import to_chat_messages
+from posttrain.core.settings import param
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ _HISTORY_LINE_RE = re.compile(r"^\d+\. .* \(rating ≈ [0-9.]+\)$", re.M)
 
 class TemplateError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    """How a rec example becomes tokens (rec.cutoff_len, rec.truncation): rec_tokenize for
+    training and rec_evaluate for scoring read the same two params."""
+
+    cutoff_len: int = param("tokens per example; longer ones are cut by `truncation`", min=1)
+    truncation: str = param("left (keeps the answer), right, or history (drops the oldest history lines)",
+                            choices=STRATEGIES)
 
 
 def render_prompt(tokenizer, record: dict) -> str:
