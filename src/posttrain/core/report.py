@@ -138,7 +138,8 @@ def density_vs_uniform(root: Path) -> list[str]:
                     stale.append(f"{metric}: {now[r['metric']]:.3f} now")
     out = _table(["stage", "metric", "uniform", "density-aware", "difference [95% CI]", "n (prompts)"],
                  ["---", "---", "---:", "---:", "---", "---:"], rows)
-    out += ["", f"From `{RESULTS_DIR}/density_vs_uniform.json`, written by `{d['command']}`."]
+    command = d.get("command", "posttrain compare A B --json")
+    out += ["", f"From `{RESULTS_DIR}/density_vs_uniform.json`, written by `{command}`."]
     if "source" in d:
         out += [f"Source: {d['source']}"]
     if stale:
@@ -210,7 +211,8 @@ def bench_density(root: Path) -> list[str]:
 
 
 GEN_LABELS = {"llamacpp": "**llamacpp** (`reason.backend: llamacpp`, the default)",
-              "llamacpp-q4_1": "llamacpp, the GGUF's Q4_1 as stored", "posttrain": "posttrain hf (`reason.backend: hf`)",
+              "llamacpp-q4_1": "llamacpp, the GGUF's Q4_1 as stored",
+              "posttrain": "posttrain hf (`reason.backend: hf`)",
               "hf": "transformers `generate`, one padded batch", "hf-bf16": "transformers, bf16 weights",
               "hf-static": "transformers, static cache + torch.compile"}
 
@@ -316,7 +318,8 @@ def save_bench(name: str, data: dict, root: Path | None = None) -> Path:
 
 
 @click.command("report")
-@click.option("--check", "check_only", is_flag=True, help="Change nothing; exit 1 with a diff if a block is stale.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Change nothing; exit 1 with a diff if a block is stale.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True,
               help="The project's root.")
 def command(check_only, root):
