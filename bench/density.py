@@ -179,9 +179,10 @@ def ints(s):
               help="Above this many points the exact methods search this many sampled queries "
                    "(time scaled by n / queries); recall is measured on the same rows.")
 @click.option("--json", "json_path", default=None, help="Also write the figures here.")
+@click.option("--save/--no-save", default=True, show_default=True, help="Save bench/results/density.json.")
 @click.option("--child", "child_method", default=None, hidden=True)
 @click.option("--tmp", default=None, hidden=True)
-def main(sizes, sweep, dim, k, queries, json_path, child_method, tmp):
+def main(sizes, sweep, dim, k, queries, json_path, save, child_method, tmp):
     if child_method:
         return child(child_method, ints(sizes), dim, k, tmp, queries)
     full, extra = ints(sizes), [n for n in ints(sweep) if n not in ints(sizes)]
@@ -219,9 +220,13 @@ def main(sizes, sweep, dim, k, queries, json_path, child_method, tmp):
     switch = next((n for n in ns if all(m in wins for m in ns if m >= n)), None)
     print(f"auto switch point: {'pynndescent from n=' + str(switch) if switch else 'exact wins at every measured size'}"
           " (pref.density.auto_threshold)")
+    result = {"dim": dim, "k": k, "queries": queries, "results": results, "switch": switch}
     if json_path:
-        Path(json_path).write_text(json.dumps({"dim": dim, "k": k, "results": results, "switch": switch},
-                                              indent=1) + "\n")
+        Path(json_path).write_text(json.dumps(result, indent=1) + "\n")
+    if save:
+        from posttrain.core.report import save_bench
+
+        save_bench("density", result)
 
 
 if __name__ == "__main__":

@@ -221,8 +221,9 @@ class Paths:
 @click.option("--workload", type=click.Choice(["samples", "prompts"]), default="samples", show_default=True)
 @click.option("--scratch", type=click.Path(path_type=Path), default="data/bench/generate", show_default=True,
               help="Where converted CTranslate2 models are kept between runs.")
+@click.option("--save/--no-save", default=True, show_default=True, help="Save bench/results/generate.json.")
 def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, threads, seed, paths, workload,
-         scratch):
+         scratch, save):
     import torch
 
     torch.set_num_threads(threads)
@@ -298,6 +299,26 @@ def main(model_dir, problems_path, batch_sizes, new_tokens, temperature, top_p, 
         w = reads.get(name, "fp32")
         click.echo(f"| {name} | {w} | " + " | ".join(f"{r[b]:.1f}" for b in sizes) + f" | {vs} | "
                    + " | ".join(f"{r[b] / roof[w][b]:.2f}" for b in sizes) + " |")
+    if save:
+        from posttrain.core.report import save_bench
+
+        versions = {}
+        try:
+            import ctranslate2
+
+            versions["ctranslate2"] = ctranslate2.__version__
+        except ImportError:
+            pass
+        save_bench("generate", {
+            "threads": threads, "new_tokens": new_tokens, "workload": workload, "machine_detail": cpu,
+            "machine": {"read_gb_s": round(bw, 1), "gflops_fp32": round(flops["float32"]),
+                        "gflops_bf16": round(flops["bfloat16"])},
+            "weights_gb": {k: round(v / 1e9, 2) for k, v in weight_bytes.items()}, "versions": versions,
+            "results": {name: {"weights": reads.get(name, "fp32"),
+                               "tok_s": {str(b): round(r[b], 1) for b in sizes},
+                               "roofline_ratio": {str(b): round(r[b] / roof[reads.get(name, "fp32")][b], 2)
+                                                  for b in sizes}}
+                        for name, r in results.items()}})
 
 
 if __name__ == "__main__":

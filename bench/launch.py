@@ -6,6 +6,9 @@ folder from base_models). Wall time covers the whole command, start-up included,
 since that is what `dvc repro` pays.
 
     python bench/launch.py [--model data/models/policy] [--num-processes 2] [--steps 20]
+
+Saves the speed-up in bench/results/launch.json, one entry per (processes, steps, global
+batch), replacing an earlier run of the same shape (`posttrain report` writes the docs table).
 """
 
 import json
@@ -58,7 +61,8 @@ def _run(n: int, model: str, steps: int, global_batch: int, out: Path) -> tuple[
 @click.option("--num-processes", default=2, show_default=True)
 @click.option("--steps", default=20, show_default=True)
 @click.option("--global-batch", default=4, show_default=True, help="rows per optimizer step over all processes")
-def main(model, num_processes, steps, global_batch):
+@click.option("--save/--no-save", default=True, show_default=True, help="Save bench/results/launch.json.")
+def main(model, num_processes, steps, global_batch, save):
     if global_batch % num_processes:
         sys.exit("--global-batch must be a multiple of --num-processes")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,6 +73,16 @@ def main(model, num_processes, steps, global_batch):
         print(f"{n:>9} {wall:>8.1f} {m['final_loss']:>10.4f} {m['heldout_mse']:>11.4f}")
     print(f"speedup {num_processes} processes vs 1 (same global batch {global_batch}, {steps} steps): "
           f"{rows[0][1] / rows[1][1]:.2f}x (cpu count {os.cpu_count()})")
+    if save:
+        from posttrain.core.report import RESULTS_DIR, save_bench
+
+        run = {"num_processes": num_processes, "steps": steps, "global_batch": global_batch,
+               "speedup": round(rows[0][1] / rows[1][1], 2), "wall_s": {str(n): round(w, 1) for n, w, _ in rows}}
+        old = REPO / RESULTS_DIR / "launch.json"
+        runs = json.loads(old.read_text())["runs"] if old.exists() else []
+        same = ("num_processes", "steps", "global_batch")
+        runs = [r for r in runs if any(r[k] != run[k] for k in same)] + [run]
+        save_bench("launch", {"runs": sorted(runs, key=lambda r: [r[k] for k in same])})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Runs `dvc repro` once as a user would, reads its output as it streams and stamps
 "Running stage 'X'" line: a stage's time runs from its line to the next stage's line (or
 the end), so it includes DVC's own hashing and caching of that stage's outputs. Stages
 DVC skipped as unchanged take no time and are listed as skipped. Prints a Markdown table,
-slowest first, with each stage's share of the total.
+slowest first, with each stage's share of the total, and saves bench/results/repro_times.json
+(the previous file's figures kept as its "before"; `posttrain report` writes the README/docs
+table from it). Pass --no-save for a partial run (targets), so it does not replace a full one.
 """
 
 import json
@@ -14,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -23,8 +26,9 @@ SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the times here.")
+@click.option("--save/--no-save", default=True, show_default=True, help="Save bench/results/repro_times.json.")
 @click.argument("repro_args", nargs=-1, type=click.UNPROCESSED)
-def main(json_path, repro_args):
+def main(json_path, save, repro_args):
     t0 = time.perf_counter()
     current, start, times, skipped = None, t0, {}, []
     proc = subprocess.Popen(["dvc", "repro", *repro_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -49,10 +53,17 @@ def main(json_path, repro_args):
     click.echo(f"| **total** (dvc repro exit {rc}) | {total:.0f} | |")
     if skipped:
         click.echo(f"skipped (unchanged): {', '.join(skipped)}")
+    result = {"total_s": round(total, 1), "exit": rc, "skipped": skipped,
+              "stages_s": {k: round(v, 1) for k, v in times.items()}}
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"total_s": round(total, 1), "exit": rc, "skipped": skipped,
-                       "stages_s": {k: round(v, 1) for k, v in times.items()}}, f, indent=2)
+            json.dump(result, f, indent=2)
+    if save and rc == 0:
+        from posttrain.core.report import RESULTS_DIR, save_bench
+
+        old = Path(__file__).resolve().parents[1] / RESULTS_DIR / "repro_times.json"
+        previous = {k: v for k, v in json.loads(old.read_text()).items() if k != "previous"} if old.exists() else None
+        save_bench("repro_times", {**result, "previous": previous})
     sys.exit(rc)
 
 

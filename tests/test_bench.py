@@ -1,4 +1,4 @@
-"""Each bench script starts as README says (`python bench/X.py`). The script's folder
+"""Each bench script starts as docs/performance.md says (`python bench/X.py`). The script's folder
 comes first on sys.path, so a file there named like a stdlib module (tokenize.py did)
 breaks every import of it."""
 

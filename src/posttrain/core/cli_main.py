@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from posttrain.core import compare, plan
+from posttrain.core import compare, plan, report
 
 
 @click.group()
@@ -14,6 +14,7 @@ def group():
 
 group.add_command(compare.command)
 group.add_command(plan.command)
+group.add_command(report.command)
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,345 @@
+"""`posttrain report`: the numbers in README.md and docs/*.md, written from the files that hold them.
+
+Each generated block sits between `<!-- report:NAME -->` and `<!-- /report:NAME -->`; the
+report replaces what is between them with BLOCKS[NAME] rendered from the committed files:
+
+    results             metrics/<stage>.json (estimates, 95% CIs, n) and metrics/<stage>_run.json
+                        (n_clusters, counts)
+    density-vs-uniform  bench/results/density_vs_uniform.json (`posttrain compare ... --json`),
+                        checked against metrics/pref_rm.json
+    repro-times         bench/results/repro_times.json (bench/repro_times.py)
+    bench-density, bench-generate, bench-gen-cache, bench-launch
+                        bench/results/<name>.json (the bench scripts save them)
+
+    posttrain report            # rewrite the blocks in place
+    posttrain report --check    # exit 1 and print a diff where a block disagrees with the files
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+from decimal import ROUND_HALF_UP, Decimal
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+MARK = re.compile(r"(<!-- report:([\w-]+) -->\n)(.*?)(<!-- /report:\2 -->)", re.S)
+RESULTS_DIR = "bench/results"
+
+
+def _json(root: Path, path: str):
+    return json.loads((root / path).read_text(encoding="utf-8"))
+
+
+def _get(d: dict, dotted: str):
+    for k in dotted.split("."):
+        d = d[k]
+    return d
+
+
+def num(x: float, digits: int, sign: str = "") -> str:
+    """x with `digits` decimals, halves rounded up (0.4875 -> 0.488, as a reader rounds)."""
+    q = Decimal(repr(x)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)
+    return f"{float(q):{sign}.{digits}f}"
+
+
+def _table(header: list[str], align: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+# --- results: one row per (stage, block, metric) ---------------------------------------------
+
+# unit of an item and of a cluster per stage (n and n_clusters in metrics/<stage>_run.json)
+UNITS = {"rec_evaluate": ("rows", "users"), "pref_rm": ("pairs", "prefixes"), "pref_dpo": ("pairs", "prefixes"),
+         "pref_grpo": ("prompts", "prompts"), "reason_verifier": ("solutions", "problems"),
+         "reason_filter": ("samples", "problems")}
+
+
+def ci_low_above(x):
+    return f"CI low > {x}", lambda e, facts: e["ci_low"] > x
+
+
+def ci_high_below(x):
+    return f"CI high < {x}", lambda e, facts: e["ci_high"] < x
+
+
+def accepted(domain):
+    return ">= 1 accepted", lambda e, facts: facts["counts"]["by_domain"][domain]["accepted"] >= 1
+
+
+def zero():
+    return "= 0", lambda e, facts: e["value"] == 0
+
+
+# (stage, label, block, metric, (decimals, sign of the estimate), target or None = reported)
+RESULTS = [
+    ("rec_evaluate", "LLM AUC (P(Yes) at the answer token)", "llm", "auc", (3, ""), ci_low_above(0.5)),
+    ("rec_evaluate", "like-rate baseline AUC", "baseline", "auc", (3, ""), None),
+    ("rec_evaluate", "LLM - baseline AUC (paired)", "llm_minus_baseline", "auc", (3, "+"), None),
+    ("pref_rm", "held-out pairwise accuracy", "heldout", "accuracy", (3, ""), ci_low_above(0.5)),
+    ("pref_rm", "accuracy, rare bucket", "heldout_buckets.rare", "accuracy", (3, ""), None),
+    ("pref_rm", "accuracy, common bucket", "heldout_buckets.common", "accuracy", (3, ""), None),
+    ("pref_dpo", "held-out implicit-reward accuracy (every held-out pair)", "heldout", "reward_accuracy", (3, ""),
+     ci_low_above(0.5)),
+    ("pref_dpo", "held-out reward margin", "heldout", "reward_margin", (4, "+"), None),
+    ("pref_dpo", "chosen and rejected identical after truncation", "heldout",
+     "identical_after_truncation_fraction", (3, ""), zero()),
+    ("pref_grpo", "held-out RM reward, after - before (paired)", "eval_reward", "delta", (3, "+"), ci_low_above(0)),
+    ("reason_verifier", "AUC", "heldout", "auc", (3, ""), ci_low_above(0.5)),
+    ("reason_verifier", "MSE - train-mean MSE (paired)", "heldout", "mse_minus_baseline", (4, "+"), ci_high_below(0)),
+    ("reason_filter", "code pass rate", "by_domain.code", "pass_rate", (3, ""), accepted("code")),
+    ("reason_filter", "math pass rate", "by_domain.math", "pass_rate", (3, ""), accepted("math")),
+]
+
+
+def results(root: Path) -> list[str]:
+    rows = []
+    for stage, label, block, metric, fmt, target in RESULTS:
+        metrics, facts = _json(root, f"metrics/{stage}.json"), _json(root, f"metrics/{stage}_run.json")
+        b = _get(metrics, block)
+        e = {"value": b[metric], "ci_low": b[f"{metric}_ci_low"], "ci_high": b[f"{metric}_ci_high"], "n": b["n"]}
+        digits, sign = fmt
+        value = f"{num(e['value'], digits, sign)} [{num(e['ci_low'], digits)}, {num(e['ci_high'], digits)}]"
+        item, cluster = UNITS[stage]
+        k = _get(facts["n_clusters"], block)
+        n = f"{e['n']} {item}" + (f", {k} {cluster}" if k != e["n"] else "")
+        if stage == "pref_rm" and block == "heldout":
+            label += " (density-aware)" if facts["density_aware"] else " (uniform)"
+        goal = "reported" if target is None else (
+            f"{target[0]}: " + ("met" if target[1](e, facts) else "**not met**"))
+        rows.append([stage, label, value, n, goal])
+    return _table(["stage", "metric", "value [95% CI]", "n", "target (issue 13)"], ["---"] * 5, rows)
+
+
+# --- the paired density-aware vs uniform comparison --------------------------------------------
+
+def density_vs_uniform(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/density_vs_uniform.json")
+    rm = _json(root, "metrics/pref_rm.json")
+    labels = {"accuracy": "accuracy", "margin": "margin",
+              "reward_delta": "held-out reward after - before (each with its own RM)"}
+    rows, stale = [], []
+    for stage, block in d["stages"].items():
+        for r in block["rows"]:
+            where = r["group"].split("=")[1] + " bucket" if r["group"] else "all"
+            metric = labels[r["metric"]] + (f", {where}" if stage == "pref_rm" else "")
+            rows.append([stage, metric, f"{r['a']:.3f}", f"{r['b']:.3f}",
+                         f"{r['diff']:+.3f} [{r['diff_ci_low']:.3f}, {r['diff_ci_high']:.3f}]",
+                         f"{r['n']} ({r['n_clusters']})"])
+            if stage == "pref_rm":  # B must still be the committed density-aware RM
+                now = _get(rm, f"heldout_buckets.{r['group'].split('=')[1]}" if r["group"] else "heldout")
+                if abs(now[r["metric"]] - r["b"]) > 6e-4:  # 3 decimals, rounded twice at most
+                    stale.append(f"{metric}: {now[r['metric']]:.3f} now")
+    out = _table(["stage", "metric", "uniform", "density-aware", "difference [95% CI]", "n (prompts)"],
+                 ["---", "---", "---:", "---:", "---", "---:"], rows)
+    command = d.get("command", "posttrain compare A B --json")
+    out += ["", f"From `{RESULTS_DIR}/density_vs_uniform.json`, written by `{command}`."]
+    if "source" in d:
+        out += [f"Source: {d['source']}"]
+    if stale:
+        out += ["", "**Stale**: metrics/pref_rm.json no longer matches the density-aware column ("
+                + "; ".join(stale) + "); rerun the command above."]
+    return out
+
+
+# --- bench outputs ---------------------------------------------------------------------------
+
+def _provenance(d: dict, name: str) -> str:
+    cpu = d.get("cpu") or "not recorded"
+    line = f"From `{RESULTS_DIR}/{name}.json` (`{d['command']}`, {d.get('date', 'undated')}, CPU: {cpu})."
+    return line + (f" Source: {d['source']}" if "source" in d else "")
+
+
+def _s(x: float) -> str:
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def repro_times(root: Path, top: int = 10) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/repro_times.json")
+    prev = d.get("previous") or {}
+    total = d["total_s"]
+    ranked = sorted(d["stages_s"].items(), key=lambda kv: -kv[1])
+    shown, rest = ranked[:top], ranked[top:]
+    other_n = len(rest) + d.get("other_stages", {}).get("count", 0)
+    other_s = sum(s for _, s in rest) + d.get("other_stages", {}).get("s", 0)
+    prev_other = prev.get("other_stages", {}).get("s")
+
+    def before(stage):
+        if stage in prev.get("stages_s", {}):
+            return f"{prev['stages_s'][stage]:,.0f}"
+        return "skipped" if stage in prev.get("skipped", []) else ""
+
+    rows = [[name + (f" ({d['notes'][name]})" if name in d.get("notes", {}) else ""), f"{s:,.0f}",
+             f"{s / total:.0%}", before(name)] for name, s in shown]
+    if other_n:
+        rows.append([f"the other {other_n} stages", f"{other_s:,.0f}", f"{other_s / total:.0%}",
+                     "" if prev_other is None else f"{prev_other:,.0f}"])
+    rows.append(["**total**", f"**{total:,.0f} ({total / 60:.1f} min)**", "",
+                 f"{prev['total_s']:,.0f} ({prev['total_s'] / 60:.1f} min)" if prev else ""])
+    out = _table(["stage", "seconds", "share of `dvc repro`", f"before ({prev.get('date', '-')})"],
+                 ["---", "---:", "---:", "---:"], rows)
+    if "setup_s" in d:
+        out += ["", f"`make repro` in all: {d['setup_s'] + total:,.0f} s ({(d['setup_s'] + total) / 60:.1f} min), "
+                    f"of which `make setup` {d['setup_s']:,.0f} s and `dvc repro` {total:,.0f} s."]
+    return out + ["", _provenance(d, "repro_times")]
+
+
+def bench_density(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/density.json")
+    by = {(r["method"], r["n"]): r for r in d["results"]}
+
+    def secs(r):
+        return "" if r is None else f"{_s(r['seconds'])} s" + ("*" if "queries" in r else "")
+
+    rows = []
+    for n in sorted({r["n"] for r in d["results"]}):
+        f, sk, p = by.get(("faiss", n)), by.get(("sklearn", n)), by.get(("pynndescent", n))
+        rss = " / ".join("-" if r is None else f"{r['peak_mb']:,.0f}" for r in (f, sk, p)) + " MB"
+        rows.append([f"{n:,}", secs(f), secs(sk), f"{secs(p)} (+{p['compile_s']:.0f} s)" if p else "",
+                     f"{p['recall']:.3f}" if p else "", rss])
+    out = _table(["n", "faiss exact (ours)", "sklearn brute", "pynndescent fit (+ numba compile)",
+                  f"pynndescent recall@{d['k']}", "peak RSS faiss / sklearn / pynndescent"],
+                 ["---:"] * 5 + ["---"], rows)
+    return out + ["", f"`*` = {d['queries']:,} sampled queries searched against all n, time scaled by "
+                      f"n / {d['queries']:,}. " + _provenance(d, "density")]
+
+
+GEN_LABELS = {"llamacpp": "**llamacpp** (`reason.backend: llamacpp`, the default)",
+              "llamacpp-q4_1": "llamacpp, the GGUF's Q4_1 as stored",
+              "posttrain": "posttrain hf (`reason.backend: hf`)",
+              "hf": "transformers `generate`, one padded batch", "hf-bf16": "transformers, bf16 weights",
+              "hf-static": "transformers, static cache + torch.compile"}
+
+
+def bench_generate(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/generate.json")
+    res = d["results"]
+    sizes = list(next(iter(res.values()))["tok_s"])
+    base = res.get("posttrain", {}).get("tok_s", {}).get("8")
+    ct2 = d.get("versions", {}).get("ctranslate2", "")
+    rows = []
+    for name, r in res.items():
+        label = GEN_LABELS.get(name) or f"CTranslate2 {ct2}".strip()
+        vs = f"{r['tok_s']['8'] / base:.2f}x" if base and "8" in r["tok_s"] else "-"
+        rows.append([label, r["weights"].replace("gguf", "Q4_1"), *(f"{r['tok_s'][b]:.1f}" for b in sizes),
+                     f"**{vs}**" if name == "llamacpp" else vs,
+                     ", ".join(f"{r['roofline_ratio'][b]:.2f}" for b in sizes)])
+    out = _table(["path", "weights", *(f"batch {b} tok/s" for b in sizes), "x posttrain hf at 8",
+                  "/ roofline at " + ", ".join(sizes)], ["---", "---"] + ["---:"] * (len(sizes) + 1) + ["---"], rows)
+    m, w = d["machine"], d["weights_gb"]
+    out += ["", f"Machine: {m['read_gb_s']:.1f} GB/s read, {m['gflops_fp32']:.0f} GFLOP/s fp32 / "
+                f"{m['gflops_bf16']:.0f} GFLOP/s bf16 matmul at {d['threads']} threads; weights read per decode step: "
+                + ", ".join(f"{k.replace('gguf', 'the Q4_1 file')} {v:.2f} GB" for k, v in w.items())
+                + f"; {d['new_tokens']} new tokens. " + _provenance(d, "generate")]
+    return out
+
+
+def bench_gen_cache(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/gen_cache.json")
+    rows, prev = [], None
+    labels = {"+1 sample": "+1 sample per problem"}
+    for s in d["steps"]:
+        label = labels.get(s["name"], s["name"])
+        if prev is not None and s["rows"] != prev:
+            label += f" ({s['rows'] / prev - 1:+.0%} rows)"
+        frac = f"{s['of_full']:.0%}" if s["of_full"] >= 0.1 or s["of_full"] == 0 else f"{s['of_full']:.1%}"
+        rows.append([label, s["rows"], s["generated"], s["cache_hits"], f"{s['seconds']:.1f}", frac])
+        prev = s["rows"]
+    out = _table(["run", "rows", "generated", "from the cache", "seconds", "of full"], ["---"] + ["---:"] * 5, rows)
+    same = {True: "equal", False: "**differ from**"}[d["cached_rows_equal_fresh"]]
+    return out + ["", f"Cached rows {same} a fresh run's. " + _provenance(d, "gen_cache")]
+
+
+def bench_launch(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/launch.json")
+    rows = [[r["num_processes"], r["steps"], r["global_batch"], f"{r['speedup']:.2f}x"] for r in d["runs"]]
+    out = _table(["processes", "steps", "global batch", "speed vs 1 process"], ["---:"] * 4, rows)
+    return out + ["", _provenance(d, "launch")]
+
+
+BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
+          "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
+          "bench-launch": bench_launch}
+
+
+def render(text: str, root: Path, where: str = "") -> str:
+    def block(m):
+        if m.group(2) not in BLOCKS:
+            raise click.ClickException(f"{where}: unknown block report:{m.group(2)} (known: {', '.join(BLOCKS)})")
+        return m.group(1) + "\n".join(BLOCKS[m.group(2)](root)) + "\n" + m.group(4)
+
+    return MARK.sub(block, text)
+
+
+def documents(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def check(root: Path) -> str:
+    """A unified diff of every document whose blocks disagree with the files ('' if none)."""
+    out = []
+    for p in documents(root):
+        old = p.read_text(encoding="utf-8")
+        new = render(old, root, str(p.relative_to(root)))
+        name = str(p.relative_to(root))
+        out += difflib.unified_diff(old.splitlines(True), new.splitlines(True), name, f"{name} (posttrain report)")
+    return "".join(out)
+
+
+# --- what the bench scripts call to save their results --------------------------------------
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def save_bench(name: str, data: dict, root: Path | None = None) -> Path:
+    """bench/results/<name>.json: the figures plus the command, date, commit and CPU model."""
+    root = root or Path(__file__).resolve().parents[3]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    meta = {"command": " ".join(["python", *sys.argv]), "cpu": cpu_model(),
+            "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip() or None}
+    path = root / RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**meta, **data}, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"saved {path.relative_to(root)}", err=True)
+    return path
+
+
+@click.command("report")
+@click.option("--check", "check_only", is_flag=True,
+              help="Change nothing; exit 1 with a diff if a block is stale.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True,
+              help="The project's root.")
+def command(check_only, root):
+    """Rewrite the generated blocks of README.md and docs/*.md from metrics/ and bench/results/."""
+    if check_only:
+        diff = check(root)
+        if diff:
+            click.echo(diff, nl=False)
+            raise SystemExit("posttrain report: README/docs disagree with the files; run `posttrain report`")
+        click.echo("posttrain report: every block agrees with the files")
+        return
+    for p in documents(root):
+        old = p.read_text(encoding="utf-8")
+        new = render(old, root, str(p))
+        if new != old:
+            p.write_text(new, encoding="utf-8")
+            click.echo(f"rewrote {p.relative_to(root)}")
+
+
+if __name__ == "__main__":
+    from posttrain.core.cli import run
+
+    run(command, prog="posttrain report")
