@@ -340,3 +340,14 @@ def test_ratios_must_leave_a_train_split(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "val_ratio + test_ratio must be < 1" in err[0]
+
+
+def test_the_adding_a_parameter_diff_in_the_docs_applies():
+    """docs/experiments.md shows adding a param as a real diff: it must still apply here."""
+    import subprocess
+
+    text = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")
+    diff = text.split("```diff\n", 1)[1].split("```", 1)[0]
+    res = subprocess.run(["git", "apply", "--check", "-"], input=diff, text=True, cwd=REPO,
+                         capture_output=True)
+    assert res.returncode == 0, res.stderr

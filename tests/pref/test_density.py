@@ -107,9 +107,9 @@ def test_weights_sum_to_one_and_rare_prompts_weigh_more():
 def test_method_choice():
     assert choose_method(100, "auto", 1000) == "exact"
     assert choose_method(1001, "auto", 1000) == "pynndescent"
-    assert choose_method(10, "pynndescent") == "pynndescent"
+    assert choose_method(10, "pynndescent", 1000) == "pynndescent"
     with pytest.raises(ValueError):
-        choose_method(10, "faiss")
+        choose_method(10, "faiss", 1000)
 
 
 def test_pynndescent_tiny_inputs_fall_back_to_exact():

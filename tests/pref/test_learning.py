@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from test_train import DPO, GRPO, RM, _paths, write_pref_fixture
+from test_train import DPO, GRPO, RM, _paths, dpo_train, grpo_train, rm_train, write_pref_fixture
 
 
 def curve(live_dir, key):
@@ -26,7 +26,7 @@ def learned_rm(few_pairs, tiny_model_dir, tmp_path_factory):
     from posttrain.pref.reward import train_reward_model
 
     root = tmp_path_factory.mktemp("rm_learn")
-    res = train_reward_model(*_paths(few_pairs), tiny_model_dir, root / "rm", **{
+    res = rm_train(*_paths(few_pairs), tiny_model_dir, root / "rm", **{
         **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 24,
         "batch_size": 4, "lr": 3e-3, "num_layers": 2, "trainable_layers": 1, "seed": 0},
         live_dir=root / "dvclive")
@@ -45,7 +45,7 @@ def test_reward_model_loss_falls_and_heldout_ranks_chosen_first(learned_rm):
 def test_dpo_reward_accuracy_rises_and_loss_falls_below_ln2(few_pairs, tiny_model_dir, tmp_path):
     from posttrain.pref.dpo import train_dpo
 
-    train_dpo(*_paths(few_pairs), tiny_model_dir, tmp_path / "dpo", **{
+    dpo_train(*_paths(few_pairs), tiny_model_dir, tmp_path / "dpo", **{
         **DPO, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 16,
         "batch_size": 4, "lr": 5e-3, "beta": 0.5, "lora_r": 8, "lora_alpha": 16, "lora_layers": 0, "seed": 0},
         live_dir=tmp_path / "dvclive")
@@ -67,7 +67,7 @@ def test_grpo_changes_the_greedy_output_on_a_training_prompt(few_pairs, tiny_mod
     kw = {**GRPO, "eval_prompts": 1, "max_prompts": 0, "max_steps": 6, "batch_size": 4, "num_generations": 4,
           "max_completion_length": 8, "max_length": 64, "lr": 2e-2, "lora_r": 8, "lora_alpha": 16,
           "lora_layers": 0, "seed": 0}
-    res = train_grpo(few_pairs / "prefixes_all.jsonl", tiny_model_dir, root / "rm", tmp_path / "grpo", **kw,
+    res = grpo_train(few_pairs / "prefixes_all.jsonl", tiny_model_dir, root / "rm", tmp_path / "grpo", **kw,
                      live_dir=tmp_path / "dvclive")
     assert res["metrics"]["train"]["steps"] == 6
     held = read_json(root / "rm" / "split.json")["heldout_prefix_ids"]

@@ -144,10 +144,36 @@ GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_gene
             max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
             lora_alpha=16, lora_layers=0, seed=0, use_vllm=False, eval_batch_size=2)
 
+def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):
+    """train_reward_model from the flat param dicts below (RM): its settings and PairData."""
+    from posttrain.pref.common import PairData
+
+    data = PairData(**{k: kw.pop(k) for k in ("density_aware", "max_pairs", "heldout_fraction",
+                                                "bucket_quantile")}, seed=kw.pop("seed"))
+    return reward.train_reward_model(pairs, ids, weights, out, reward.RewardSettings(backbone=str(backbone), **kw),
+                                     data, live_dir=live_dir)
+
+
+def dpo_train(pairs, ids, weights, policy, out, *, live_dir, **kw):
+    from posttrain.pref.common import PairData
+    from posttrain.pref.dpo import DPOSettings, train_dpo
+
+    data = PairData(**{k: kw.pop(k) for k in ("density_aware", "max_pairs", "heldout_fraction",
+                                                "bucket_quantile")}, seed=kw.pop("split_seed"))
+    return train_dpo(pairs, ids, weights, policy, out, DPOSettings(**kw), data, live_dir=live_dir)
+
+
+def grpo_train(prefixes, policy, rm_dir, out, *, live_dir, gen_cache_dir=None, **kw):
+    from posttrain.pref.grpo import GRPOSettings, train_grpo
+
+    return train_grpo(prefixes, policy, rm_dir, out, GRPOSettings(**kw), live_dir=live_dir,
+                      gen_cache_dir=gen_cache_dir)
+
+
 @pytest.fixture(scope="module")
 def trained_rm(pref_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rm"
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, out, **{
+    res = rm_train(*_paths(pref_dir), tiny_model_dir, out, **{
         **RM, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 6,
         "batch_size": 4, "lr": 1e-3, "num_layers": 1, "trainable_layers": 1, "seed": 0},
         live_dir=out.parent / "dvclive")
@@ -184,7 +210,7 @@ def test_reward_model_smoke(trained_rm):
 
 
 def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path):
-    res = reward.train_reward_model(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm", **{
+    res = rm_train(*_paths(pref_dir), tiny_model_dir, tmp_path / "rm", **{
         **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 2,
         "batch_size": 4, "seed": 0},
         live_dir=tmp_path / "dvclive")
@@ -198,7 +224,7 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     from posttrain.pref.dpo import train_dpo
 
     out = tmp_path / "dpo_adapter"
-    res = train_dpo(*_paths(pref_dir), tiny_model_dir, out, **{
+    res = dpo_train(*_paths(pref_dir), tiny_model_dir, out, **{
         **DPO, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 3,
         "batch_size": 2, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "lora_layers": 1, "seed": 0},
         live_dir=tmp_path / "dvclive")
@@ -229,7 +255,7 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
 
     rm_dir, _ = trained_rm
     out = tmp_path / "grpo_adapter"
-    res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, **{
+    res = grpo_train(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, **{
         **GRPO, "eval_prompts": 2, "max_steps": 2, "batch_size": 4, "num_generations": 4,
         "max_completion_length": 8, "max_length": 64, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8, "seed": 0},
         live_dir=tmp_path / "dvclive")
@@ -266,7 +292,7 @@ def test_grpo_before_eval_comes_from_the_generation_cache(pref_dir, tiny_model_d
     for i in range(2):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="posttrain.pref.grpo"):
-            res = train_grpo(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, tmp_path / f"g{i}", **kw,
+            res = grpo_train(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, tmp_path / f"g{i}", **kw,
                              live_dir=tmp_path / f"live{i}", gen_cache_dir=cache)
         runs.append((res, [r.getMessage() for r in caplog.records if "greedy eval" in r.getMessage()]))
     assert len(GenerationCache(cache, model_key(str(tiny_model_dir)))) == 3
