@@ -143,7 +143,7 @@ def test_isolation_applied_as_root(iso):
     if os.geteuid() != 0 or _fresh_uid() is None:
         pytest.skip("not root (or no unprivileged uid mapped): no setuid / private mounts here")
     assert iso["setuid"] and iso["netns"] and iso["private_tmp"] and iso["no_new_privs"]
-    assert iso["pidns"] and iso["private_proc"] and iso["readonly_fs"]
+    assert iso["pidns"] and iso["private_proc"] and iso["readonly_fs"] and iso["minimal_root"]
     assert iso["uid"] != 0
 
 
@@ -404,6 +404,22 @@ def test_run_result_fields():
     assert r.status == "error" and "ValueError" in r.stderr
     r = run_function_tests("def f():\n    return 1\n", "def check(c):\n    assert c() == 1\n", "f", limits=FAST)
     assert (r.status, r.reason) == ("ok", "correct")
+
+
+def test_only_allowlisted_packages_are_importable(iso):
+    if not iso.get("minimal_root"):
+        pytest.skip("no minimal root here: site-packages stay out of sys.path only")
+    from dataclasses import replace
+    code = ("import importlib\nfor n in ('click', 'yaml'):\n    try:\n        importlib.import_module(n)\n"
+            "        print(n, 'ok')\n    except ImportError:\n        print(n, 'missing')\n")
+    assert run_python(code, limits=FAST).stdout.split() == ["click", "missing", "yaml", "missing"]
+    allowed = replace(FAST, packages=("click",))
+    assert run_python(code, limits=allowed).stdout.split() == ["click", "ok", "yaml", "missing"]
+    r = run_function_tests("import click\ndef f():\n    return click.unstyle(click.style('x', fg='red'))\n", "def check(c):\n    assert c() == 'x'\n",
+                           "f", limits=allowed)
+    assert (r.status, r.reason) == ("ok", "correct"), r.detail
+    with pytest.raises(ValueError, match="'no_such_package_xyz' allowed for solutions is not installed"):
+        run_python("pass", limits=replace(FAST, packages=("no_such_package_xyz",)))
 
 
 def test_grading_from_threads_and_env_is_scrubbed():

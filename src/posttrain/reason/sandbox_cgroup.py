@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -157,17 +158,39 @@ class Budget:
         except (OSError, ValueError, KeyError):
             return None
 
-    def remove(self) -> None:
-        """Remove the cgroup(s); the run's processes must be gone (retried briefly)."""
+    def remove(self, timeout_s: float = 10.0) -> None:
+        """Remove the cgroup(s) once they are empty. A run's last task may still be exiting
+        when the grader is done with it: after an OOM kill the namespace's last process frees
+        the private tmpfs (~0.2-1.3 s for 500k inodes), and the cgroup is busy until then.
+        Whatever is still listed is killed (only the run's processes are there); the wait is
+        bounded, then the leftover is logged."""
+        deadline = time.monotonic() + timeout_s
+        pause = 0.005
         for d in list(self.dirs.values()):
-            for _ in range(50):
+            while True:
                 try:
                     os.rmdir(d)
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.01)  # the last processes of the run are still exiting
-            else:
-                log.warning("could not remove cgroup %s", d)
+                    if time.monotonic() > deadline:
+                        log.warning("could not remove cgroup %s: still busy after %gs", d, timeout_s)
+                        break
+                    _kill_members(d)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
         self.dirs.clear()
+
+
+def _kill_members(d: str) -> None:
+    """SIGKILL every process still in cgroup `d`."""
+    try:
+        pids = [int(x) for x in _read(os.path.join(d, "cgroup.procs")).split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

