@@ -17,7 +17,7 @@ from posttrain.pref.pairs import DownloadSettings, collect
 @settings(DownloadSettings)
 @click.argument("sources", nargs=-1, type=click.UNPROCESSED)
 def main(out, metrics, settings, sources):
-    pairs, counts = collect(name_values(sources, "sources", "--champ 2000"), settings)
+    pairs, counts = collect(name_values(sources, "source", "cap", "--champ 2000"), settings)
     with outputs() as o:  # renamed together: never pairs without their accounting
         o.write_jsonl(out, pairs)
         o.write_json(metrics, counts)

@@ -514,7 +514,8 @@ CASES += [
 def reason_generate(problems, backend="hf"):
     def build(tmp, model):
         return ["--model", model, "--problems", put(tmp, "problems.jsonl", problems), "--out",
-                out(tmp, "samples.jsonl"), "--metrics", out(tmp, "m.json"), "--n-samples", 1,
+                out(tmp, "samples.jsonl"), "--metrics", out(tmp, "m.json"), "--cache-dir", out(tmp, "cache"),
+                "--n-samples", 1,
                 "--temperature", 0.8, "--top-p", 0.95, "--max-new-tokens", 4, "--batch-size", 1,
                 "--seed", 0, "--backend", backend, "--llamacpp-weights", "bf16", "--threads", 1]
     return build

@@ -96,28 +96,27 @@ def settings(cls, *, dest: str = "settings", prefix: str = ""):
     return deco
 
 
-def name_values(args: tuple[str, ...], what: str, example: str) -> list[tuple[str, int]]:
+def name_values(args: tuple[str, ...], item: str, value: str, example: str) -> list[tuple[str, int]]:
     """`--NAME N` pairs as DVC renders a mapping param (`${pref.sources}`), in order: names
-    unique, N an integer >= 0. `what` names the mapping in errors."""
+    unique, N an integer >= 0. `item` and `value` name them in errors ("source", "cap")."""
     if len(args) % 2:
-        raise click.UsageError(f"{what} must be `--NAME N` pairs, got {' '.join(args)!r}")
+        raise click.UsageError(f"{item}s must be `--NAME {value.upper()}` pairs, got {' '.join(args)!r}")
     out = []
-    for name, value in zip(args[::2], args[1::2]):
+    for name, n in zip(args[::2], args[1::2]):
         if not name.startswith("--"):
-            raise click.UsageError(f"{what}: expected --NAME before {value!r}, got {name!r}")
+            raise click.UsageError(f"expected --NAME before {n!r}, got {name!r}")
         try:
-            n = int(value)
+            out.append((name[2:], int(n)))
         except ValueError:
-            raise click.UsageError(f"{what}: {name[2:]!r} must be an integer, got {value!r}") from None
-        if n < 0:
-            raise click.UsageError(f"{what}: {name[2:]!r} must be >= 0 (0 = all), got {n}")
-        out.append((name[2:], n))
+            raise click.UsageError(f"{value} of {item} {name[2:]!r} must be an integer, got {n!r}") from None
+        if out[-1][1] < 0:
+            raise click.UsageError(f"{value} of {item} {name[2:]!r} must be >= 0 (0 = all), got {n}")
     if not out:
-        raise click.UsageError(f"no {what} given (e.g. {example})")
+        raise click.UsageError(f"no {item}s given (e.g. {example})")
     names = [n for n, _ in out]
     for n in names:
         if names.count(n) > 1:
-            raise click.UsageError(f"{what}: {n!r} given more than once")
+            raise click.UsageError(f"{item} {n!r} given more than once")
     return out
 
 
