@@ -14,7 +14,7 @@ from posttrain.reason.problems import read_problems
 
 @click.command()
 @click.option("--problems", required=True, type=IN_FILE)
-@click.option("--cache-dir", required=True, type=OUT_DIR, help="Generation cache (a persist: true out).")
+@click.option("--cache-dir", type=OUT_DIR, help="Generation cache (a persist: true out); omit to sample all.")
 @click.option("--out", required=True, type=OUT_FILE)
 @click.option("--metrics", required=True, type=OUT_FILE)
 @click.option("--progress/--no-progress", default=True, help="Dev only: tqdm progress bar.")

@@ -226,7 +226,7 @@ def test_filter_and_format_stages_with_stand_in_graders(tmp_path, fake_grading):
 
     res = CliRunner().invoke(_stage("reason_format"), [
         "--problems", str(d / "problems.jsonl"), "--filtered", str(d / "filtered.jsonl"),
-        "--out", str(d / "sft.jsonl"), "--metrics", str(d / "mfmt.json"), "--mix", "1:1", "--seed", "0"])
+        "--out", str(d / "sft.jsonl"), "--metrics", str(d / "mfmt.json"), "--mix-math", "1", "--mix-code", "1", "--seed", "0"])
     assert res.exit_code == 0, res.output
     sft = read_jsonl(d / "sft.jsonl")
     assert [e["domain"] for e in sft] == ["math", "code"]
