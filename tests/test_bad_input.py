@@ -73,8 +73,10 @@ MOVIES = (ML_TINY / "movies.csv").read_text()
 
 
 def rec_prepare(*, lines: dict | None = None, append=(), header=None, movies=MOVIES, threshold="4.0",
-                val="0.1", test="0.2", source=None):
-    """ml-tiny with file line N of ratings.csv replaced by lines[N] (None drops it)."""
+                val="0.1", test="0.2", source=None, raw=None, sep=None):
+    """ml-tiny with file line N of ratings.csv replaced by lines[N] (None drops it); `sep`
+    rewrites every ratings row with another separator; `raw` maps a file name (ratings.csv,
+    movies.csv) to (line, bytes) put at that line's start, for bytes that are not text."""
     def build(tmp, _model):
         rows = list(RATINGS)
         if header is not None:
@@ -82,8 +84,15 @@ def rec_prepare(*, lines: dict | None = None, append=(), header=None, movies=MOV
         for n, text in (lines or {}).items():
             rows[n - 1] = text
         rows = [r for r in rows if r is not None] + list(append)
+        if sep is not None:
+            rows = [r.replace(",", sep) for r in rows]
         put(tmp, "ml/ratings.csv", "\n".join(rows) + "\n" if rows else "")
         put(tmp, "ml/movies.csv", movies)
+        for name, (n, blob) in (raw or {}).items():
+            f = tmp / "in" / "ml" / name
+            text = f.read_bytes().split(b"\n")
+            text[n - 1] = blob + text[n - 1]
+            f.write_bytes(b"\n".join(text))
         return ["--source", source or tmp / "in" / "ml", "--history-len", 3, "--rating-threshold", threshold,
                 "--val-ratio", val, "--test-ratio", test, "--seed", 0, "--out-dir", out(tmp, "rec"),
                 "--metrics", out(tmp, "m.json")]
@@ -97,6 +106,14 @@ def _rec_dupes(tmp):
     rows = [json.loads(x) for x in out(tmp, "rec/test_raw.jsonl").read_text().splitlines()]
     rows += [json.loads(x) for x in out(tmp, "rec/train_meta.jsonl").read_text().splitlines()]
     assert [r["rating"] for r in rows if r["user_id"] == "1" and r["item_id"] == "11"] in ([], [1.0])
+
+
+def _ratings_folder(tmp, model):
+    args = rec_prepare()(tmp, model)
+    f = tmp / "in" / "ml" / "ratings.csv"
+    f.unlink()
+    f.mkdir()
+    return args
 
 
 R_LINE = "ratings\\.csv, line"
@@ -115,8 +132,29 @@ CASES = [
          rf"^rec_prepare: error: .*{R_LINE} 8: field 'timestamp': not a finite number: 'inf'$"),
     Case("rec-timestamp-nan", "rec_prepare", rec_prepare(lines={9: "1,4,3.0,NaN"}),
          rf"^rec_prepare: error: .*{R_LINE} 9: field 'timestamp': not a finite number: 'NaN'$"),
+    # a short row, another separator or an extra column is the file's shape, not a bad value
     Case("rec-short-row", "rec_prepare", rec_prepare(lines={10: "1,12"}),
-         rf"^rec_prepare: error: .*{R_LINE} 10: field 'rating': not a finite number: ''$"),
+         rf"^rec_prepare: error: .*{R_LINE} 10: expected 4 fields, got 2; is the separator ','\?$"),
+    Case("rec-row-other-separator", "rec_prepare", rec_prepare(lines={6: "1;2;4.5;1004001"}),
+         rf"^rec_prepare: error: .*{R_LINE} 6: expected 4 fields, got 1; is the separator ','\?$"),
+    Case("rec-row-extra-column", "rec_prepare", rec_prepare(lines={7: "1,3,1.0,1005001,x"}),
+         rf"^rec_prepare: error: .*{R_LINE} 7: expected 4 fields, got 5; is the separator ','\?$"),
+    Case("rec-first-row-extra-column", "rec_prepare", rec_prepare(lines={2: "1,11,4.5,1000001,x"}),
+         rf"^rec_prepare: error: .*{R_LINE} 2: expected 4 fields, got 5; is the separator ','\?$"),
+    Case("rec-file-other-separator", "rec_prepare", rec_prepare(sep=";"),
+         rf"^rec_prepare: error: .*{R_LINE} 1: expected at least 4 fields, got 1; is the separator ','\?$"),
+    Case("rec-movies-extra-column", "rec_prepare", rec_prepare(movies=MOVIES.replace(
+        "4,Film 4 (1974),", "4,Film 4, the sequel (1974),")),
+         r"^rec_prepare: error: .*movies\.csv, line 5: expected 3 fields, got 4; is the separator ','\?$"),
+    Case("rec-timestamp-fractional", "rec_prepare", rec_prepare(lines={12: "1,26,1.0,964982703.9"}),
+         rf"^rec_prepare: error: .*{R_LINE} 12: field 'timestamp': not a whole number of seconds: "
+         r"'964982703.9'$"),
+    # the bad byte's own line (a text decoder reads ahead and failed lines before it)
+    Case("rec-ratings-not-utf8", "rec_prepare", rec_prepare(raw={"ratings.csv": (10, b"\xff")}),
+         rf"^rec_prepare: error: .*{R_LINE} 10: not UTF-8 text \(invalid start byte at column 1\)$"),
+    Case("rec-movies-not-utf8", "rec_prepare", rec_prepare(raw={"movies.csv": (20, b"\xe9")}),
+         r"^rec_prepare: error: .*movies\.csv, line 20: not UTF-8 text \(invalid continuation byte at "
+         r"column 1\)$"),
     Case("rec-unknown-movie", "rec_prepare", rec_prepare(lines={11: "1,999,4.0,1009001"}),
          rf"^rec_prepare: error: .*{R_LINE} 11: field 'movieId': rating of unknown movie '999'"),
     Case("rec-missing-column", "rec_prepare", rec_prepare(header="userId,movieId,stars,timestamp"),
@@ -133,6 +171,8 @@ CASES = [
     Case("rec-split-ratios", "rec_prepare", rec_prepare(val="0.6", test="0.5"),
          r"^rec_prepare: error: Invalid value for --val-ratio/--test-ratio: val_ratio \+ test_ratio must be < 1 "
          r"\(a train split must remain\), got 0.6 \+ 0.5$"),
+    Case("rec-ratings-is-a-folder", "rec_prepare", _ratings_folder,
+         r"^rec_prepare: error: .*ratings\.csv: is a directory, expected a file$"),
     Case("rec-missing-folder", "rec_prepare", rec_prepare(source="in/no-such-folder/ml"),
          r"^rec_prepare: error: in/no-such-folder/ml: file not found$"),
     # user 1 re-rates movie 11 later (1.0) and repeats a row exactly: 2 dropped, latest kept
@@ -143,10 +183,10 @@ CASES = [
 
 # ------------------------------------------------------------------ pref_download
 
-def pref_download(content=None, name="p.jsonl", twice=False, source=None):
+def pref_download(content=None, name="p.jsonl", twice=False, source=None, cap=0, path=None):
     def build(tmp, _model):
         f = source(tmp) if source else put(tmp, name, content)
-        src = ["--path:" + str(f), 0] * (2 if twice else 1)
+        src = ["--path:" + (str(f) if path is None else path), cap] * (2 if twice else 1)
         return ["--out", out(tmp, "pairs.jsonl"), "--metrics", out(tmp, "m.json"), "--per-prompt", 4,
                 "--seed", 0, *src]
     return build
@@ -213,6 +253,17 @@ CASES += [
          needs=("shared",)),
     Case("pref-missing-file", "pref_download", pref_download(source=lambda tmp: tmp / "in" / "nope.jsonl"),
          r"^pref_download: error: .*nope\.jsonl: source file not found$"),
+    Case("pref-path-is-a-folder", "pref_download", pref_download(source=lambda tmp: put(tmp, "d/x.txt", "x").parent),
+         r"^pref_download: error: .*in/d: is a directory, expected a file$"),
+    Case("pref-empty-path", "pref_download", pref_download(jl(OK), path=""),
+         r"^pref_download: error: pref\.sources: source 'path:': empty path, expected path:FILE$"),
+    Case("pref-negative-cap", "pref_download", pref_download(jl(OK), cap=-5),
+         r"^pref_download: error: pref\.sources: source 'path:.*p\.jsonl': cap must be an integer >= 0 "
+         r"\(0 = all\), got -5$"),
+    Case("pref-not-utf8-line-10", "pref_download", pref_download(
+        jl(*[{**OK, "prompt": f"{i} " + "x" * 2000} for i in range(9)]).encode()
+        + b'{"prompt": "\xff", "chosen": "a", "rejected": "b"}\n'),
+         rf"{P}, line 10: not UTF-8 text \(invalid start byte at column 13\)$"),
     Case("pref-same-source-twice", "pref_download", pref_download(jl(OK), twice=True),
          r"^pref_download: error: source 'path:.*p\.jsonl' given more than once$"),
     Case("pref-content-parts-joined", "pref_download", pref_download(jl(
@@ -279,6 +330,16 @@ CASES += [
          reason_collect(_gsm("h.jsonl", "humaneval"), files={"h.jsonl": jl(
              {"prompt": "def f():\n", "test": "assert f() == 1", "entry_point": "f"})}),
          rf"{C}in/h\.jsonl, line 1: field 'test': test program defines no check\(candidate\)$"),
+    Case("collect-problems-is-a-folder", "reason_collect",
+         reason_collect(_gsm("probs"), files={"probs/g.jsonl": jl(GSM_OK)}),
+         rf"{C}in/probs: is a directory, expected a file$"),
+    Case("collect-empty-question", "reason_collect",
+         reason_collect(_gsm("g.jsonl"), files={"g.jsonl": jl(GSM_OK, {**GSM_OK, "question": " "})}),
+         rf"{C}in/g\.jsonl, line 2: field 'question': empty text$"),
+    Case("collect-not-utf8-line-10", "reason_collect",
+         reason_collect(_gsm("g.jsonl"), files={"g.jsonl": jl(*[{**GSM_OK, "question": "q" * 3000}] * 9).encode()
+                                                 + b'{"question": "\xc3(", "answer": "#### 1"}\n'}),
+         rf"{C}in/g\.jsonl, line 10: not UTF-8 text \(invalid continuation byte at column 15\)$"),
     Case("collect-unknown-dataset", "reason_collect", reason_collect([{"name": "no-such-dataset"}]),
          r"^reason_collect: error: Invalid value for reason.sources: source 'no-such-dataset': unknown dataset"),
     Case("collect-negative-cap", "reason_collect", reason_collect([{"name": "gsm8k-test", "cap": -2}]),

@@ -129,10 +129,32 @@ def _text(binary):
 
 
 def open_text(path):
-    """Open a text file for reading, transparently gunzipping `.gz`."""
-    if _is_gz(path):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    """Open a text file for reading, transparently gunzipping `.gz`. A folder, a missing or an
+    unreadable file raises DataError (one line for the stage), not a raw OSError."""
+    with _opening(path):
+        if _is_gz(path):
+            return gzip.open(path, "rt", encoding="utf-8")
+        return open(path, encoding="utf-8")
+
+
+def open_binary(path):
+    """Open a file for reading bytes, gunzipping `.gz`; errors as in `open_text`."""
+    with _opening(path):
+        return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
+
+
+@contextlib.contextmanager
+def _opening(path):
+    if str(path) in ("", "."):  # Path("") is "."
+        raise DataError(repr(str(path)), "empty path, expected a file")
+    try:
+        yield
+    except IsADirectoryError:
+        raise DataError(path, "is a directory, expected a file") from None
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
 
 
 def dumps(obj: Any, indent: int | None = None) -> str:
@@ -237,23 +259,45 @@ def read_json(path) -> Any:
     except _GZIP_ERRORS as e:
         raise DataError(path, f"truncated or corrupt gzip ({e})") from None
     except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise first_undecodable_line(path) or DataError(path, f"not UTF-8 text ({e.reason})") from None
     return _loads(text, path, None)
 
 
 def iter_lines(path) -> Iterator[tuple[int, str]]:
-    """(line_number, text) of a text file (.gz transparently); a truncated or corrupt gzip
-    or non-UTF-8 bytes raise DataError naming the line reached."""
+    """(line_number, text) of a UTF-8 text file (.gz transparently), lines ending in "\n"
+    ("\r\n" read as "\n"); a truncated or corrupt gzip or non-UTF-8 bytes raise DataError
+    naming the line. Lines are split as bytes and decoded one by one: a text-mode decoder
+    reads ahead in blocks and fails lines before the bad byte's own."""
     lineno = 0
     try:
-        with open_text(path) as fh:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line
+        with open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                yield lineno, decode_line(raw, path, lineno)
     except _GZIP_ERRORS as e:
         raise DataError(path, f"truncated or corrupt gzip after {lineno} complete lines ({e})",
                         line=lineno + 1) from None
+
+
+def decode_line(raw: bytes, path, lineno: int, encoding: str = "utf-8") -> str:
+    """One line's bytes as text; undecodable bytes -> DataError at that line and column."""
+    try:
+        text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e.reason})", line=lineno + 1) from None
+        raise DataError(path, f"not {encoding.upper()} text ({e.reason} at column {e.start + 1})",
+                        line=lineno) from None
+    return text[:-2] + "\n" if text.endswith("\r\n") else text
+
+
+def first_undecodable_line(path, encoding: str = "utf-8") -> DataError | None:
+    """The located error of the first line of `path` that does not decode, or None (for
+    readers such as pandas that report only a byte offset)."""
+    with open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                decode_line(raw, path, lineno, encoding)
+            except DataError as e:
+                return e
+    return None
 
 
 def iter_jsonl(path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:

@@ -474,6 +474,16 @@ def _iter_hub(hub_id: str, split: str) -> Iterator[tuple[int, dict]]:
         yield i, rec
 
 
+SOURCES_KEY = "pref.sources"  # where the sources and their caps come from (params.yaml)
+
+
+def check_cap(name: str, cap) -> None:
+    """A source's cap: the most pairs taken from it, 0 = all. A negative one is a typo, not
+    "all" (which `cap > 0` checks would make it)."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        raise DataError(SOURCES_KEY, f"source {name!r}: cap must be an integer >= 0 (0 = all), got {cap!r}")
+
+
 def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
                 seen: set | None = None) -> tuple[list[dict], SourceStats]:
     """All pairs of one source (at most `cap` when cap > 0) and its accounting.
@@ -481,6 +491,7 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
     Every row read ends as pairs or as a counted skip reason; `seen` holds pair ids
     kept so far across sources (a repeat is skipped as `duplicate_pair`).
     """
+    check_cap(name, cap)
     seen = set() if seen is None else seen
     stats = SourceStats()
     pairs: list[dict] = []
@@ -496,6 +507,8 @@ def load_source(name: str, cap: int = 0, per_prompt: int = 4, seed: int = 0,
         path = asset_path(name)
         rows, fmt = iter_jsonl(path), "hh"
     elif name.startswith("path:"):
+        if not name[len("path:"):].strip():  # Path("") would be ".", the working folder
+            raise DataError(SOURCES_KEY, f"source {name!r}: empty path, expected path:FILE")
         path = Path(name[len("path:"):])
         if not path.exists():
             raise DataError(path, "source file not found")
@@ -563,6 +576,8 @@ def collect(sources: list[tuple[str, int]], s: DownloadSettings) -> tuple[list[d
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # metrics are keyed by source: a repeat would overwrite the first one's
         raise ValueError(f"preference source given more than once: {', '.join(twice)}")
+    for name, cap in sources:  # all checked before any is read
+        check_cap(name, cap)
     seen: set = set()
     out: list[dict] = []
     per_source = {}

@@ -102,10 +102,13 @@ def _field(row: dict, names: Iterable[str], where, line, required=True):
 
 
 def _text(row: dict, names: Iterable[str], where, line) -> str:
-    """A required text field: a number or a list where the problem text goes is bad input."""
+    """A required, non-blank text field: a number, a list or "" where the problem text goes is
+    bad input."""
     value = _field(row, names, where, line)
     if not isinstance(value, str):
         raise DataError(where, f"expected a string, got {type(value).__name__}", line=line, field="/".join(names))
+    if not value.strip():  # an empty problem would be "solved" by any answer that matches its gold
+        raise DataError(where, "empty text", line=line, field="/".join(names))
     return value
 
 

@@ -11,9 +11,12 @@ Sources (`load(source)`):
   into `cache_dir`, unpacked, then read as above.
 
 Every loader validates as it reads: a missing column, a non-numeric or non-finite
-rating or timestamp, a rating outside the MovieLens star scale (`alpaca.RATING_SCALE`),
-a rating of a movie the movies file does not know, or an empty file raises `DataError`
-naming the file, the line and the field.
+rating or timestamp, a fractional timestamp (MovieLens counts whole seconds), a rating
+outside the MovieLens star scale (`alpaca.RATING_SCALE`), a rating of a movie the movies
+file does not know, or an empty file raises `DataError` naming the file, the line and the
+field. A row with the wrong number of fields (another separator, a missing or an extra
+column) is reported as such ("expected 4 fields, got 1; is the separator ','?"), not as the
+bad value it shifts into another field, and undecodable bytes name their own line.
 
 Duplicates: MovieLens keeps one rating per user and movie (rating again overwrites),
 so a second row of the same (user, movie) is a re-rating: the latest one (by timestamp,
@@ -24,6 +27,8 @@ in the candidate's own history and leak its label.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import logging
 import re
@@ -36,7 +41,7 @@ import pandas as pd
 
 from posttrain.core import assets
 from posttrain.rec.alpaca import RATING_SCALE
-from posttrain.core.io import DataError, atomic_path
+from posttrain.core.io import DataError, atomic_path, first_undecodable_line
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,11 @@ def format_title(title: str, year=None) -> str:
 # --- table reading with located errors ---------------------------------------------------
 
 def _read_table(path: Path, *, sep: str, header: bool, names=None, encoding="utf-8") -> pd.DataFrame:
-    """All cells as strings; a ragged or unreadable file -> DataError with the line."""
+    """All cells as strings; a ragged or unreadable file -> DataError with the line. The
+    table's shape (separator, encoding, fields per row) goes to `df.attrs["shape"]` for
+    `_shape_first`."""
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a file")
     if not path.is_file():
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
@@ -85,18 +94,80 @@ def _read_table(path: Path, *, sep: str, header: bool, names=None, encoding="utf
         df = pd.read_csv(path, **kw)
     except pd.errors.EmptyDataError:
         raise DataError(path, "empty file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:  # pandas names a byte offset in a buffer, not the line
+        raise first_undecodable_line(path, encoding) or DataError(path, f"not {encoding} text ({e.reason})") from None
+    except (pd.errors.ParserError, ValueError) as e:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if m:  # a row with more fields than the first: the file's shape, not a value
+            raise _shape_error(path, int(m.group(2)), int(m.group(1)), int(m.group(3)), sep) from None
         m = re.search(r"line (\d+)", str(e))
         raise DataError(path, f"unreadable: {str(e).strip()}", line=int(m.group(1)) if m else None) from None
     if df.empty:
         raise DataError(path, "empty file: a header but no rows", line=2 if header else 1)
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas took a first data row with one field more than the header for "index + row"
+        raise _first_bad_shape(path, sep, encoding, len(df.columns), header)
+    df.attrs["shape"] = (sep, encoding, len(df.columns), header)
     df.columns = [str(c).strip() for c in df.columns]
     # The first data row is line 2 under a header, line 1 otherwise.
     df.index = pd.RangeIndex(2 if header else 1, 2 + len(df) if header else 1 + len(df))
     return df
 
 
+def _fields(text: str, sep: str) -> int:
+    if sep == ",":  # quoted CSV (titles hold commas)
+        return len(next(csv.reader([text]), []))
+    return len(text.split(sep))
+
+
+def _shape_error(path: Path, line: int, expected: int, got: int, sep: str) -> DataError:
+    return DataError(path, f"expected {expected} fields, got {got}; is the separator {sep!r}?", line=line)
+
+
+def _first_bad_shape(path: Path, sep: str, encoding: str, expected: int, header: bool) -> DataError:
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            text = raw.decode(encoding, "replace").rstrip("\r\n")
+            if (line > 1 or not header) and text.strip() and _fields(text, sep) != expected:
+                return _shape_error(path, line, expected, _fields(text, sep), sep)
+    return DataError(path, "rows do not match the header")
+
+
+def _line_shape(path: Path, line: int, shape) -> DataError | None:
+    """The shape error of file line `line` if its field count is not the table's, else None."""
+    sep, encoding, expected, _ = shape
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if i == line:
+                got = _fields(raw.decode(encoding, "replace").rstrip("\r\n"), sep)
+                return _shape_error(path, line, expected, got, sep) if got != expected else None
+    return None
+
+
+@contextlib.contextmanager
+def _shape_first(df: pd.DataFrame, path: Path):
+    """A bad value on a row with the wrong number of fields is reported as the row's shape
+    (a wrong separator or a missing or extra column shifts values into other fields: "not a
+    finite number: ''" would point at the wrong cause)."""
+    try:
+        yield
+    except DataError as e:
+        shape = df.attrs.get("shape")
+        if shape is None or e.line is None or e.path != str(path) or (shape[3] and e.line == 1):
+            raise
+        err = _line_shape(path, e.line, shape)
+        if err is None:
+            raise
+        raise err from None
+
+
 def _require(df: pd.DataFrame, path: Path, cols) -> None:
+    cols = list(cols)
+    shape = df.attrs.get("shape")
+    if shape and shape[3] and len(df.columns) == 1 < len(cols):
+        # the whole header in one field: the file uses another separator
+        raise DataError(path, f"expected at least {len(cols)} fields, got {len(df.columns)}; "
+                              f"is the separator {shape[0]!r}?", line=1)
     for col in cols:
         if col not in df.columns:
             raise DataError(path, f"missing column (header has: {', '.join(df.columns)})", line=1, field=col)
@@ -135,11 +206,17 @@ def drop_duplicate_ratings(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 def _assemble(ratings_path: Path, r: pd.DataFrame, cols: dict, titles: dict[str, str], movie_col: str) -> pd.DataFrame:
     """Validated ratings (string ids, float rating, int timestamp) joined with titles."""
+    ts = _numeric(r, ratings_path, cols["timestamp"])
+    frac = ts != np.floor(ts)
+    if frac.any():  # astype(int64) would cut 964982703.9 silently
+        line = int(ts.index[frac.argmax()])
+        raise DataError(ratings_path, f"not a whole number of seconds: {r.at[line, cols['timestamp']]!r}",
+                        line=line, field=cols["timestamp"])
     out = pd.DataFrame({
         "user_id": r[cols["user"]].str.strip(),
         "item_id": r[cols["item"]].str.strip(),
         "rating": _numeric(r, ratings_path, cols["rating"]).astype(float),
-        "timestamp": _numeric(r, ratings_path, cols["timestamp"]).astype("int64"),
+        "timestamp": ts.astype("int64"),
     }, index=r.index)
     _in_scale(out["rating"], ratings_path, cols["rating"])
     for key in ("user", "item"):
@@ -178,12 +255,14 @@ def load_ml_latest(folder) -> pd.DataFrame:
     folder = Path(folder)
     mpath, rpath = folder / "movies.csv", folder / "ratings.csv"
     m = _read_table(mpath, sep=",", header=True)
-    _require(m, mpath, ["movieId", "title"])
-    titles = _titles(m, mpath, "movieId", "title")
+    with _shape_first(m, mpath):
+        _require(m, mpath, ["movieId", "title"])
+        titles = _titles(m, mpath, "movieId", "title")
     r = _read_table(rpath, sep=",", header=True)
     cols = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
-    _require(r, rpath, cols.values())
-    return _assemble(rpath, r, cols, titles, "movieId")
+    with _shape_first(r, rpath):
+        _require(r, rpath, cols.values())
+        return _assemble(rpath, r, cols, titles, "movieId")
 
 
 def load_ml100k_raw(folder) -> pd.DataFrame:
@@ -195,7 +274,9 @@ def load_ml100k_raw(folder) -> pd.DataFrame:
         raise DataError(ipath, f"expected '|'-separated rows (id|title|date|...), got {item.shape[1]} field(s)",
                         line=1, field="title")
     item = item.rename(columns={item.columns[0]: "movie_id", item.columns[1]: "title"})
-    return _headerless_ratings(dpath, "\t", _titles(item, ipath, "movie_id", "title"))
+    with _shape_first(item, ipath):
+        titles = _titles(item, ipath, "movie_id", "title")
+    return _headerless_ratings(dpath, "\t", titles)
 
 
 def load_ml1m(folder) -> pd.DataFrame:
@@ -203,8 +284,10 @@ def load_ml1m(folder) -> pd.DataFrame:
     folder = Path(folder)
     mpath, rpath = folder / "movies.dat", folder / "ratings.dat"
     m = _read_table(mpath, sep="::", header=False, names=["movie_id", "title", "genres"], encoding="latin-1")
-    _require(m, mpath, ["movie_id", "title"])
-    return _headerless_ratings(rpath, "::", _titles(m, mpath, "movie_id", "title"))
+    with _shape_first(m, mpath):
+        _require(m, mpath, ["movie_id", "title"])
+        titles = _titles(m, mpath, "movie_id", "title")
+    return _headerless_ratings(rpath, "::", titles)
 
 
 def _headerless_ratings(path: Path, sep: str, titles: dict[str, str]) -> pd.DataFrame:
@@ -212,9 +295,10 @@ def _headerless_ratings(path: Path, sep: str, titles: dict[str, str]) -> pd.Data
     user, item, rating, timestamp."""
     names = ["user_id", "item_id", "rating", "timestamp"]
     r = _read_table(path, sep=sep, header=False, names=names)
-    _require(r, path, names)
     cols = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
-    return _assemble(path, r, cols, titles, "item_id")
+    with _shape_first(r, path):
+        _require(r, path, names)
+        return _assemble(path, r, cols, titles, "item_id")
 
 
 def _strip_types(df: pd.DataFrame) -> pd.DataFrame:
@@ -233,13 +317,15 @@ def load_recbole(folder, name: str | None = None) -> pd.DataFrame:
         name = inters[0].stem
     ipath, rpath = folder / f"{name}.item", folder / f"{name}.inter"
     item = _strip_types(_read_table(ipath, sep="\t", header=True))
-    _require(item, ipath, ["item_id", "movie_title"])
-    year_col = "release_year" if "release_year" in item.columns else None
-    titles = _titles(item, ipath, "item_id", "movie_title", year_col)
+    with _shape_first(item, ipath):
+        _require(item, ipath, ["item_id", "movie_title"])
+        year_col = "release_year" if "release_year" in item.columns else None
+        titles = _titles(item, ipath, "item_id", "movie_title", year_col)
     r = _strip_types(_read_table(rpath, sep="\t", header=True))
     cols = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
-    _require(r, rpath, cols.values())
-    return _assemble(rpath, r, cols, titles, "item_id")
+    with _shape_first(r, rpath):
+        _require(r, rpath, cols.values())
+        return _assemble(rpath, r, cols, titles, "item_id")
 
 
 def detect_format(folder: Path) -> str:
