@@ -8,7 +8,7 @@ import json
 import pytest
 
 from posttrain.core.io import DataError
-from posttrain.pref.pairs import (Skip, champ_problem_to_pairs, collect, grade_final_answer, hh_row_to_pair,
+from posttrain.pref.pairs import (DownloadSettings, Skip, champ_problem_to_pairs, collect, grade_final_answer, hh_row_to_pair,
                              load_source, messages_row_to_pair, parse_hh_transcript, prefix_id,
                              stack_exchange_row_to_pairs)
 
@@ -146,7 +146,7 @@ def test_local_file_mixed_formats(tmp_path):
     legacy = {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon"}
     f = tmp_path / "mixed.jsonl.gz"
     _write_jsonl_gz(f, [HH_ROW, normalized, legacy_hh, legacy, UF_ROW, HH_ROW])
-    pairs, m = collect([(f"path:{f}", 0)], per_prompt=4, seed=0)
+    pairs, m = collect([(f"path:{f}", 0)], DownloadSettings(per_prompt=4, seed=0))
     s = m["sources"][f"path:{f}"]
     assert s["rows"] == 6 and s["pairs"] == 5 and s["skipped"] == {"duplicate_pair": 1}
     by_first = {p["prefix"]["messages"][0]["content"]: p for p in pairs}
@@ -161,7 +161,7 @@ def test_cap_and_cross_source_duplicates(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for f in (a, b):
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pairs, m = collect([(f"path:{a}", 3), (f"path:{b}", 5)], per_prompt=4, seed=0)
+    pairs, m = collect([(f"path:{a}", 3), (f"path:{b}", 5)], DownloadSettings(per_prompt=4, seed=0))
     sa, sb = m["sources"][f"path:{a}"], m["sources"][f"path:{b}"]
     assert (sa["pairs"], sa["rows"], sa["capped"]) == (3, 3, True)
     # b re-reads q0..q2 (already kept from a: counted duplicates), then takes q3..q7
@@ -174,20 +174,20 @@ def test_malformed_input_errors_name_file_line_field(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps(HH_ROW) + "\n{not json\n")
     with pytest.raises(DataError) as e:
-        collect([(f"path:{f}", 0)], per_prompt=4, seed=0)
+        collect([(f"path:{f}", 0)], DownloadSettings(per_prompt=4, seed=0))
     assert e.value.line == 2 and "bad.jsonl" in str(e.value)
     g = tmp_path / "missing.jsonl"
     g.write_text(json.dumps(HH_ROW) + "\n" + json.dumps({"chosen": "\n\nHuman: x\n\nAssistant: y"}) + "\n")
     with pytest.raises(DataError) as e:
-        collect([(f"path:{g}", 0)], per_prompt=4, seed=0)
+        collect([(f"path:{g}", 0)], DownloadSettings(per_prompt=4, seed=0))
     assert (e.value.line, e.value.field) == (2, "rejected")
     h = tmp_path / "shape.jsonl"
     h.write_text(json.dumps({**UF_ROW, "chosen": "not a list", "rejected": [1]}) + "\n")
     with pytest.raises(DataError) as e:
-        collect([(f"path:{h}", 0)], per_prompt=4, seed=0)
+        collect([(f"path:{h}", 0)], DownloadSettings(per_prompt=4, seed=0))
     assert e.value.line == 1
     with pytest.raises(ValueError, match="unknown preference source"):
-        collect([("no-such-source", 0)], per_prompt=4, seed=0)
+        collect([("no-such-source", 0)], DownloadSettings(per_prompt=4, seed=0))
 
 
 @pytest.mark.parametrize("summary,gold,want", [
@@ -274,4 +274,4 @@ def test_same_source_twice_is_refused(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(ValueError, match="more than once"):
-        collect([(f"path:{f}", 0), (f"path:{f}", 0)], per_prompt=4, seed=0)
+        collect([(f"path:{f}", 0), (f"path:{f}", 0)], DownloadSettings(per_prompt=4, seed=0))

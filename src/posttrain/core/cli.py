@@ -98,7 +98,8 @@ def settings(cls, *, dest: str = "settings", prefix: str = ""):
 
 def name_values(args: tuple[str, ...], item: str, value: str, example: str) -> list[tuple[str, int]]:
     """`--NAME N` pairs as DVC renders a mapping param (`${pref.sources}`), in order: names
-    unique, N an integer >= 0. `item` and `value` name them in errors ("source", "cap")."""
+    unique, N an integer (its range is the library's to check). `item` and `value` name them
+    in errors ("source", "cap")."""
     if len(args) % 2:
         raise click.UsageError(f"{item}s must be `--NAME {value.upper()}` pairs, got {' '.join(args)!r}")
     out = []
@@ -109,8 +110,6 @@ def name_values(args: tuple[str, ...], item: str, value: str, example: str) -> l
             out.append((name[2:], int(n)))
         except ValueError:
             raise click.UsageError(f"{value} of {item} {name[2:]!r} must be an integer, got {n!r}") from None
-        if out[-1][1] < 0:
-            raise click.UsageError(f"{value} of {item} {name[2:]!r} must be >= 0 (0 = all), got {n}")
     if not out:
         raise click.UsageError(f"no {item}s given (e.g. {example})")
     names = [n for n, _ in out]
