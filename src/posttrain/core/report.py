@@ -129,15 +129,16 @@ def density_vs_uniform(root: Path) -> list[str]:
         for r in block["rows"]:
             where = r["group"].split("=")[1] + " bucket" if r["group"] else "all"
             metric = labels[r["metric"]] + (f", {where}" if stage == "pref_rm" else "")
-            rows.append([stage, metric, f"{r['a']:.3f}", f"{r['b']:.3f}",
-                         f"{r['diff']:+.3f} [{r['diff_ci_low']:.3f}, {r['diff_ci_high']:.3f}]",
+            # only the paired difference: it is the estimate with a CI (the arms' own CIs
+            # were not saved with this comparison)
+            rows.append([stage, metric, f"{r['diff']:+.3f} [{r['diff_ci_low']:.3f}, {r['diff_ci_high']:.3f}]",
                          f"{r['n']} ({r['n_clusters']})"])
             if stage == "pref_rm":  # B must still be the committed density-aware RM
                 now = _get(rm, f"heldout_buckets.{r['group'].split('=')[1]}" if r["group"] else "heldout")
                 if abs(now[r["metric"]] - r["b"]) > 6e-4:  # 3 decimals, rounded twice at most
                     stale.append(f"{metric}: {now[r['metric']]:.3f} now")
-    out = _table(["stage", "metric", "uniform", "density-aware", "difference [95% CI]", "n (prompts)"],
-                 ["---", "---", "---:", "---:", "---", "---:"], rows)
+    out = _table(["stage", "metric", "density-aware - uniform [95% CI]", "n (prompts)"],
+                 ["---", "---", "---", "---:"], rows)
     command = d.get("command", "posttrain compare A B --json")
     out += ["", f"From `{RESULTS_DIR}/density_vs_uniform.json`, written by `{command}`."]
     if "source" in d:
