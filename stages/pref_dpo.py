@@ -3,7 +3,7 @@ held-out prompts (the split's params, --split-*, are pref_rm's)."""
 
 import click
 
-from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, OUT_FILE, run, settings
+from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.pref.common import PairData
@@ -16,10 +16,8 @@ from posttrain.pref.dpo import DPOSettings, train_dpo
 @click.option("--weights", required=True, type=IN_FILE)
 @click.option("--policy", required=True, type=IN_DIR)
 @click.option("--out", required=True, type=OUT_DIR)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts; metrics hold only estimates.")
+@eval_outputs
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per held-out pair implicit rewards.")
 @settings(PairData, dest="data", prefix="split")
 @settings(DPOSettings)
 def main(pairs, ids, weights, policy, out, metrics, facts, live, predictions, data, settings):

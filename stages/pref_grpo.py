@@ -3,7 +3,7 @@ the reward model held out; mean RM reward before/after on eval prompts."""
 
 import click
 
-from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, OUT_FILE, run, settings
+from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.pref.grpo import GRPOSettings, train_grpo
@@ -14,10 +14,8 @@ from posttrain.pref.grpo import GRPOSettings, train_grpo
 @click.option("--policy", required=True, type=IN_DIR)
 @click.option("--rm", required=True, type=IN_DIR)
 @click.option("--out", required=True, type=OUT_DIR)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts; metrics hold only estimates.")
+@eval_outputs
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per eval prompt RM reward before/after.")
 @click.option("--gen-cache", required=True, type=OUT_DIR, help="Cache of the base policy's greedy eval outputs.")
 @settings(GRPOSettings)
 def main(prefixes, policy, rm, out, metrics, facts, live, predictions, gen_cache, settings):

@@ -3,7 +3,7 @@ estimates, run facts, per-pair predictions for `posttrain compare`, dvclive curv
 
 import click
 
-from posttrain.core.cli import IN_FILE, OUT_DIR, OUT_FILE, run, settings
+from posttrain.core.cli import IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.pref.common import PairData
@@ -15,10 +15,8 @@ from posttrain.pref.reward import RewardSettings, train_reward_model
 @click.option("--ids", required=True, type=IN_FILE)
 @click.option("--weights", required=True, type=IN_FILE)
 @click.option("--out", required=True, type=OUT_DIR)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts (counts, flags); metrics hold only estimates.")
+@eval_outputs
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per held-out pair scores for `posttrain compare`.")
 @settings(PairData, dest="data")
 @settings(RewardSettings)
 def main(pairs, ids, weights, out, metrics, facts, live, predictions, data, settings):

@@ -3,7 +3,7 @@ answer; code runs against its tests in the sandbox. Every sample keeps its grade
 
 import click
 
-from posttrain.core.cli import IN_FILE, OUT_FILE, run, settings
+from posttrain.core.cli import IN_FILE, OUT_FILE, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.reason.graded import FilterSettings, filter_run
@@ -18,9 +18,7 @@ SAMPLE_FIELDS = ("id", "problem_id", "sample_idx", "domain", "source", "text", "
 @click.option("--graded", required=True, type=OUT_FILE)
 @click.option("--filtered", required=True, type=OUT_FILE)
 @click.option("--pairs", required=True, type=OUT_FILE)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts; metrics hold only estimates.")
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per-sample grades for `posttrain compare`.")
+@eval_outputs
 @settings(FilterSettings)
 def main(problems, samples, graded, filtered, pairs, metrics, facts, predictions, settings):
     by_id = index(read_problems(problems))

@@ -3,7 +3,7 @@ solution, score) from reason_filter's grades and CHAMP's annotations, held out b
 
 import click
 
-from posttrain.core.cli import IN_DIR, OUT_DIR, OUT_FILE, run, settings
+from posttrain.core.cli import IN_DIR, OUT_DIR, OUT_FILE, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.models import save_folder
 from posttrain.core.stats import write_split
@@ -16,10 +16,8 @@ from posttrain.reason.verifier import VerifierSettings, verifier_run
 @click.option("--problems", required=True, type=click.Path(dir_okay=False))
 @click.option("--out-model", required=True, type=OUT_DIR)
 @click.option("--out-scores", required=True, type=OUT_FILE)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts; metrics hold only estimates.")
+@eval_outputs
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per held-out record predictions.")
 @settings(VerifierSettings)
 def main(model, graded, problems, out_model, out_scores, metrics, facts, live, predictions, settings):
     r = verifier_run(model, graded, problems, settings, live_dir=live)

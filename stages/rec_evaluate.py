@@ -3,7 +3,7 @@ like-rate baseline on the same test rows, their paired difference, ROC curves, p
 
 import click
 
-from posttrain.core.cli import IN_DIR, OUT_FILE, run, settings
+from posttrain.core.cli import IN_DIR, OUT_FILE, eval_outputs, run, settings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.rec.evaluate import EvalSettings, evaluate
@@ -14,11 +14,9 @@ from posttrain.rec.tokenization import TokenizeSettings
 @click.option("--model", required=True, type=IN_DIR)
 @click.option("--adapter", required=True, help="peft adapter folder; empty string scores the base model.")
 @click.option("--data-dir", required=True, type=IN_DIR)
-@click.option("--metrics", required=True, type=OUT_FILE)
-@click.option("--facts", required=True, type=OUT_FILE, help="The run's facts; metrics hold only estimates.")
+@eval_outputs
 @click.option("--roc-llm", required=True, type=OUT_FILE)
 @click.option("--roc-baseline", required=True, type=OUT_FILE)
-@click.option("--predictions", required=True, type=OUT_FILE, help="Per-row scores for `posttrain compare`.")
 @settings(TokenizeSettings, dest="tok")
 @settings(EvalSettings)
 def main(model, adapter, data_dir, metrics, facts, roc_llm, roc_baseline, predictions, tok, settings):

@@ -23,8 +23,6 @@ def few_pairs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def learned_rm(few_pairs, tiny_model_dir, tmp_path_factory):
-    from posttrain.pref.reward import train_reward_model
-
     root = tmp_path_factory.mktemp("rm_learn")
     res = rm_train(*_paths(few_pairs), tiny_model_dir, root / "rm", **{
         **RM, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 24,
@@ -43,7 +41,6 @@ def test_reward_model_loss_falls_and_heldout_ranks_chosen_first(learned_rm):
 
 
 def test_dpo_reward_accuracy_rises_and_loss_falls_below_ln2(few_pairs, tiny_model_dir, tmp_path):
-    from posttrain.pref.dpo import train_dpo
 
     dpo_train(*_paths(few_pairs), tiny_model_dir, tmp_path / "dpo", **{
         **DPO, "density_aware": False, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 16,
@@ -61,7 +58,7 @@ def test_grpo_changes_the_greedy_output_on_a_training_prompt(few_pairs, tiny_mod
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from posttrain.core.io import read_json
-    from posttrain.pref.grpo import generate, load_prefixes, split_prompts, train_grpo
+    from posttrain.pref.grpo import generate, load_prefixes, split_prompts
 
     root, _ = learned_rm
     kw = {**GRPO, "eval_prompts": 1, "max_prompts": 0, "max_steps": 6, "batch_size": 4, "num_generations": 4,

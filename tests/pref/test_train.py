@@ -221,8 +221,6 @@ def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path
 
 
 def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
-    from posttrain.pref.dpo import train_dpo
-
     out = tmp_path / "dpo_adapter"
     res = dpo_train(*_paths(pref_dir), tiny_model_dir, out, **{
         **DPO, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 3,
@@ -251,8 +249,6 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
 
 
 def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
-    from posttrain.pref.grpo import train_grpo
-
     rm_dir, _ = trained_rm
     out = tmp_path / "grpo_adapter"
     res = grpo_train(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, out, **{
@@ -282,7 +278,6 @@ def test_grpo_before_eval_comes_from_the_generation_cache(pref_dir, tiny_model_d
 
     from posttrain.core.generation import GenerationCache
     from posttrain.core.fingerprint import model_key
-    from posttrain.pref.grpo import train_grpo
 
     rm_dir, _ = trained_rm
     kw = {**GRPO, "eval_prompts": 3, "max_steps": 1, "batch_size": 4, "num_generations": 4,

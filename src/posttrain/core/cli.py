@@ -13,6 +13,7 @@ carry no defaults of their own (see tests/test_params.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -24,7 +25,7 @@ from pathlib import Path
 import click
 
 from posttrain.core.io import DataError
-from posttrain.core.settings import NotInstalled, SettingsError, fields
+from posttrain.core.settings import NotInstalled, SettingsError
 
 DEBUG_ENV = "POSTTRAIN_DEBUG"
 
@@ -52,6 +53,17 @@ def finite(min: float | None = None, max: float | None = None, *, min_open: bool
            max_open: bool = False) -> FiniteFloat:
     """`type=finite(min=0, min_open=True)`: a finite float option within [min, max]."""
     return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
+def eval_outputs(f):
+    """The three outputs of an eval stage: --metrics (estimates with n and a 95% CI only),
+    --facts (the run's counts and flags beside them) and --predictions (per item, for
+    `posttrain compare`)."""
+    for opt, help in (("--predictions", "Per-item predictions for `posttrain compare`."),
+                      ("--facts", "The run's facts; the metrics file holds only estimates."),
+                      ("--metrics", "Estimates with n and a 95% CI.")):
+        f = click.option(opt, required=True, type=OUT_FILE, help=help)(f)
+    return f
 
 
 def _option(name: str, kind, meta, dest: str):
@@ -82,7 +94,7 @@ def settings(cls, *, dest: str = "settings", prefix: str = ""):
 
     def deco(f):
         keys = {}
-        for fld in reversed(fields(cls)):
+        for fld in reversed(dataclasses.fields(cls)):
             keys[fld.name] = f"{dest}__{fld.name}"
             name = f"{prefix}_{fld.name}" if prefix else fld.name
             f = _option(name, hints[fld.name], fld.metadata, keys[fld.name])(f)

@@ -23,15 +23,6 @@ def param(help: str = "", *, min: float | None = None, max: float | None = None,
                                        "max_open": max_open, "choices": choices, "flag": flag})
 
 
-def fields(cls) -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(cls)
-
-
-def as_dict(settings) -> dict:
-    """The settings as a plain dict (run facts, dvclive params)."""
-    return dataclasses.asdict(settings)
-
-
 class NotInstalled(ImportError):
     """A param asks for an optional package this machine lacks (vllm, say): stages end in this
     one line (`posttrain.core.cli.run`), before any model loads."""
