@@ -207,6 +207,13 @@ def minimal_root(libc, job, exe, pidns):
     os.umask(0o022)  # the folders made below must let the sandbox uid through
     if libc.mount(b"tmpfs", root.encode(), b"tmpfs", MS_NOSUID, b"size=1m,mode=755") != 0:
         raise OSError(_errno(), "could not mount the root tmpfs")
+    # the private tmpfs first: a host path under /tmp (a venv's packages, say) is then bound
+    # on top of it, not hidden beneath it
+    opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
+    for d in ("/tmp", "/var/tmp", "/dev/shm"):
+        os.makedirs(root + d, 0o755, exist_ok=True)
+        if libc.mount(b"tmpfs", (root + d).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+            raise OSError(_errno(), "could not mount a private %s" % d)
     bound = []
     for p in [exe] + [p for p in sys.path if p] + list(job.get("root_files") or []) + list(job.get("packages") or []):
         _bind_host_path(libc, root, p, bound)
@@ -218,11 +225,6 @@ def minimal_root(libc, job, exe, pidns):
     for i, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink("/proc/self/fd/%d" % i, root + "/dev/" + name)
     os.symlink("/proc/self/fd", root + "/dev/fd")
-    opts = ("size=%dm,mode=1777" % job["limits"]["tmp_mb"]).encode()
-    for d in ("/tmp", "/var/tmp", "/dev/shm"):
-        os.makedirs(root + d, 0o755, exist_ok=True)
-        if libc.mount(b"tmpfs", (root + d).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
-            raise OSError(_errno(), "could not mount a private %s" % d)
     if pidns:  # a /proc that shows only this namespace's processes (none without one)
         os.mkdir(root + "/proc", 0o555)
         if libc.mount(b"proc", (root + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
