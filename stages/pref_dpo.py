@@ -5,6 +5,7 @@ import click
 
 from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
+from posttrain.core.training import TrainSettings
 from posttrain.core.stats import write_split
 from posttrain.pref.common import PairData
 from posttrain.pref.dpo import DPOSettings, train_dpo
@@ -20,8 +21,9 @@ from posttrain.pref.dpo import DPOSettings, train_dpo
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
 @settings(PairData, dest="data", prefix="split")
 @settings(DPOSettings)
-def main(pairs, ids, weights, policy, out, metrics, facts, live, predictions, data, settings):
-    res = train_dpo(pairs, ids, weights, policy, out, settings, data, live_dir=live)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(pairs, ids, weights, policy, out, metrics, facts, live, predictions, data, settings, machine):
+    res = train_dpo(pairs, ids, weights, policy, out, settings, data, machine, live_dir=live)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:

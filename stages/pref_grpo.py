@@ -5,6 +5,7 @@ import click
 
 from posttrain.core.cli import IN_DIR, IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
+from posttrain.core.training import TrainSettings
 from posttrain.core.stats import write_split
 from posttrain.pref.grpo import GRPOSettings, train_grpo
 
@@ -18,8 +19,9 @@ from posttrain.pref.grpo import GRPOSettings, train_grpo
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
 @click.option("--gen-cache", required=True, type=OUT_DIR, help="Cache of the base policy's greedy eval outputs.")
 @settings(GRPOSettings)
-def main(prefixes, policy, rm, out, metrics, facts, live, predictions, gen_cache, settings):
-    res = train_grpo(prefixes, policy, rm, out, settings, live_dir=live, gen_cache_dir=gen_cache)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(prefixes, policy, rm, out, metrics, facts, live, predictions, gen_cache, settings, machine):
+    res = train_grpo(prefixes, policy, rm, out, settings, machine, live_dir=live, gen_cache_dir=gen_cache)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:

@@ -5,6 +5,7 @@ import click
 
 from posttrain.core.cli import IN_FILE, OUT_DIR, eval_outputs, run, settings
 from posttrain.core.io import outputs
+from posttrain.core.training import TrainSettings
 from posttrain.core.stats import write_split
 from posttrain.pref.common import PairData
 from posttrain.pref.reward import RewardSettings, train_reward_model
@@ -19,8 +20,9 @@ from posttrain.pref.reward import RewardSettings, train_reward_model
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
 @settings(PairData, dest="data")
 @settings(RewardSettings)
-def main(pairs, ids, weights, out, metrics, facts, live, predictions, data, settings):
-    res = train_reward_model(pairs, ids, weights, out, settings, data, live_dir=live)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(pairs, ids, weights, out, metrics, facts, live, predictions, data, settings, machine):
+    res = train_reward_model(pairs, ids, weights, out, settings, data, machine, live_dir=live)
     if res is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:

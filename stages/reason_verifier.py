@@ -5,6 +5,7 @@ import click
 
 from posttrain.core.cli import IN_DIR, OUT_DIR, OUT_FILE, eval_outputs, run, settings
 from posttrain.core.io import outputs
+from posttrain.core.training import TrainSettings
 from posttrain.core.models import save_folder
 from posttrain.core.stats import write_split
 from posttrain.reason.verifier import VerifierSettings, verifier_run
@@ -19,8 +20,9 @@ from posttrain.reason.verifier import VerifierSettings, verifier_run
 @eval_outputs
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
 @settings(VerifierSettings)
-def main(model, graded, problems, out_model, out_scores, metrics, facts, live, predictions, settings):
-    r = verifier_run(model, graded, problems, settings, live_dir=live)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(model, graded, problems, out_model, out_scores, metrics, facts, live, predictions, settings, machine):
+    r = verifier_run(model, graded, problems, settings, machine, live_dir=live)
     if r is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:

@@ -5,6 +5,7 @@ import click
 
 from posttrain.core.cli import IN_DIR, OUT_DIR, OUT_FILE, run, settings
 from posttrain.core.io import outputs
+from posttrain.core.training import TrainSettings
 from posttrain.rec.lora import LoraSettings, train
 
 
@@ -15,8 +16,9 @@ from posttrain.rec.lora import LoraSettings, train
 @click.option("--metrics", required=True, type=OUT_FILE)
 @click.option("--live", required=True, type=OUT_DIR, help="dvclive folder for the training curves.")
 @settings(LoraSettings)
-def main(model, data, out, metrics, live, settings):
-    result = train(model, data, out, settings, live_dir=live)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(model, data, out, metrics, live, settings, machine):
+    result = train(model, data, out, settings, machine, live_dir=live)
     if result is None:  # another rank of `accelerate launch`; rank 0 writes
         return
     with outputs() as o:

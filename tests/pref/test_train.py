@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from posttrain.core.training import TrainSettings
 from posttrain.pref import common, reward
 from posttrain.core.io import DataError, read_json
 
@@ -144,6 +145,11 @@ GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_gene
             max_completion_length=48, max_length=512, lr=1e-5, temperature=1.0, beta=0.0, lora_r=8,
             lora_alpha=16, lora_layers=0, seed=0, use_vllm=False, eval_batch_size=2)
 
+# fp32 keeps these tests' figures the same on CPUs with and without bf16; the frozen trunk is on
+# as in the default params (tests/core/test_training.py holds the bf16 and trunk equivalences).
+MACHINE = TrainSettings(precision="fp32", frozen_trunk=True)
+
+
 def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):
     """train_reward_model from the flat param dicts below (RM): its settings and PairData."""
     from posttrain.pref.common import PairData
@@ -151,7 +157,7 @@ def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):
     data = PairData(**{k: kw.pop(k) for k in ("density_aware", "max_pairs", "heldout_fraction",
                                                 "bucket_quantile")}, seed=kw.pop("seed"))
     return reward.train_reward_model(pairs, ids, weights, out, reward.RewardSettings(backbone=str(backbone), **kw),
-                                     data, live_dir=live_dir)
+                                     data, MACHINE, live_dir=live_dir)
 
 
 def dpo_train(pairs, ids, weights, policy, out, *, live_dir, **kw):
@@ -160,13 +166,13 @@ def dpo_train(pairs, ids, weights, policy, out, *, live_dir, **kw):
 
     data = PairData(**{k: kw.pop(k) for k in ("density_aware", "max_pairs", "heldout_fraction",
                                                 "bucket_quantile")}, seed=kw.pop("split_seed"))
-    return train_dpo(pairs, ids, weights, policy, out, DPOSettings(**kw), data, live_dir=live_dir)
+    return train_dpo(pairs, ids, weights, policy, out, DPOSettings(**kw), data, MACHINE, live_dir=live_dir)
 
 
 def grpo_train(prefixes, policy, rm_dir, out, *, live_dir, gen_cache_dir=None, **kw):
     from posttrain.pref.grpo import GRPOSettings, train_grpo
 
-    return train_grpo(prefixes, policy, rm_dir, out, GRPOSettings(**kw), live_dir=live_dir,
+    return train_grpo(prefixes, policy, rm_dir, out, GRPOSettings(**kw), MACHINE, live_dir=live_dir,
                       gen_cache_dir=gen_cache_dir)
 
 

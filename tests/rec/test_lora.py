@@ -5,6 +5,7 @@ import datasets
 import torch
 from safetensors.torch import load_file
 
+from posttrain.core.training import TrainSettings
 from posttrain.rec.lora import LoraSettings, load_for_eval, train
 from posttrain.rec.tokenization import tokenize_records
 
@@ -27,8 +28,9 @@ def test_lora_sft_overfits_and_moves_b(tmp_path, tiny_model_dir, tokenizer):
     datasets.DatasetDict(train=ds, eval=ds).save_to_disk(str(tmp_path / "tok"))
     s = LoraSettings(lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
                      lr=5e-2, max_steps=30, batch_size=4, grad_accum=1, warmup_steps=0,
-                     max_train_examples=0, max_eval_examples=0, seed=0, quantization="none")
-    res = train(tiny_model_dir, tmp_path / "tok", tmp_path / "adapter", s, live_dir=tmp_path / "dvclive")
+                     max_train_examples=0, max_eval_examples=0, seed=0, quantization="none", lora_layers=0)
+    res = train(tiny_model_dir, tmp_path / "tok", tmp_path / "adapter", s,
+                TrainSettings(precision="fp32", frozen_trunk=True), live_dir=tmp_path / "dvclive")
     before = _answer_loss(load_for_eval(tiny_model_dir), cols)
     after = _answer_loss(load_for_eval(tiny_model_dir, tmp_path / "adapter"), cols)
     # A tiny random model's LM head has small weights, so its logits cannot get sharp (the

@@ -37,22 +37,23 @@ def save_adapter(model, folder) -> None:
 
 
 def lora_config(r: int, alpha: int, dropout: float, task_type: str, modules_to_save=None,
-                top_layers: int = 0, model=None):
-    """peft LoRA on all linear layers (of the top `top_layers` of `n_layers` decoder layers
-    when top_layers > 0: backward then stops there, the main CPU saving), or None when
-    r == 0 (full fine-tune)."""
+                top_layers: int = 0, model=None, targets: list[str] | str = "all-linear"):
+    """peft LoRA on `targets` (module names, or all linear layers) of the top `top_layers` of
+    the decoder layers when top_layers > 0 (backward then stops there, and the frozen layers
+    below are computed once, `posttrain.core.trunk`), or None when r == 0 (full fine-tune)."""
     if not r:
         return None
     from peft import LoraConfig
 
     import torch
 
-    targets, kw = "all-linear", {}
+    kw = {}
     n_layers = int(getattr(model.config, "num_hidden_layers", 0)) if model is not None else 0
-    if top_layers and n_layers and top_layers < n_layers:
+    if top_layers and n_layers and top_layers < n_layers and targets == "all-linear":
         # peft allows layers_to_transform only with explicit module names, not "all-linear".
         targets = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                           if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"})
+    if top_layers and n_layers and top_layers < n_layers:
         kw["layers_to_transform"] = list(range(n_layers - top_layers, n_layers))
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                       task_type=task_type, modules_to_save=modules_to_save, **kw)

@@ -185,19 +185,6 @@ def load_reward_model(path):
     return model, tok
 
 
-def training_device_args() -> dict:
-    """CPU here, CUDA (bf16) where present.
-
-    No activation checkpointing on CPU (trl turns it on by default): memory is plentiful
-    there, and with LoRA on the top layers it makes every backward recompute the whole
-    network from the embeddings up."""
-    import torch
-
-    if torch.cuda.is_available():
-        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported()}
-    return {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
-
-
 def first_logged(history: list[dict], key: str):
     """The first value of `key` in a Trainer log history, None when never logged."""
     vals = [h[key] for h in history if key in h]

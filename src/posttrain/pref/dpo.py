@@ -21,8 +21,9 @@ from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, device_args, fit
 from posttrain.core.sharded import full_model
-from posttrain.pref.common import PairData, last_logged, load_split, training_device_args
+from posttrain.pref.common import PairData, last_logged, load_split
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.implicit_reward import implicit_rewards
 from posttrain.pref.pair_fit import fit_pairs
@@ -59,8 +60,8 @@ class DPOSettings:
     seed: int = param("training seed")
 
 
-def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSettings, data: PairData, *,
-              live_dir) -> dict:
+def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSettings, data: PairData,
+              t: TrainSettings, *, live_dir) -> dict:
     """Train a DPO LoRA adapter, save it to `out_dir`, curves to `live_dir` (dvclive); return
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
 
@@ -99,7 +100,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSetting
         per_device_eval_batch_size=s.eval_batch_size, gradient_accumulation_steps=s.grad_accum,
         learning_rate=s.lr, beta=s.beta, max_length=None, logging_steps=1, save_strategy="no",
         report_to="none", seed=s.seed, data_seed=s.seed, lr_scheduler_type="linear",
-        **training_device_args())
+        **device_args(t))
     trainer = weighted_trainer_class(DPOTrainer)(
         model=model, args=args, train_dataset=Dataset.from_dict(dpo_records(train, data.density_aware)),
         processing_class=tok,
@@ -111,7 +112,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSetting
     if longest > s.max_length:  # trl tokenized a fitted pair differently from pair_fit's measure
         raise RuntimeError(f"a training pair has {longest} tokens after fitting to max_length={s.max_length}")
     try:
-        trainer.train()
+        run = fit(trainer, t)  # the reference pass (adapter off) reuses the frozen trunk too
 
         from accelerate.utils import gather_object
 
@@ -148,6 +149,6 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSetting
                   "train_per_source": dict(sorted(Counter(p["src"] for p in train).items()))},
         **heldout,
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size), "draws": len(drawn),
-                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime"), **run},
     }
     return {"metrics": metrics, "predictions": predictions}

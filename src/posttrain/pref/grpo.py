@@ -22,10 +22,10 @@ from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, device_args, fit
 from posttrain.core.sharded import full_model
 from posttrain.core.live import callback
-from posttrain.pref.common import (first_logged, last_logged, load_reward_model, render_ids, score_ids,
-                                   training_device_args)
+from posttrain.pref.common import first_logged, last_logged, load_reward_model, render_ids, score_ids
 from posttrain.pref.pairs import prefix_id
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ class GRPOSettings:
     use_vllm: bool = param("rollouts through vLLM (trl's use_vllm; GPU machines with vllm installed)")
 
 
-def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, *, live_dir, gen_cache_dir=None) -> dict:
+def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, t: TrainSettings, *, live_dir,
+               gen_cache_dir=None) -> dict:
     """Train a GRPO LoRA adapter on held-out prefixes, curves to `live_dir` (dvclive); returns
     {"metrics", "predictions"} (None on ranks other than the main one under `accelerate launch`).
     `gen_cache_dir` keeps the base policy's greedy eval completions (the "before" side),
@@ -178,14 +179,15 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, *, live_
         num_generations=s.num_generations, max_completion_length=s.max_completion_length,
         learning_rate=s.lr, temperature=s.temperature, beta=s.beta, logging_steps=1, save_strategy="no",
         report_to="none", seed=s.seed, data_seed=s.seed, lr_scheduler_type="linear",
-        use_vllm=s.use_vllm, **training_device_args())
+        use_vllm=s.use_vllm, **device_args(t))
     peft_cfg = lora_config(s.lora_r, s.lora_alpha, 0.0, "CAUSAL_LM", top_layers=s.lora_layers, model=model)
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_fn, args=args, processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
         peft_config=peft_cfg, callbacks=[callback(live_dir)])
     try:
-        trainer.train()
+        # No frozen trunk: every step's sequences are new rollouts, generated with a KV cache.
+        run = fit(trainer, t, trunk=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     from peft import get_peft_model
@@ -214,7 +216,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, *, live_
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "first_reward": first_logged(trainer.state.log_history, "reward"),
                   "last_reward": last_logged(trainer.state.log_history, "reward"),
-                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime"), **run},
     }
     predictions = [{"id": i, "prefix_id": i, "reward_before": round(float(b), 6), "reward_after": round(float(a), 6)}
                    for i, b, a in sorted(zip(eval_ids, before, after))]

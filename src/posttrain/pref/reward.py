@@ -32,9 +32,10 @@ from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, device_args, fit
 from posttrain.core.sharded import full_model
 from posttrain.pref.common import (PairData, bucket_of, last_logged, load_split, render_ids,
-                                   score_ids, training_device_args)
+                                   score_ids)
 from posttrain.pref.heldout import pair_report, pair_rows
 from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sampling_weights,
                                              weighted_trainer_class)
@@ -72,8 +73,8 @@ class RewardSettings:
     lora_alpha: int = param("LoRA alpha", min=1)
 
 
-def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSettings, data: PairData, *,
-                       live_dir) -> dict:
+def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSettings, data: PairData,
+                       t: TrainSettings, *, live_dir) -> dict:
     """Train the reward model, save it (merged, plain folder) to `out_dir`, return metrics;
     the training curves go to `live_dir` (dvclive).
 
@@ -113,7 +114,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr, max_length=s.max_length,
         logging_steps=1, save_strategy="no", report_to="none", seed=data.seed, data_seed=data.seed,
         disable_tqdm=False, lr_scheduler_type="linear", warmup_steps=0,
-        **training_device_args())
+        **device_args(t))
     trainer_cls = weighted_trainer_class(RewardTrainer)
     peft = lora_config(s.lora_r, s.lora_alpha, 0.0, "SEQ_CLS")
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=tok,
@@ -121,7 +122,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
     if len(trainer.train_dataset) != len(train_ds):
         raise RuntimeError("RewardTrainer dropped pairs despite pre-truncation")
     try:
-        trainer.train()
+        run = fit(trainer, t)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -174,7 +175,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
                   "train_buckets": {b: train_bucket_counts.get(b, 0) for b in ("rare", "middle", "common")}},
         **heldout,  # heldout, heldout_per_source, heldout_buckets
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
-                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime")},
+                  "runtime_s": last_logged(trainer.state.log_history, "train_runtime"), **run},
     }
 
     def fill(tmp: Path) -> None:

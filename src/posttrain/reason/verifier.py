@@ -43,6 +43,7 @@ from typing import Iterable, Sequence
 from posttrain.core.io import DataError, iter_jsonl, read_json
 from posttrain.core.launch import world_size
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, device_args, fit
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,12 @@ def token_lengths(tokenizer, records: Sequence[dict], max_length: int) -> list[i
 
 def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_size: int, lr: float,
           max_length: int, seed: int, warmup_ratio: float, weight_decay: float, padding: str,
-          chat_template: bool, live_dir, grad_clip: float = 1.0, rebuild=None) -> tuple[list[dict], object]:
+          chat_template: bool, live_dir, machine: TrainSettings, grad_clip: float = 1.0,
+          rebuild=None) -> tuple[list[dict], object, dict]:
     """Regression fine-tuning for `max_steps` optimizer steps with transformers' Trainer;
     returns (the loss log [{step, epoch, loss}], the trained model with full weights on the main
-    process, else None) and writes the curves to `live_dir` (dvclive).
+    process, else None, the run's facts from `core.training.fit`) and writes the curves to
+    `live_dir` (dvclive). `machine`: precision and the frozen trunk.
 
     Batches come from the Trainer's length-grouped sampler (`train_sampling_strategy=
     "group_by_length"` on a precomputed `length` column) through `VerificationCollator`.
@@ -211,7 +214,6 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
     batches; the logged loss is the mean over ranks). `model` is trained in place on
     every rank; under FSDP / ZeRO-3 the full weights are gathered into `rebuild()` (an
     untrained copy, e.g. `load_regressor` again), see posttrain.core.sharded."""
-    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -234,11 +236,11 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
         # The collator needs the raw text columns, which the model's forward does not take.
         remove_unused_columns=False,
         logging_steps=1, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=False)
+        dataloader_num_workers=0, disable_tqdm=False, **device_args(machine))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
                       callbacks=[callback(live_dir)])
     try:
-        trainer.train()
+        run = fit(trainer, machine)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     from posttrain.core.sharded import full_model
@@ -247,7 +249,7 @@ def train(model, tokenizer, records: Sequence[dict], *, max_steps: int, batch_si
     if trained is not None:
         trained.eval()
     return [{"step": int(h["step"]), "epoch": float(h["epoch"]), "loss": round(float(h["loss"]), 6)}
-            for h in trainer.state.log_history if "loss" in h], trained
+            for h in trainer.state.log_history if "loss" in h], trained, run
 
 
 def predict(model, tokenizer, records: Sequence[dict], *, batch_size: int, max_length: int,
@@ -374,7 +376,7 @@ def load_records(*, champ: str | None, graded: str | Path | None, problems: str 
 
 
 def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict], history: list[dict],
-              counts: dict, threshold: float, *, seed: int) -> dict:
+              counts: dict, threshold: float, *, seed: int, run: dict | None = None) -> dict:
     """The reason_verifier metrics: held-out quality vs baselines, data and training stats."""
     train_mean = sum(r["score"] for r in train) / len(train)
     return {
@@ -384,7 +386,8 @@ def summarize(model, train: list[dict], heldout: list[dict], scored: list[dict],
         "train": {"steps": len(history), "world_size": world_size(),
                   "n_layers": model.config.num_hidden_layers,
                   "n_params": sum(p.numel() for p in model.parameters()),
-                  "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+                  "n_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                  **(run or {})},
     }
 
 
@@ -413,7 +416,7 @@ class VerifierSettings:
     threshold: float = param('prediction >= threshold counts as "fully correct" for accuracy', min=0, max=1)
 
 
-def verifier_run(model_dir, graded, problems, s: VerifierSettings, *, live_dir) -> dict | None:
+def verifier_run(model_dir, graded, problems, s: VerifierSettings, t: TrainSettings, *, live_dir) -> dict | None:
     """reason_verifier's work: records loaded and split by problem, the regressor trained and
     scored on the held-out problems -> {model, tokenizer, scored, metrics, predictions}; None on
     ranks other than the main one under `accelerate launch`."""
@@ -431,16 +434,16 @@ def verifier_run(model_dir, graded, problems, s: VerifierSettings, *, live_dir) 
         return load_regressor(model_dir, trainable_layers=s.trainable_layers, seed=s.seed, num_layers=s.num_layers)
 
     model, tokenizer = build()
-    history, model = train(model, tokenizer, train_recs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
+    history, model, run = train(model, tokenizer, train_recs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
                            max_length=s.max_length, seed=s.seed, warmup_ratio=s.warmup_ratio,
                            weight_decay=s.weight_decay, padding=s.padding, chat_template=s.chat_template,
-                           live_dir=live_dir, rebuild=lambda: build()[0])
+                           live_dir=live_dir, machine=t, rebuild=lambda: build()[0])
     if model is None:  # another rank of `accelerate launch`; rank 0 evaluates and writes
         return None
     t_train = time.perf_counter() - t0
     scored = predict(model, tokenizer, heldout, batch_size=s.eval_batch_size, max_length=s.max_length,
                      chat_template=s.chat_template)
-    metrics = summarize(model, train_recs, heldout, scored, history, counts, s.threshold, seed=s.seed)
+    metrics = summarize(model, train_recs, heldout, scored, history, counts, s.threshold, seed=s.seed, run=run)
     # Wall time goes to the log, not the metrics: outputs stay byte-identical across runs.
     log.info("train %.1fs, total %.1fs; held-out %s", t_train, time.perf_counter() - t0,
              {k: metrics["heldout"].get(k) for k in ("n", "auc", "accuracy", "mse", "baseline_mse_train_mean")})

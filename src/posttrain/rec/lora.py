@@ -5,6 +5,8 @@ own preparation is skipped (`skip_prepare_dataset`) and its collator pads the
 labels with -100: the loss is completion-only by construction.
 `quantization="4bit"` loads the base model with bitsandbytes NF4 (QLoRA) and
 prepares it for k-bit training; on CUDA compute runs in bf16, on CPU in fp32.
+Training runs in `train.precision` (bf16 autocast where the hardware has it) with the
+frozen layers below `lora_layers` computed once (`posttrain.core.training.fit`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain.core.adapters import save_adapter
+from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import atomic_path
 from posttrain.core.live import callback
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, device_args, fit
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class LoraSettings:
     lora_alpha: int = param("LoRA alpha", min=1)
     lora_dropout: float = param("LoRA dropout", min=0, max=1, max_open=True)
     target_modules: str = param("comma-separated module names, or all-linear")
+    lora_layers: int = param("LoRA only on the top N decoder layers (0 = all); the frozen ones below are "
+                             "computed once per row", min=0)
     quantization: str = param("none, or 4bit (QLoRA, bitsandbytes NF4; CUDA)", choices=QUANTIZATIONS)
     seed: int = param("training seed (and the train-row sample)")
 
@@ -84,7 +89,7 @@ def _cap(ds, n: int):
     return ds.select(range(min(n, len(ds)))) if n and n > 0 else ds
 
 
-def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -> dict:
+def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, t: TrainSettings, *, live_dir) -> dict:
     """Train a LoRA adapter; save it (atomically) to `adapter_dir`, curves to `live_dir` (dvclive).
 
     Returns {"metrics": {...}} on the main process
@@ -92,7 +97,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
     """
     import datasets
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -103,8 +108,8 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
     eval_ds = _cap(dd["eval"], s.max_eval_examples) if "eval" in dd else None
     model = load_base(model_dir, s.quantization)
     model.config.use_cache = False
-    peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                             target_modules=s.modules(), bias="none", task_type="CAUSAL_LM")
+    peft_config = lora_config(s.lora_r, s.lora_alpha, s.lora_dropout, "CAUSAL_LM", top_layers=s.lora_layers,
+                              model=model, targets=s.modules())
     model = get_peft_model(model, peft_config)
     trainable, total = model.get_nb_trainable_parameters()
     cuda = _cuda()
@@ -114,22 +119,24 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, *, live_dir) -
             output_dir=str(work), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
             per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
             learning_rate=s.lr, warmup_steps=s.warmup_steps, lr_scheduler_type="linear",
-            # 135M params and short batches fit in memory; recomputing activations
-            # (trl's default) would cost a third more time on CPU.
-            gradient_checkpointing=False,
             logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-            use_cpu=not cuda, bf16=cuda and s.quantization == "4bit", seed=s.seed, data_seed=s.seed,
+            seed=s.seed, data_seed=s.seed, **device_args(t),
             dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+            # batches of similar lengths: less padding (the seq-length report's waste)
+            train_sampling_strategy="group_by_length",
             dataloader_num_workers=0, disable_tqdm=False,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, callbacks=[callback(live_dir)])
-        result = trainer.train()
-        metrics = {"train_loss": round(float(result.training_loss), 6), "steps": int(trainer.state.global_step),
+        run = fit(trainer, t)
+        result = trainer.state
+        losses = [h["train_loss"] for h in result.log_history if "train_loss" in h]
+        metrics = {"train_loss": round(float(losses[-1]), 6) if losses else None,
+                   "steps": int(trainer.state.global_step),
                    "train_examples": len(train_ds), "trainable_parameters": int(trainable),
                    "total_parameters": int(total), "quantization": s.quantization,
                    "device": "cuda" if cuda else "cpu", "world_size": int(args.world_size),
-                   "lora_r": s.lora_r, "lora_alpha": s.lora_alpha}
+                   "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_layers": s.lora_layers, **run}
         if eval_ds is not None and len(eval_ds):
             ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
             metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)

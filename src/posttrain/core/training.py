@@ -1,0 +1,120 @@
+"""How a trainer uses the machine: its precision, and whether its frozen trunk is computed once.
+
+- **Precision.** `train.precision: auto` trains in bf16 autocast where the hardware has bf16
+  matmul (CUDA; CPUs with AVX512-BF16 or AMX, where `bench/train.py` measures a bf16 matmul
+  2-4x fp32's), fp32 elsewhere. Master weights, optimizer state and saved weights stay fp32:
+  autocast only lowers the matmuls (transformers' `bf16=True` through accelerate).
+- **Frozen trunk** (`train.frozen_trunk`): the layers below the first trainable one computed
+  once per training sequence, `posttrain.core.trunk`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from posttrain.core.settings import param
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How every trainer uses the machine (params train.precision, train.frozen_trunk)."""
+
+    precision: str = param("auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere), "
+                           "bf16 or fp32; master weights stay fp32", choices=PRECISIONS)
+    frozen_trunk: bool = param("compute the frozen layers below the first trainable one once per "
+                               "training sequence and reuse them (exact; costs memory)", flag=False)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16: a bf16 matmul faster than fp32 (oneDNN kernels)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str) -> str:
+    """"bf16" or "fp32" for this machine; `auto` picks bf16 where the hardware has it."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def device_args(t: TrainSettings) -> dict:
+    """TrainingArguments for this machine: CPU or CUDA, bf16 autocast or fp32.
+
+    No activation checkpointing on CPU (trl turns it on by default): memory is plentiful
+    there, and with only the top layers trained it makes every backward recompute the whole
+    network from the embeddings up."""
+    import torch
+
+    bf16 = resolve_precision(t.precision) == "bf16"
+    if torch.cuda.is_available():
+        return {"use_cpu": False, "bf16": bf16}
+    return {"use_cpu": True, "bf16": bf16, "gradient_checkpointing": False}
+
+
+def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
+    """`trainer.train()` with the frozen trunk computed once (when `t.frozen_trunk`, `trunk`
+    and the model has one); returns the run's facts: precision, trained tokens (non-pad tokens of the
+    forwards that build a graph, i.e. the trainable passes, not reference or generation
+    passes), their rate, and the trunk cache's counts."""
+    import time
+
+    import torch
+
+    from posttrain.core.trunk import decoder_of, frozen_trunk
+
+    seen = {"tokens": 0, "sequences": 0}
+
+    def count(module, args, kwargs):
+        if torch.is_grad_enabled() and module.training:
+            mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if mask is not None:
+                seen["tokens"] += int(mask.sum())
+                seen["sequences"] += int(mask.shape[0])
+            elif ids is not None:
+                seen["tokens"] += int(ids.numel())
+                seen["sequences"] += int(ids.shape[0])
+        return None
+
+    dec = decoder_of(trainer.model)
+    hook = dec.register_forward_pre_hook(count, with_kwargs=True) if dec is not None else None
+    t0 = time.perf_counter()
+    try:
+        with frozen_trunk(trainer.model, t.frozen_trunk and trunk) as cached:
+            trainer.train()
+    finally:
+        if hook is not None:
+            hook.remove()
+    wall = time.perf_counter() - t0
+    return {"precision": "bf16" if trainer.args.bf16 else "fp32",
+            "trained_tokens": seen["tokens"], "trained_sequences": seen["sequences"],
+            "trained_tokens_per_s": round(seen["tokens"] / wall, 1) if wall > 0 else None,
+            "frozen_trunk_layers": cached.depth if cached is not None else 0,
+            "frozen_trunk_computed": cached.computed if cached is not None else 0,
+            "frozen_trunk_reused": cached.reused if cached is not None else 0}
