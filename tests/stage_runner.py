@@ -43,3 +43,8 @@ def param_args(group: str, only=None, **overrides) -> list[str]:
         else:
             out += [f"--{k}", str(v)]
     return out
+
+
+# The trainers' machine params (train.*): fp32 keeps the tests' figures the same on CPUs with
+# and without bf16; the frozen trunk on, as in params.yaml.
+MACHINE_ARGS = ["--train-precision", "fp32", "--train-frozen-trunk", "true"]

@@ -148,7 +148,7 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
     from click.testing import CliRunner
 
     import reason_verifier
-    from stage_runner import param_args
+    from stage_runner import MACHINE_ARGS, param_args
 
     graded, problems = reason_files(tmp_path)
     champ = champ_file(tmp_path / "v0.json", 6)
@@ -160,7 +160,7 @@ def test_stage_end_to_end_tiny(tmp_path, tiny_model_dir):
                 "--out-model", str(out / "verifier"), "--out-scores", str(out / "scores.jsonl"),
                 "--metrics", str(out / "metrics.json"), "--facts", str(out / "run.json"),
                 "--live", str(out / "dvclive"),
-                "--predictions", str(out / "pred.jsonl")]
+                "--predictions", str(out / "pred.jsonl"), *MACHINE_ARGS]
         res = CliRunner().invoke(reason_verifier.main, args, catch_exceptions=False)
         assert res.exit_code == 0, res.output
         return out

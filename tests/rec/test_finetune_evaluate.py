@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stage_runner import param_args, run
+from stage_runner import MACHINE_ARGS, param_args, run
 
 from posttrain.rec.baseline import LikeRateBaseline
 from posttrain.core.io import read_json, read_jsonl
@@ -48,7 +48,7 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
     run("rec_finetune", ["--model", tiny_model_dir, "--data", data / "tokenized", "--out", data / "adapter",
                          *param_args("rec.finetune", max_train_examples=8, max_eval_examples=4, max_steps=2,
                                      batch_size=2), "--seed", 13,
-                         "--metrics", met / "ft.json", "--live", met / "dvclive"])
+                         "--metrics", met / "ft.json", "--live", met / "dvclive", *MACHINE_ARGS])
     assert (data / "adapter" / "adapter_config.json").is_file()
     ft = read_json(met / "ft.json")
     assert ft["steps"] == 2 and ft["train_examples"] == 8 and "eval_loss" in ft
@@ -149,7 +149,7 @@ def test_qlora_takes_real_optimizer_steps_on_a_4bit_base(tmp_path, tiny_model_di
     run("rec_finetune", ["--model", tiny_model_dir, "--data", data / "tokenized", "--out", data / "adapter",
                          *param_args("rec.finetune", max_train_examples=2, max_eval_examples=0, max_steps=6,
                                      batch_size=2, lr=0.01, quantization="4bit"), "--seed", 13,
-                         "--metrics", met / "ft.json", "--live", met / "dvclive"])
+                         "--metrics", met / "ft.json", "--live", met / "dvclive", *MACHINE_ARGS])
     ft = read_json(met / "ft.json")
     assert ft["quantization"] == "4bit" and ft["steps"] == 6
     rows = (met / "dvclive" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
@@ -193,7 +193,7 @@ def test_adapter_bytes_do_not_depend_on_the_hash_seed(tmp_path, tiny_model_dir):
                "--data", str(tokenized), "--out", str(out / "adapter"),
                *param_args("rec.finetune", max_train_examples=8, max_eval_examples=4, max_steps=2, batch_size=2,
                            lr=1e-3, lora_dropout=0.0, target_modules="q_proj,k_proj,v_proj,o_proj"),
-               "--seed", "0", "--metrics", str(out / "metrics.json"), "--live", str(out / "dvclive")]
+               "--seed", "0", "--metrics", str(out / "metrics.json"), "--live", str(out / "dvclive"), *MACHINE_ARGS]
         p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         return out

@@ -136,7 +136,11 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, t: TrainSettin
                    "train_examples": len(train_ds), "trainable_parameters": int(trainable),
                    "total_parameters": int(total), "quantization": s.quantization,
                    "device": "cuda" if cuda else "cpu", "world_size": int(args.world_size),
-                   "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_layers": s.lora_layers, **run}
+                   "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_layers": s.lora_layers,
+                   # the rate is wall time: it goes to the log and the caller, so the metrics file
+                   # stays byte-identical across runs
+                   **{k: v for k, v in run.items() if k != "trained_tokens_per_s"}}
+        log.info("rec_finetune: %s trained tokens/s (%s)", run["trained_tokens_per_s"], run["precision"])
         if eval_ds is not None and len(eval_ds):
             ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
             metrics["eval_loss"] = round(float(ev["eval_loss"]), 6)
@@ -150,7 +154,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, t: TrainSettin
             save_adapter(trained, tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"metrics": metrics}
+    return {"metrics": metrics, "run": run}
 
 
 def load_for_eval(model_dir, adapter_dir=None):
