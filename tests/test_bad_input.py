@@ -395,7 +395,7 @@ def pref_density(emb=None, ids=("a", "b", "c", "d"), eps="0.01", emb_bytes=None)
         info = put(tmp, "info.json", "{}")
         pre = put(tmp, "prefixes.jsonl", jl(*[{"prefix_id": i, "text": f"t {i}"} for i in ids]))
         return ["--embeddings", e, "--ids", idp, "--info", info, "--prefixes", pre, "--k", 2, "--eps", eps,
-                "--method", "exact", "--auto-threshold", 100, "--power", 1, "--seed", 0,
+                "--method", "exact", "--auto-threshold", 100, "--power", 1, "--cap-quantile", 1, "--seed", 0,
                 "--weights", out(tmp, "w.npy"), "--metadata", out(tmp, "meta.json"),
                 "--projection", out(tmp, "proj.json"), "--metrics", out(tmp, "m.json"),
                 "--hist", out(tmp, "hist.json")]
