@@ -91,3 +91,10 @@ def test_queue_dry_run_prints_commands_and_power(tmp_path):
     assert "queued" not in r.output
     bad = CliRunner().invoke(cli_main.group, ["sweep", "queue", "--dry-run", "--settings", "p99"])
     assert bad.exit_code == 2 and "unknown setting" in bad.output
+
+
+def test_finished_experiments_are_grouped_by_setting_in_seed_order(monkeypatch):
+    monkeypatch.setattr(sweep.compare, "rev_names", lambda repo=None: [
+        "dens-p7-s1", "dens-p7-s0", "dens-u-s0", "main", "other-u-s0", "dens-p11c75-s2"])
+    assert sweep.find_runs() == {"p7": ["dens-p7-s0", "dens-p7-s1"], "u": ["dens-u-s0"],
+                                 "p11c75": ["dens-p11c75-s2"]}
