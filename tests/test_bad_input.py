@@ -395,7 +395,7 @@ def pref_density(emb=None, ids=("a", "b", "c", "d"), eps="0.01", emb_bytes=None)
         info = put(tmp, "info.json", "{}")
         pre = put(tmp, "prefixes.jsonl", jl(*[{"prefix_id": i, "text": f"t {i}"} for i in ids]))
         return ["--embeddings", e, "--ids", idp, "--info", info, "--prefixes", pre, "--k", 2, "--eps", eps,
-                "--method", "exact", "--auto-threshold", 100, "--power", 1, "--seed", 0,
+                "--method", "exact", "--auto-threshold", 100, "--power", 1, "--cap-quantile", 1, "--seed", 0,
                 "--weights", out(tmp, "w.npy"), "--metadata", out(tmp, "meta.json"),
                 "--projection", out(tmp, "proj.json"), "--metrics", out(tmp, "m.json"),
                 "--hist", out(tmp, "hist.json")]
@@ -533,7 +533,7 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
                 "--predictions", out(tmp, "predictions.jsonl"), "--density-aware", "true",
                 "--max-pairs", 0, "--heldout-fraction", heldout, "--bucket-quantile", quantile, "--seed", 0,
                 "--max-length", 64, "--max-steps", 1, "--batch-size", 2, "--eval-batch-size", 2, "--grad-accum", 1, "--lr", 1e-4,
-                "--lora-r", 0, "--lora-alpha", 16, "--num-layers", 0, "--trainable-layers", 0,
+                "--lora-r", 0, "--lora-alpha", 16, "--num-layers", 0, "--trainable-layers", 0, "--train-seed", 0,
                 "--train-precision", "fp32", "--train-frozen-trunk", "true"]
     return build
 

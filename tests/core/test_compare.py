@@ -177,3 +177,95 @@ def test_identical_predictions_are_flagged(repo):
     assert res["stages"]["pref_rm"]["identical"] and not res["stages"]["rec_evaluate"]["identical"]
     md = compare.to_markdown(res)
     assert "pref_rm: identical predictions" in md and "rec_evaluate: identical" not in md
+
+
+# ------------------------------------------------------------------ arms of several runs (seeds)
+
+def seeded_rm_rows(rng: np.random.Generator, n: int, rate: float) -> list[dict]:
+    """RM predictions of one training run: the run's own accuracy level (seed noise) + items."""
+    level = rate + rng.normal(0, 0.03)
+    return rm_rows((rng.random(n) < level).astype(float))
+
+
+@pytest.fixture(scope="module")
+def seeds_repo(tmp_path_factory):
+    """Experiments u-s0..u-s2 (accuracy ~0.5) and d-s0..d-s2 (~0.7), saved with `dvc exp save`."""
+    root = tmp_path_factory.mktemp("seeds")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def sh(*cmd):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+
+    sh("git", "init", "-q", "-b", "main")
+    sh(sys.executable, "-m", "dvc", "init", "-q")
+    rng = np.random.default_rng(1)
+    write_jsonl(root / RM, seeded_rm_rows(rng, 240, 0.5))
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    runs = {}
+    for name, rate in [(f"u-s{i}", 0.5) for i in range(3)] + [(f"d-s{i}", 0.7) for i in range(3)]:
+        runs[name] = seeded_rm_rows(rng, 240, rate)
+        write_jsonl(root / RM, runs[name])
+        sh(sys.executable, "-m", "dvc", "exp", "save", "-q", "-n", name)
+        sh("git", "checkout", "-q", "--", ".")
+    return root, runs
+
+
+def acc_row(result, group=None):
+    return next(r for r in result["stages"]["pref_rm"]["rows"] if r["metric"] == "accuracy" and r["group"] == group)
+
+
+def test_arms_of_seeds_find_a_planted_difference_with_both_cis_and_the_spread(seeds_repo):
+    root, runs = seeds_repo
+    res = compare.compare([f"u-s{i}" for i in range(3)], [f"d-s{i}" for i in range(3)], repo=str(root),
+                          stages=["pref_rm"], seed=0)
+    r = acc_row(res)
+    mean = lambda names: np.mean([np.mean([x["correct"] for x in runs[k]]) for k in names])  # noqa: E731
+    assert r["diff"] == pytest.approx(mean([f"d-s{i}" for i in range(3)]) - mean([f"u-s{i}" for i in range(3)]),
+                                      abs=1e-6)
+    assert r["diff_ci_low"] > 0 and r["runs_a"] == r["runs_b"] == 3
+    # the seeds' spread widens the interval beyond the items-only one
+    assert r["diff_ci_high"] - r["diff_ci_low"] > r["diff_items_ci_high"] - r["diff_items_ci_low"]
+    sd = np.std([np.mean([x["correct"] for x in runs[f"u-s{i}"]]) for i in range(3)], ddof=1)
+    assert r["a_sd"] == pytest.approx(sd, abs=1e-6)
+    md = compare.to_markdown(res)
+    assert "95% CI, seeds + items" in md and f"± {sd:.4f} (3)" in md
+
+
+def test_one_run_per_arm_is_todays_paired_answer():
+    spec = compare.SPECS["pref_rm"]
+    rng = np.random.default_rng(3)
+    a = {r["id"]: r for r in seeded_rm_rows(rng, 120, 0.5)}
+    b = {r["id"]: r for r in seeded_rm_rows(rng, 120, 0.6)}
+    today = compare.compare_rows(spec, a, b, seed=4)
+    groups = compare.compare_group_rows(spec, [a], [b], seed=4)
+    for t, g in zip(today, groups, strict=True):
+        assert {k: g[k] for k in t} == t
+        assert (g["diff_items_ci_low"], g["diff_items_ci_high"]) == (t["diff_ci_low"], t["diff_ci_high"])
+        assert g["a_sd"] is None and g["b_sd"] is None
+
+
+def test_cli_arms_by_list_and_by_glob(seeds_repo):
+    root, _ = seeds_repo
+    assert compare.expand_revs("u-s*", str(root)) == ["u-s0", "u-s1", "u-s2"]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        by_glob = CliRunner().invoke(cli_main.group, ["compare", "--a", "u-s*", "--b", "d-s0,d-s1,d-s2", "--json"],
+                                     catch_exceptions=False)
+        none = CliRunner().invoke(cli_main.group, ["compare", "--a", "x-s*", "--b", "d-s0"])
+        both = CliRunner().invoke(cli_main.group, ["compare", "u-s0", "--a", "u-s1"])
+    finally:
+        os.chdir(cwd)
+    assert by_glob.exit_code == 0, by_glob.output
+    data = json.loads(by_glob.output)
+    assert data["a_revs"] == ["u-s0", "u-s1", "u-s2"] and acc_row(data)["runs_b"] == 3
+    assert none.exit_code == 2 and "matches no experiment" in none.output
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_an_arm_whose_seeds_changed_nothing_is_flagged(seeds_repo):
+    root, _ = seeds_repo
+    res = compare.compare(["u-s0", "u-s0"], ["d-s0", "d-s1"], repo=str(root), stages=["pref_rm"], seed=0)
+    assert res["stages"]["pref_rm"]["identical_within"] == ["a"]
+    assert "every run of arm A has the same predictions" in compare.to_markdown(res)

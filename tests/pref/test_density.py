@@ -176,6 +176,26 @@ def test_power_sharpens_weights_and_one_is_the_seed_formula():
         density_weights(d, 0.01, float("nan"))
 
 
+def test_cap_quantile_makes_the_rarest_equals_and_keeps_the_sample():
+    d = np.random.default_rng(0).uniform(0.2, 0.9, 400)
+    plain = density_weights(d, 0.01, 7.0)
+    assert density_weights(d, 0.01, 7.0, 1.0).tobytes() == plain.tobytes()  # 1 = no cap, byte for byte
+    capped = density_weights(d, 0.01, 11.0, 0.75)
+    top = d <= np.quantile(d, 0.25)  # the sparsest quarter: every one of them at the cap
+    assert np.allclose(capped[top], capped.max())
+    assert np.argsort(-capped[~top], kind="stable").tolist() == np.argsort(-plain[~top], kind="stable").tolist()
+    s_plain, s_cap = weight_stats(plain), weight_stats(capped)
+    assert s_cap["effective_sample_fraction"] > s_plain["effective_sample_fraction"]
+    assert s_plain["effective_sample_size"] == pytest.approx(s_plain["effective_sample_fraction"] * 400, abs=1e-2)
+    assert s_cap["max_min_ratio"] < weight_stats(density_weights(d, 0.01, 11.0))["max_min_ratio"]
+    # the quarter buckets pref_rm reports: rarest quarter's mean weight over the commonest's
+    lo, hi = np.quantile(capped, [0.25, 0.75])
+    assert s_cap["rare_vs_common_ratio_q25"] == pytest.approx(capped[capped >= hi].mean() / capped[capped <= lo].mean())
+    assert weight_stats(np.full(4, 0.25))["rare_vs_common_ratio_q25"] is None  # uniform: no buckets
+    with pytest.raises(ValueError, match="cap_quantile"):
+        density_weights(d, 0.01, 7.0, 0.0)
+
+
 @pytest.mark.slow  # ~1-2 min: numba compile plus a 50k-point graph
 def test_pynndescent_at_50k_points_of_384_dims():
     # The full profile's scale: tens of thousands of 384-dim MiniLM prefixes. Mixture of

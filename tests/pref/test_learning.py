@@ -67,8 +67,8 @@ def test_grpo_changes_the_greedy_output_on_a_training_prompt(few_pairs, tiny_mod
     res = grpo_train(few_pairs / "prefixes_all.jsonl", tiny_model_dir, root / "rm", tmp_path / "grpo", **kw,
                      live_dir=tmp_path / "dvclive")
     assert res["metrics"]["train"]["steps"] == 6
-    held = read_json(root / "rm" / "split.json")["heldout_prefix_ids"]
-    train_ids, _ = split_prompts(held, kw["eval_prompts"], kw["max_prompts"], kw["seed"])
+    split = read_json(root / "rm" / "split.json")
+    train_ids, _ = split_prompts(split["heldout_prefix_ids"], kw["eval_prompts"], kw["max_prompts"], split["seed"])
     prompt = [load_prefixes(few_pairs / "prefixes_all.jsonl")[train_ids[0]]]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

@@ -137,7 +137,8 @@ def live_steps(live_dir, key):
 # The library takes every training setting explicitly (defaults live in params.yaml);
 # these are the values the tests do not vary.
 RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, eval_batch_size=4, grad_accum=1,
-          lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0)
+          lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0,
+          train_seed=0)
 DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_steps=30, batch_size=2,
            eval_batch_size=4, grad_accum=1, lr=5e-5, beta=0.1, lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_layers=0,
            bucket_quantile=0.25, seed=0)
@@ -224,6 +225,32 @@ def test_uniform_reward_model_draws_uniformly(pref_dir, tiny_model_dir, tmp_path
     assert s["expected_rare_vs_common_ratio"] == pytest.approx(1.0)
     assert s["weight_max_over_min"] == pytest.approx(1.0)
     assert res["metrics"]["density_aware"] is False
+
+
+def test_train_seed_moves_the_model_not_the_heldout_set(pref_dir, tiny_model_dir, tmp_path):
+    """pref.rm.train_seed reseeds training only: the held-out pairs, their buckets and the
+    split that GRPO reads stay put, and the trained model changes."""
+    runs = [rm_train(*_paths(pref_dir), tiny_model_dir, tmp_path / f"rm{t}", **{
+        **RM, "density_aware": True, "heldout_fraction": 0.3, "max_length": 64, "max_steps": 2, "batch_size": 4,
+        "lr": 1e-3, "num_layers": 1, "trainable_layers": 1, "seed": 0, "train_seed": t},
+        live_dir=tmp_path / f"live{t}") for t in (0, 1)]
+    held = [[(r["id"], r["bucket"]) for r in res["predictions"]] for res in runs]
+    assert held[0] == held[1] and held[0]
+    splits = [read_json(tmp_path / f"rm{t}" / "split.json") for t in (0, 1)]
+    assert splits[0] == splits[1] and splits[0]["seed"] == 0
+    scores = [[r["chosen_score"] for r in res["predictions"]] for res in runs]
+    assert scores[0] != scores[1]
+
+
+def test_grpo_eval_prompts_follow_the_split_seed_not_the_training_seed(pref_dir, tiny_model_dir, trained_rm,
+                                                                         tmp_path):
+    rm_dir, _ = trained_rm
+    kw = {**GRPO, "eval_prompts": 2, "max_steps": 1, "batch_size": 4, "num_generations": 4,
+          "max_completion_length": 4, "max_length": 64, "lr": 1e-3, "lora_r": 4, "lora_alpha": 8}
+    evals = [[p["id"] for p in grpo_train(pref_dir / "prefixes_all.jsonl", tiny_model_dir, rm_dir, tmp_path / f"g{t}",
+                                          **{**kw, "seed": t}, live_dir=tmp_path / f"live{t}")["predictions"]]
+             for t in (0, 3)]
+    assert evals[0] == evals[1] and len(evals[0]) == 2
 
 
 def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from posttrain.core import compare, plan, report
+from posttrain.core import compare, plan, report, sweep
 
 
 @click.group()
@@ -15,6 +15,7 @@ def group():
 group.add_command(compare.command)
 group.add_command(plan.command)
 group.add_command(report.command)
+group.add_command(sweep.command)
 
 
 def main(argv=None) -> None:

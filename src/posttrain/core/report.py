@@ -8,7 +8,8 @@ report replaces what is between them with BLOCKS[NAME] rendered from the committ
     density-vs-uniform  bench/results/density_vs_uniform.json (`posttrain compare ... --json`),
                         checked against metrics/pref_rm.json
     repro-times         bench/results/repro_times.json (bench/repro_times.py)
-    bench-density, bench-generate, bench-gen-cache, bench-launch
+    bench-density, bench-generate, bench-gen-cache, bench-launch, bench-bootstrap,
+    bench-density-weights
                         bench/results/<name>.json (the bench scripts save them)
 
     posttrain report            # rewrite the blocks in place
@@ -264,9 +265,32 @@ def bench_launch(root: Path) -> list[str]:
     return out + ["", _provenance(d, "launch")]
 
 
+def bench_bootstrap(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/bootstrap.json")
+    rows = [[r["case"], f"{r['resamples']:,}", f"{r['seconds']:.3f}", f"{r['ci_low_sd']:.4f}"] for r in d["results"]]
+    out = _table(["CI of", "resamples", "seconds per CI", "sd of its lower bound over bootstrap seeds"],
+                 ["---", "---:", "---:", "---:"], rows)
+    return out + ["", _provenance(d, "bootstrap")]
+
+
+def bench_density_weights(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/density_weights.json")
+    rows = [[r["power"], "none" if r["cap_quantile"] == 1 else r["cap_quantile"], f"{r['rare_vs_common']:,.1f}x",
+             f"{r['max_min']:,.0f}", f"{r['ess_fraction']:.1%}", "**yes**" if r["meets_contract"] else ""]
+            for r in d["results"]]
+    out = _table(["power", "cap_quantile", "rare / common draws (top vs bottom quarter)", "max / min weight",
+                  "Kish ESS / prompts", "50-100x at ESS >= 30%"], ["---:"] * 5 + ["---"], rows)
+    moved = [r for r in d["results"] if not r["same_buckets"]]
+    return out + ["", f"{d['prompts']:,} prompts, k={d['k']}, eps={d['eps']}; embeddings {d['embeddings']}. "
+                      + ("No setting moves a prompt between pref_rm's rarity buckets. " if not moved else
+                         f"{len(moved)} settings move prompts between pref_rm's rarity buckets. ")
+                  + _provenance(d, "density_weights")]
+
+
 BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
-          "bench-launch": bench_launch}
+          "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
+          "bench-density-weights": bench_density_weights}
 
 
 def render(text: str, root: Path, where: str = "") -> str:

@@ -44,6 +44,9 @@ class DensitySettings:
     method: str = param("k-NN search", choices=METHODS)
     auto_threshold: int = param("auto: exact search up to this many prefixes, pynndescent above", min=0)
     power: float = param("weight = (1/(density+eps))**power; 1 = the seed's formula", min=0)
+    cap_quantile: float = param("weights above this quantile of the weights are cut to it (1 = no cap): a "
+                                "strong power's rare/common ratio without a few prompts taking every draw",
+                                min=0.5, max=1)
     seed: int = param("seed of pynndescent and the projection")
 
 
@@ -52,16 +55,16 @@ def density_run(emb: np.ndarray, ids: list[str], texts: list[str], s: DensitySet
     from posttrain.pref.projection import projection_records
 
     density, info = knn_density(emb, k=s.k, method=s.method, auto_threshold=s.auto_threshold, seed=s.seed)
-    w = density_weights(density, s.eps, s.power)
+    w = density_weights(density, s.eps, s.power, s.cap_quantile)
     stats = weight_stats(w)
     dens = ({"min": float(density.min()), "max": float(density.max()), "mean": float(density.mean())}
             if len(density) else {})
     return {"weights": w, "info": info,
-            "metadata": {"density": {**info, "eps": s.eps, "power": s.power, "seed": s.seed,
+            "metadata": {"density": {**info, "eps": s.eps, "power": s.power, "cap_quantile": s.cap_quantile, "seed": s.seed,
                                      "auto_threshold": s.auto_threshold, "similarity": "cosine", "stats": dens},
                          "weights": stats},
             "projection": projection_records(ids, emb, w, texts, seed=s.seed),
-            "metrics": {**info, "eps": s.eps, "power": s.power, "density_mean": dens.get("mean"), **stats},
+            "metrics": {**info, "eps": s.eps, "power": s.power, "cap_quantile": s.cap_quantile, "density_mean": dens.get("mean"), **stats},
             "hist": weight_histogram(w)}
 
 
@@ -183,22 +186,31 @@ def knn_density(x: np.ndarray, *, k: int, method: str, auto_threshold: int,
     return density, {"method": used, "method_requested": method, "k": k, "k_effective": ke, "n": n}
 
 
-def density_weights(density: np.ndarray, eps: float, power: float) -> np.ndarray:
-    """(1 / (density + eps)) ** power, normalized to sum 1 (float64).
+def density_weights(density: np.ndarray, eps: float, power: float, cap_quantile: float = 1.0) -> np.ndarray:
+    """(1 / (density + eps)) ** power, cut at its `cap_quantile` quantile, normalized to sum 1
+    (float64).
 
     power 1 is the seed's formula. Sentence embeddings put most prompts at a mean
     neighbour similarity of 0.3-0.8, where power 1 spreads weights only ~2x between the
     rarest and the commonest quarter; `power` sets how strongly rare prompts are
-    favoured (the realized ratio is in pref_rm's metrics)."""
+    favoured (the realized ratio is in pref_rm's metrics). A power strong enough for a
+    50-100x rare/common ratio hands most draws to a few dozen outliers (power 7 on the HH
+    prompts: Kish ESS 5% of the prompts); cutting the weights above a quantile makes the
+    rarest prompts equals instead, and a higher power then reaches the same ratio with
+    most of the sample still drawn (`python bench/density_weights.py`). 1 = no cap."""
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
     if not (np.isfinite(power) and power >= 0):
         raise ValueError(f"power must be a finite number >= 0, got {power}")
+    if not (np.isfinite(cap_quantile) and 0 < cap_quantile <= 1):
+        raise ValueError(f"cap_quantile must be in (0, 1], got {cap_quantile}")
     d = np.asarray(density, dtype=np.float64)
     if d.size == 0:
         return np.zeros(0, dtype=np.float64)
     # log space: large powers of small densities must not overflow
     logw = -power * np.log(d + eps)
+    if cap_quantile < 1:  # 1 leaves the weights byte-identical to the uncapped formula
+        logw = np.minimum(logw, np.quantile(logw, cap_quantile))
     w = np.exp(logw - logw.max())
     return w / w.sum()
 
@@ -218,7 +230,21 @@ def weight_stats(w: np.ndarray) -> dict:
                                for p, v in zip(q, np.quantile(rel, q))},
         # Kish effective sample size: how many uniform samples the weighting is worth
         "effective_sample_size": round(float(1.0 / np.square(w).sum()), 3),
+        "effective_sample_fraction": round(float(1.0 / np.square(w).sum() / len(w)), 6),
+        # expected draws of a rare prompt over a common one, top vs bottom quarter of the
+        # weights (pref.rm.bucket_quantile's default); pref_rm's sampling.json has the realized one
+        "rare_vs_common_ratio_q25": rare_vs_common(w, 0.25),
     }
+
+
+def rare_vs_common(w: np.ndarray, quantile: float) -> float | None:
+    """Mean weight of the top `quantile` of prompts over that of the bottom `quantile`, with
+    pref_rm's buckets (`posttrain.pref.common.rarity_thresholds`); None when they coincide."""
+    w = np.asarray(w, dtype=np.float64)
+    lo, hi = np.quantile(w, quantile), np.quantile(w, 1 - quantile)
+    if not hi > lo:
+        return None
+    return round(float(w[w >= hi].mean() / w[w <= lo].mean()), 6)
 
 
 def weight_histogram(w: np.ndarray, bins: int = 30) -> list[dict]:

@@ -129,7 +129,7 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSetting
     policy_model.eval()
     rw = implicit_rewards(policy_model, tok, held, beta=s.beta, max_length=s.max_length,
                           batch_size=s.eval_batch_size)
-    heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=s.seed, prefix="reward_",
+    heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=data.seed, prefix="reward_",
                           extra={"identical_after_truncation_fraction": rw["identical"]})  # 3 eval blocks
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")
 

@@ -141,7 +141,8 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, t: Train
     if missing:
         raise DataError(prefixes_path, f"{len(missing)} held-out prefix ids of the reward model are "
                         f"missing (first: {missing[0]}); rerun pref_rm", field="prefix_id")
-    train_ids, eval_ids = split_prompts(held, s.eval_prompts, s.max_prompts, s.seed)
+    # the RM's split seed, not s.seed: the eval prompts stay put when only training changes
+    train_ids, eval_ids = split_prompts(held, s.eval_prompts, s.max_prompts, split["seed"])
     if not train_ids or not eval_ids:
         raise DataError(Path(rm_dir) / "split.json", f"need held-out prefixes for both GRPO training "
                         f"({len(train_ids)}) and evaluation ({len(eval_ids)})")
@@ -212,7 +213,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, t: Train
         fill(tmp)
     metrics = {
         "prompts": {"heldout_prefixes": len(held), "train": len(train_ids), "eval": len(eval_ids)},
-        "eval_reward": reward_report(before, after, eval_ids, seed=s.seed),
+        "eval_reward": reward_report(before, after, eval_ids, seed=split["seed"]),
         "train": {"steps": int(trainer.state.global_step), "world_size": int(args.world_size),
                   "first_reward": first_logged(trainer.state.log_history, "reward"),
                   "last_reward": last_logged(trainer.state.log_history, "reward"),

@@ -71,6 +71,7 @@ class RewardSettings:
     lr: float = param("learning rate", min=0, min_open=True)
     lora_r: int = param("LoRA rank, merged on save (0 = no LoRA: the trainable layers are fine-tuned)", min=0)
     lora_alpha: int = param("LoRA alpha", min=1)
+    train_seed: int = param("training seed (head init, draws); the split and the CIs keep pref.rm.seed")
 
 
 def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSettings, data: PairData,
@@ -87,7 +88,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
 
     from posttrain.core.io import write_json
 
-    set_seed(data.seed)
+    set_seed(s.train_seed)
     n_file, pairs, train, held, weights, thresholds = load_split(
         pairs_path, ids_path, weights_path, data)
     log.info("pref_rm: %d pairs (%d train / %d held-out), density_aware=%s",
@@ -112,7 +113,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
         output_dir=scratch,
         max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr, max_length=s.max_length,
-        logging_steps=1, save_strategy="no", report_to="none", seed=data.seed, data_seed=data.seed,
+        logging_steps=1, save_strategy="no", report_to="none", seed=s.train_seed, data_seed=s.train_seed,
         disable_tqdm=False, lr_scheduler_type="linear", warmup_steps=0,
         **device_args(t))
     trainer_cls = weighted_trainer_class(RewardTrainer)
@@ -184,7 +185,7 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
         # The held-out prefixes travel with the RM so GRPO uses prompts it never saw.
         write_json(tmp / "split.json", {
             "heldout_prefix_ids": sorted({p["prefix_id"] for p in held}),
-            "train_prefix_ids": sorted({p["prefix_id"] for p in train}),
+            "train_prefix_ids": sorted({p["prefix_id"] for p in train}), "seed": data.seed,
             "rarity_thresholds": {"common_max": thresholds[0], "rare_min": thresholds[1]}})
         # The sampler's realized spread: a fact of this training run, not an estimate, so it
         # travels with the model rather than in the eval metrics.
