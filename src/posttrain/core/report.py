@@ -9,7 +9,7 @@ report replaces what is between them with BLOCKS[NAME] rendered from the committ
                         checked against metrics/pref_rm.json
     repro-times         bench/results/repro_times.json (bench/repro_times.py)
     bench-density, bench-generate, bench-gen-cache, bench-launch, bench-bootstrap,
-    bench-density-weights
+    bench-density-weights, bench-train
                         bench/results/<name>.json (the bench scripts save them)
 
     posttrain report            # rewrite the blocks in place
@@ -287,10 +287,32 @@ def bench_density_weights(root: Path) -> list[str]:
                   + _provenance(d, "density_weights")]
 
 
+def bench_train(root: Path) -> list[str]:
+    d = _json(root, f"{RESULTS_DIR}/train.json")
+    names = {"rec": "rec_finetune (LoRA SFT)", "rm": "pref_rm (reward model)", "dpo": "pref_dpo (DPO, LoRA)",
+             "grpo": "pref_grpo (GRPO, LoRA)", "verifier": "reason_verifier (regression)"}
+    rows = []
+    for name, r in d["results"].items():
+        b, a = r["before"], r["after"]
+        rows.append([names.get(name, name), f"{b['tokens_per_s']:,.0f}", f"{a['tokens_per_s']:,.0f}",
+                     f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}x**", f"{a['examples_per_s']:.2f}",
+                     f"{a['flops_per_token'] / 1e9:.2f}", a["trunk_layers"], f"{b['of_fp32_peak']:.0%}",
+                     f"{a['of_bf16_peak']:.0%}"])
+    out = _table(["trainer", "before tok/s", "after tok/s", "after / before", "after ex/s", "GFLOP / token",
+                  "cached trunk layers", "before: of fp32 peak", "after: of bf16 peak"],
+                 ["---"] + ["---:"] * 8, rows)
+    m = d["machine"]
+    return out + ["", f"Before: fp32, the full forward every step, rec's LoRA on all 30 layers. After: "
+                      f"precision {d['auto_precision']} (auto), the frozen trunk, params.yaml's placements. "
+                      f"{d['steps']} optimizer steps each at {d['threads']} threads; matmul peak "
+                      f"{m['gflops_fp32']} GFLOP/s fp32, {m['gflops_bf16']} bf16 (flags: "
+                      f"{' '.join(d['flags']) or 'none'}). " + _provenance(d, "train")]
+
+
 BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
           "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
-          "bench-density-weights": bench_density_weights}
+          "bench-density-weights": bench_density_weights, "bench-train": bench_train}
 
 
 def render(text: str, root: Path, where: str = "") -> str:

@@ -1,0 +1,158 @@
+"""Learning curves on validation data: each trainer's metric (with its 95% CI) at 3-4 training
+sizes, to choose the defaults. Nothing here touches a held-out or test split:
+
+- rec: trained on the first N train rows (one epoch: N / batch_size steps), scored on the
+  rec "eval" split (per user, the ratings just before the test ones), LLM AUC with the
+  like-rate baseline beside it;
+- rm / dpo: the pairs of pref_rm's *training* prefixes only (its held-out prefixes removed),
+  split again by prefix into train and validation; N optimizer steps.
+
+    python bench/learning_curve.py --trainer rec --sizes 64,256,1024,2048
+    python bench/learning_curve.py --trainer rm --sizes 60,240,960
+
+Each point is saved to bench/results/curves/<trainer>.json (and .csv for `dvc plots show`,
+declared in dvc.yaml's top-level plots) as soon as it is measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "src"))
+OUT = ROOT / "bench" / "results" / "curves"
+
+
+def rec_point(p, size: int, machine, work: Path, n_val: int) -> dict:
+    from train import build
+
+    from posttrain.core.io import write_jsonl
+    from posttrain.rec import alpaca, movielens
+    from posttrain.rec.evaluate import EvalSettings, evaluate
+    from posttrain.rec.lora import LoraSettings, train
+    from posttrain.rec.tokenization import TokenizeSettings
+
+    r = p["rec"]
+    data = work / "rec-val"
+    if not (data / "test_raw.jsonl").exists():  # the eval split, in the raw form rec_evaluate scores
+        ratings = movielens.load(r["source"], cache_dir=work / "download")
+        splits = alpaca.split_examples(alpaca.build_examples(ratings, r["history_len"], r["rating_threshold"]),
+                                       r["val_ratio"], r["test_ratio"], r["seed"])
+        data.mkdir(parents=True)
+        write_jsonl(data / "test_raw.jsonl", [alpaca.raw_record(e) for e in splits["eval"]])
+        shutil.copy(ROOT / "data/rec/train_meta.jsonl", data / "train_meta.jsonl")
+    ft = r["finetune"]
+    steps = max(1, math.ceil(size / (ft["batch_size"] * ft["grad_accum"])))
+    s = build(LoraSettings, ft, seed=r["seed"], max_train_examples=size, max_steps=steps, max_eval_examples=1)
+    adapter = work / f"rec-{size}"
+    t0 = time.perf_counter()
+    res = train(ROOT / "data/models/policy", ROOT / "data/rec/tokenized", adapter, s, machine, live_dir=work / "live")
+    t_train = time.perf_counter() - t0
+    ev = evaluate(ROOT / "data/models/policy", adapter, data, build(EvalSettings, r["evaluate"], seed=r["seed"],
+                                                                   max_test_examples=n_val),
+                  build(TokenizeSettings, r))
+    m = ev["metrics"]
+    return {"size": size, "steps": steps, "train_s": round(t_train, 1),
+            "tokens_per_s": res["run"]["trained_tokens_per_s"],
+            "metric": "llm_auc", "value": m["llm"]["auc"], "ci_low": m["llm"]["auc_ci_low"],
+            "ci_high": m["llm"]["auc_ci_high"], "n": m["llm"]["n"],
+            "baseline_auc": m["baseline"]["auc"], "baseline_ci": [m["baseline"]["auc_ci_low"],
+                                                                 m["baseline"]["auc_ci_high"]]}
+
+
+def pref_files(p, work: Path) -> tuple[Path, Path, Path]:
+    """pairs_all.jsonl of pref_rm's training prefixes only (its held-out ones removed)."""
+    from train import build
+
+    from posttrain.pref.common import PairData, load_split
+    from posttrain.pref.pairs import prefix_id
+
+    pairs = work / "pairs_trainsplit.jsonl"
+    ids, weights = ROOT / "data/pref/ids.json", ROOT / "data/pref/density_weights.npy"
+    if not pairs.exists():
+        rm = p["pref"]["rm"]
+        data = build(PairData, rm, density_aware=p["pref"]["density_aware"])
+        _, _, train, _, _, _ = load_split(ROOT / "data/pref/pairs_all.jsonl", ids, weights, data)
+        keep = {t["prefix_id"] for t in train}
+        lines = [ln for ln in (ROOT / "data/pref/pairs_all.jsonl").read_text(encoding="utf-8").splitlines()
+                 if ln.strip() and prefix_id(json.loads(ln)) in keep]
+        pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return pairs, ids, weights
+
+
+def pref_point(p, trainer: str, size: int, machine, work: Path, val_fraction: float) -> dict:
+    from train import build
+
+    from posttrain.pref.common import PairData
+
+    pairs, ids, weights = pref_files(p, work)
+    pref, rm = p["pref"], p["pref"]["rm"]
+    data = build(PairData, rm, density_aware=pref["density_aware"], max_pairs=0, heldout_fraction=val_fraction)
+    t0 = time.perf_counter()
+    if trainer == "rm":
+        from posttrain.pref.reward import RewardSettings, train_reward_model
+
+        s = build(RewardSettings, rm, backbone=str(ROOT / rm["backbone"]), max_steps=size)
+        res = train_reward_model(pairs, ids, weights, work / f"rm-{size}", s, data, machine, live_dir=work / "live")
+        h, key = res["metrics"]["heldout"], "accuracy"
+    else:
+        from posttrain.pref.dpo import DPOSettings, train_dpo
+
+        s = build(DPOSettings, pref["dpo"], max_steps=size)
+        res = train_dpo(pairs, ids, weights, ROOT / "data/models/policy", work / f"dpo-{size}", s, data, machine,
+                        live_dir=work / "live")
+        h, key = res["metrics"]["heldout"], "reward_accuracy"
+    return {"size": size, "steps": size, "pairs_drawn": size * s.batch_size, "train_s": round(time.perf_counter() - t0, 1),
+            "tokens_per_s": res["metrics"]["train"]["trained_tokens_per_s"], "metric": key, "value": h[key],
+            "ci_low": h[f"{key}_ci_low"], "ci_high": h[f"{key}_ci_high"], "n": h["n"],
+            "train_pairs": res["metrics"]["pairs"]["train"]}
+
+
+@click.command()
+@click.option("--trainer", type=click.Choice(["rec", "rm", "dpo"]), required=True)
+@click.option("--sizes", required=True, help="rec: training rows; rm/dpo: optimizer steps")
+@click.option("--n-val", default=400, show_default=True, help="rec: validation rows scored")
+@click.option("--val-fraction", default=0.25, show_default=True, help="rm/dpo: training prefixes held for validation")
+def main(trainer, sizes, n_val, val_fraction):
+    from train import params
+
+    from posttrain.core.report import cpu_model
+    from posttrain.core.training import TrainSettings
+
+    p = params()
+    machine = TrainSettings(precision=p["train"]["precision"], frozen_trunk=p["train"]["frozen_trunk"])
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{trainer}.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"points": []}
+    points = {pt["size"]: pt for pt in old["points"]}
+    work = Path(tempfile.mkdtemp(prefix="curve_"))
+    try:
+        for size in (int(x) for x in sizes.split(",")):
+            pt = rec_point(p, size, machine, work, n_val) if trainer == "rec" else \
+                pref_point(p, trainer, size, machine, work, val_fraction)
+            points[size] = pt
+            click.echo(json.dumps(pt), err=True)
+            rows = [points[k] for k in sorted(points)]
+            path.write_text(json.dumps({"trainer": trainer, "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
+                                        "command": " ".join(["python", *sys.argv]), "points": rows}, indent=2)
+                            + "\n", encoding="utf-8")
+            with (OUT / f"{trainer}.csv").open("w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["size", rows[0]["metric"], "ci_low", "ci_high", "n"])
+                w.writerows([r["size"], r["value"], r["ci_low"], r["ci_high"], r["n"]] for r in rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
