@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     pm, v = matmul_params(cfg), cfg.vocab_size * cfg.hidden_size
     results = {}
     for trainer in a.trainers.split(","):
+        torch.manual_seed(0)  # each trainer's init and sampling, whatever ran before it
         if trainer in ("rec", "dpo", "grpo"):
             r = {"rec": 8, "dpo": 16, "grpo": 8}[trainer]
             # GRPO also trains an untied head: random weights give near-uniform logits that LoRA
@@ -200,9 +201,12 @@ def main(argv=None) -> int:
                 adv = ((grp - grp.mean(1, keepdim=True)) / (grp.std(1, keepdim=True) + 1e-4)).view(-1)
                 with autocast:
                     logits = model(input_ids=out).logits[:, prompts.shape[1] - 1:-1].float()
-                lp = torch.gather(logits.log_softmax(-1), 2, comp[..., None]).squeeze(-1).mean(-1)
+                logp = logits.log_softmax(-1)
+                lp = torch.gather(logp, 2, comp[..., None]).squeeze(-1).mean(-1)
                 update(-(adv * lp).mean())
-                return -reward.mean()  # "loss" falls as the reward rises
+                # the policy's expected reward (its probability of a rewarded token), less noisy
+                # than the sampled share: the "loss" falls as it rises
+                return -logp.detach()[..., :goal].exp().sum(-1).mean()
             # with the rollouts' tokens: generation dominates on every machine
             results[trainer] = run(trainer, step, steps, 64 * (seq["prompt"] + seq["completion"]),
                                    4 * (pm + v), device, peak)
