@@ -10,6 +10,7 @@ report replaces what is between them with BLOCKS[NAME] rendered from the committ
     repro-times         bench/results/repro_times.json (bench/repro_times.py)
     bench-density, bench-generate, bench-gen-cache, bench-launch, bench-bootstrap,
     bench-density-weights, bench-train
+    learning-curves     bench/results/curves/<trainer>.json (bench/learning_curve.py)
                         bench/results/<name>.json (the bench scripts save them)
 
     posttrain report            # rewrite the blocks in place
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import datetime
 import difflib
-from decimal import ROUND_HALF_UP, Decimal
 import json
+from decimal import ROUND_HALF_UP, Decimal
 import re
 import subprocess
 import sys
@@ -309,10 +310,35 @@ def bench_train(root: Path) -> list[str]:
                       f"{' '.join(d['flags']) or 'none'}). " + _provenance(d, "train")]
 
 
+def learning_curves(root: Path) -> list[str]:
+    """bench/results/curves/<trainer>.json (bench/learning_curve.py): one row per point."""
+    labels = {"rec": ("rec_finetune", "training rows (one epoch)", "LLM AUC, eval split"),
+              "rm": ("pref_rm", "optimizer steps (x batch pairs)", "pairwise accuracy, validation prefixes"),
+              "dpo": ("pref_dpo", "optimizer steps (x batch pairs)", "implicit-reward accuracy, validation prefixes")}
+    rows, cmds = [], []
+    for name in ("rec", "rm", "dpo"):
+        path = root / RESULTS_DIR / "curves" / f"{name}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text(encoding="utf-8"))
+        stage, size, metric = labels[name]
+        for pt in d["points"]:
+            extra = (f"baseline {pt['baseline_auc']:.3f} [{pt['baseline_ci'][0]:.3f}, {pt['baseline_ci'][1]:.3f}]"
+                     if "baseline_auc" in pt else f"{pt.get('train_pairs', '')} training pairs")
+            rows.append([stage, f"{pt['size']:,} {size}", metric,
+                         f"{pt['value']:.3f} [{pt['ci_low']:.3f}, {pt['ci_high']:.3f}]", pt["n"],
+                         f"{pt['train_s']:.0f}", extra])
+        cmds.append(f"`{d['command']}` ({d['date']}, CPU: {d.get('cpu') or 'not recorded'})")
+    out = _table(["stage", "training size", "metric (validation)", "value [95% CI]", "n", "train s", "beside it"],
+                 ["---", "---:", "---", "---", "---:", "---:", "---"], rows)
+    return out + ["", "From `bench/results/curves/*.json`: " + "; ".join(cmds) + "."]
+
+
 BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
           "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
-          "bench-density-weights": bench_density_weights, "bench-train": bench_train}
+          "bench-density-weights": bench_density_weights, "bench-train": bench_train,
+          "learning-curves": learning_curves}
 
 
 def render(text: str, root: Path, where: str = "") -> str:
