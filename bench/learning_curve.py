@@ -60,7 +60,7 @@ def rec_point(p, size: int, machine, work: Path, n_val: int) -> dict:
     t_train = time.perf_counter() - t0
     ev = evaluate(ROOT / "data/models/policy", adapter, data, build(EvalSettings, r["evaluate"], seed=r["seed"],
                                                                    max_test_examples=n_val),
-                  build(TokenizeSettings, r))
+                  build(TokenizeSettings, r), machine)
     m = ev["metrics"]
     return {"size": size, "steps": steps, "train_s": round(t_train, 1),
             "tokens_per_s": res["run"]["trained_tokens_per_s"],

@@ -4,6 +4,7 @@ like-rate baseline on the same test rows, their paired difference, ROC curves, p
 import click
 
 from posttrain.core.cli import IN_DIR, OUT_FILE, eval_outputs, run, settings
+from posttrain.core.training import TrainSettings
 from posttrain.core.io import outputs
 from posttrain.core.stats import write_split
 from posttrain.rec.evaluate import EvalSettings, evaluate
@@ -19,8 +20,9 @@ from posttrain.rec.tokenization import TokenizeSettings
 @click.option("--roc-baseline", required=True, type=OUT_FILE)
 @settings(TokenizeSettings, dest="tok")
 @settings(EvalSettings)
-def main(model, adapter, data_dir, metrics, facts, roc_llm, roc_baseline, predictions, tok, settings):
-    r = evaluate(model, adapter, data_dir, settings, tok)
+@settings(TrainSettings, dest="machine", prefix="train")
+def main(model, adapter, data_dir, metrics, facts, roc_llm, roc_baseline, predictions, tok, settings, machine):
+    r = evaluate(model, adapter, data_dir, settings, tok, machine)
     with outputs() as o:
         write_split(r["metrics"], metrics, facts, o.write_json)
         o.write_json(roc_llm, r["roc_llm"])

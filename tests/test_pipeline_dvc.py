@@ -40,6 +40,10 @@ INVALIDATION = {
     "reason.timeout_s": (3, {"reason_filter"}, {"reason_filter", "reason_format", "reason_verifier"}),
     "reason.mix_math": (2, {"reason_format"}, {"reason_format"}),
     "reason.verifier.max_steps": (3, {"reason_verifier"}, {"reason_verifier"}),
+    # every trainer, and rec_evaluate (it scores in the adapter's precision)
+    "train.precision": ("fp32", {"rec_finetune", "rec_evaluate", "pref_rm", "pref_dpo", "pref_grpo",
+                                 "reason_verifier"},
+                        {"rec_finetune", "rec_evaluate", "reason_verifier"} | PREF_TRAIN),
 }
 
 

@@ -60,7 +60,8 @@ def test_stages_smoke_on_tiny_model(tmp_path, tiny_model_dir):
                          "--max-test-examples", 12, "--batch-size", 8, "--cutoff-len", 128,
                          "--truncation", "history", "--seed", 13,
                          "--metrics", met / "eval.json", "--facts", met / "eval_run.json", "--roc-llm", met / "roc_llm.json",
-                         "--roc-baseline", met / "roc_base.json", "--predictions", met / "pred.jsonl"])
+                         "--roc-baseline", met / "roc_base.json", "--predictions", met / "pred.jsonl",
+                         *MACHINE_ARGS])
     ev = read_json(met / "eval.json")
     assert ev["llm"]["n"] == ev["baseline"]["n"] == ev["llm_minus_baseline"]["n"] == 12
     assert read_json(met / "eval_run.json")["test"]["rows"] == 12 and set(ev) == {"llm", "baseline", "llm_minus_baseline"}

@@ -118,3 +118,12 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
             "frozen_trunk_layers": cached.depth if cached is not None else 0,
             "frozen_trunk_computed": cached.computed if cached is not None else 0,
             "frozen_trunk_reused": cached.reused if cached is not None else 0}
+
+
+def autocast(t: TrainSettings):
+    """bf16 autocast for the held-out scoring of a trained model where `t` resolves to bf16
+    (the evaluation runs in the precision the model trained in); a no-op otherwise."""
+    import torch
+
+    bf16 = resolve_precision(t.precision) == "bf16"
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16)

@@ -21,7 +21,7 @@ from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import atomic_path, write_json
 from posttrain.core.live import callback
 from posttrain.core.settings import param
-from posttrain.core.training import TrainSettings, device_args, fit
+from posttrain.core.training import TrainSettings, autocast, device_args, fit
 from posttrain.core.sharded import full_model
 from posttrain.pref.common import PairData, last_logged, load_split
 from posttrain.pref.heldout import pair_report, pair_rows
@@ -127,8 +127,9 @@ def train_dpo(pairs_path, ids_path, weights_path, policy, out_dir, s: DPOSetting
 
     # Every held-out pair, scored directly (no trl loss pass): 2 sequences x policy + reference.
     policy_model.eval()
-    rw = implicit_rewards(policy_model, tok, held, beta=s.beta, max_length=s.max_length,
-                          batch_size=s.eval_batch_size)
+    with autocast(t):
+        rw = implicit_rewards(policy_model, tok, held, beta=s.beta, max_length=s.max_length,
+                              batch_size=s.eval_batch_size)
     heldout = pair_report(rw["chosen"], rw["rejected"], held, thresholds, seed=data.seed, prefix="reward_",
                           extra={"identical_after_truncation_fraction": rw["identical"]})  # 3 eval blocks
     predictions = pair_rows(rw["chosen"], rw["rejected"], held, thresholds, score="reward")

@@ -32,7 +32,7 @@ from posttrain.core.io import atomic_path, dumps
 from posttrain.core.live import callback
 from posttrain.core.models import shrink_layers
 from posttrain.core.settings import param
-from posttrain.core.training import TrainSettings, device_args, fit
+from posttrain.core.training import TrainSettings, autocast, device_args, fit
 from posttrain.core.sharded import full_model
 from posttrain.pref.common import (PairData, bucket_of, last_logged, load_split, render_ids,
                                    score_ids)
@@ -142,8 +142,9 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
 
     # Held-out pairwise accuracy, scored by us (same ids as training, no filtering).
     hcols, n_trunc_held = tokenize_pairs(tok, held, s.max_length)
-    rc = score_ids(model, tok, hcols["chosen_ids"], s.eval_batch_size)
-    rr = score_ids(model, tok, hcols["rejected_ids"], s.eval_batch_size)
+    with autocast(t):
+        rc = score_ids(model, tok, hcols["chosen_ids"], s.eval_batch_size)
+        rr = score_ids(model, tok, hcols["rejected_ids"], s.eval_batch_size)
     heldout = pair_report(rc, rr, held, thresholds, seed=data.seed)
 
     # Spread of weights actually used: draws per pair in the rare vs common buckets.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from posttrain.core.io import read_jsonl
 from posttrain.core.settings import param
+from posttrain.core.training import TrainSettings, autocast
 from posttrain.rec import scoring
 from posttrain.rec.baseline import LikeRateBaseline
 from posttrain.rec.tokenization import TokenizeSettings, tokenize_prompts
@@ -22,8 +23,9 @@ class EvalSettings:
     seed: int = param("seed of the bootstrap CIs and the baseline")
 
 
-def evaluate(model_dir, adapter_dir, data_dir, s: EvalSettings, tok: TokenizeSettings) -> dict:
-    """{metrics, roc_llm, roc_baseline, predictions}; `adapter_dir` "" scores the base model."""
+def evaluate(model_dir, adapter_dir, data_dir, s: EvalSettings, tok: TokenizeSettings, t: TrainSettings) -> dict:
+    """{metrics, roc_llm, roc_baseline, predictions}; `adapter_dir` "" scores the base model;
+    in the precision the adapter trained in (`t`)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -40,7 +42,8 @@ def evaluate(model_dir, adapter_dir, data_dir, s: EvalSettings, tok: TokenizeSet
     model = load_for_eval(model_dir, adapter_dir or None)
     yes_id, no_id = scoring.answer_token_id(tokenizer, "Yes"), scoring.answer_token_id(tokenizer, "No")
     prompts = tokenize_prompts(tokenizer, test, cutoff_len=tok.cutoff_len, strategy=tok.truncation)
-    p_yes = scoring.score_prompts(model, tokenizer, prompts, yes_id, no_id, batch_size=s.batch_size)
+    with autocast(t):
+        p_yes = scoring.score_prompts(model, tokenizer, prompts, yes_id, no_id, batch_size=s.batch_size)
 
     train_meta = read_jsonl(data_dir / "train_meta.jsonl", required=("user_id", "item_id", "rating", "label"))
     base = LikeRateBaseline(seed=s.seed).fit(train_meta).predict_proba(test)
