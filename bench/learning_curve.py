@@ -123,16 +123,31 @@ def pref_point(p, trainer: str, size: int, machine, work: Path, val_fraction: fl
 @click.option("--sizes", required=True, help="rec: training rows; rm/dpo: optimizer steps")
 @click.option("--n-val", default=400, show_default=True, help="rec: validation rows scored")
 @click.option("--val-fraction", default=0.25, show_default=True, help="rm/dpo: training prefixes held for validation")
-def main(trainer, sizes, n_val, val_fraction):
+@click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="params.yaml value for this curve only, e.g. -S rec.finetune.lora_layers=8 (a YAML value)")
+@click.option("--label", default="", help="curve variant: points go to curves/<trainer>-<label>.json")
+def main(trainer, sizes, n_val, val_fraction, overrides, label):
     from train import params
 
     from posttrain.core.report import cpu_model
     from posttrain.core.training import TrainSettings
 
+    import yaml
+
     p = params()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = p
+        for k in parents:
+            node = node[k]
+        if leaf not in node:
+            raise click.BadParameter(f"{key} is not in params.yaml", param_hint="-S")
+        node[leaf] = yaml.safe_load(value)
+    name = f"{trainer}-{label}" if label else trainer
     machine = TrainSettings(precision=p["train"]["precision"], frozen_trunk=p["train"]["frozen_trunk"])
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{trainer}.json"
+    path = OUT / f"{name}.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"points": []}
     points = {pt["size"]: pt for pt in old["points"]}
     work = Path(tempfile.mkdtemp(prefix="curve_"))
@@ -143,10 +158,10 @@ def main(trainer, sizes, n_val, val_fraction):
             points[size] = pt
             click.echo(json.dumps(pt), err=True)
             rows = [points[k] for k in sorted(points)]
-            path.write_text(json.dumps({"trainer": trainer, "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
+            path.write_text(json.dumps({"trainer": trainer, "overrides": list(overrides), "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
                                         "command": " ".join(["python", *sys.argv]), "points": rows}, indent=2)
                             + "\n", encoding="utf-8")
-            with (OUT / f"{trainer}.csv").open("w", newline="", encoding="utf-8") as fh:
+            with (OUT / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow(["size", rows[0]["metric"], "ci_low", "ci_high", "n"])
                 w.writerows([r["size"], r["value"], r["ci_low"], r["ci_high"], r["n"]] for r in rows)

@@ -311,26 +311,24 @@ def bench_train(root: Path) -> list[str]:
 
 
 def learning_curves(root: Path) -> list[str]:
-    """bench/results/curves/<trainer>.json (bench/learning_curve.py): one row per point."""
-    labels = {"rec": ("rec_finetune", "training rows (one epoch)", "LLM AUC, eval split"),
-              "rm": ("pref_rm", "optimizer steps (x batch pairs)", "pairwise accuracy, validation prefixes"),
-              "dpo": ("pref_dpo", "optimizer steps (x batch pairs)", "implicit-reward accuracy, validation prefixes")}
+    """bench/results/curves/<trainer>[-<label>].json (bench/learning_curve.py): one row per point."""
+    labels = {"rec": ("rec_finetune", "rows (one epoch)", "LLM AUC, eval split"),
+              "rm": ("pref_rm", "steps", "pairwise accuracy, validation prefixes"),
+              "dpo": ("pref_dpo", "steps", "implicit-reward accuracy, validation prefixes")}
     rows, cmds = [], []
-    for name in ("rec", "rm", "dpo"):
-        path = root / RESULTS_DIR / "curves" / f"{name}.json"
-        if not path.exists():
-            continue
+    for path in sorted((root / RESULTS_DIR / "curves").glob("*.json")):
         d = json.loads(path.read_text(encoding="utf-8"))
-        stage, size, metric = labels[name]
+        stage, size, metric = labels[d["trainer"]]
+        setting = ", ".join(d.get("overrides") or []) or "params.yaml"
         for pt in d["points"]:
             extra = (f"baseline {pt['baseline_auc']:.3f} [{pt['baseline_ci'][0]:.3f}, {pt['baseline_ci'][1]:.3f}]"
                      if "baseline_auc" in pt else f"{pt.get('train_pairs', '')} training pairs")
-            rows.append([stage, f"{pt['size']:,} {size}", metric,
+            rows.append([stage, setting, f"{pt['size']:,} {size}", metric,
                          f"{pt['value']:.3f} [{pt['ci_low']:.3f}, {pt['ci_high']:.3f}]", pt["n"],
                          f"{pt['train_s']:.0f}", extra])
         cmds.append(f"`{d['command']}` ({d['date']}, CPU: {d.get('cpu') or 'not recorded'})")
-    out = _table(["stage", "training size", "metric (validation)", "value [95% CI]", "n", "train s", "beside it"],
-                 ["---", "---:", "---", "---", "---:", "---:", "---"], rows)
+    out = _table(["stage", "setting", "training size", "metric (validation)", "value [95% CI]", "n", "train s",
+                  "beside it"], ["---", "---", "---:", "---", "---", "---:", "---:", "---"], rows)
     return out + ["", "From `bench/results/curves/*.json`: " + "; ".join(cmds) + "."]
 
 
