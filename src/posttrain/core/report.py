@@ -63,8 +63,10 @@ UNITS = {"rec_evaluate": ("rows", "users"), "pref_rm": ("pairs", "prefixes"), "p
          "reason_filter": ("samples", "problems")}
 
 
-def ci_low_above(x):
-    return f"CI low > {x}", lambda e, facts: e["ci_low"] > x
+def ci_low_above(x, n: int = 0):
+    """The CI's lower bound above x (on at least n items, when n is given)."""
+    label = f"CI low > {x}" + (f" on n >= {n}" if n else "")
+    return label, lambda e, facts: e["ci_low"] > x and e["n"] >= n
 
 
 def ci_high_below(x):
@@ -81,10 +83,10 @@ def zero():
 
 # (stage, label, block, metric, (decimals, sign of the estimate), target or None = reported)
 RESULTS = [
-    ("rec_evaluate", "LLM AUC (P(Yes) at the answer token)", "llm", "auc", (3, ""), ci_low_above(0.5)),
+    ("rec_evaluate", "LLM AUC (P(Yes) at the answer token)", "llm", "auc", (3, ""), ci_low_above(0.5, n=400)),
     ("rec_evaluate", "like-rate baseline AUC", "baseline", "auc", (3, ""), None),
     ("rec_evaluate", "LLM - baseline AUC (paired)", "llm_minus_baseline", "auc", (3, "+"), None),
-    ("pref_rm", "held-out pairwise accuracy", "heldout", "accuracy", (3, ""), ci_low_above(0.5)),
+    ("pref_rm", "held-out pairwise accuracy", "heldout", "accuracy", (3, ""), ci_low_above(0.55, n=400)),
     ("pref_rm", "accuracy, rare bucket", "heldout_buckets.rare", "accuracy", (3, ""), None),
     ("pref_rm", "accuracy, common bucket", "heldout_buckets.common", "accuracy", (3, ""), None),
     ("pref_dpo", "held-out implicit-reward accuracy (every held-out pair)", "heldout", "reward_accuracy", (3, ""),
@@ -92,7 +94,7 @@ RESULTS = [
     ("pref_dpo", "held-out reward margin", "heldout", "reward_margin", (4, "+"), None),
     ("pref_dpo", "chosen and rejected identical after truncation", "heldout",
      "identical_after_truncation_fraction", (3, ""), zero()),
-    ("pref_grpo", "held-out RM reward, after - before (paired)", "eval_reward", "delta", (3, "+"), ci_low_above(0)),
+    ("pref_grpo", "held-out RM reward, after - before (paired)", "eval_reward", "delta", (3, "+"), ci_low_above(0, n=64)),
     ("reason_verifier", "AUC", "heldout", "auc", (3, ""), ci_low_above(0.5)),
     ("reason_verifier", "MSE - train-mean MSE (paired)", "heldout", "mse_minus_baseline", (4, "+"), ci_high_below(0)),
     ("reason_filter", "code pass rate", "by_domain.code", "pass_rate", (3, ""), accepted("code")),
@@ -116,7 +118,7 @@ def results(root: Path) -> list[str]:
         goal = "reported" if target is None else (
             f"{target[0]}: " + ("met" if target[1](e, facts) else "**not met**"))
         rows.append([stage, label, value, n, goal])
-    return _table(["stage", "metric", "value [95% CI]", "n", "target (issue 13)"], ["---"] * 5, rows)
+    return _table(["stage", "metric", "value [95% CI]", "n", "target (issue 28)"], ["---"] * 5, rows)
 
 
 # --- the paired density-aware vs uniform comparison --------------------------------------------
