@@ -11,6 +11,7 @@ report replaces what is between them with BLOCKS[NAME] rendered from the committ
     bench-density, bench-generate, bench-gen-cache, bench-launch, bench-bootstrap,
     bench-density-weights, bench-train
     learning-curves     bench/results/curves/<trainer>.json (bench/learning_curve.py)
+    density-sweep       bench/results/density_sweep.json (posttrain sweep collect)
                         bench/results/<name>.json (the bench scripts save them)
 
     posttrain report            # rewrite the blocks in place
@@ -334,11 +335,19 @@ def learning_curves(root: Path) -> list[str]:
     return out + ["", "From `bench/results/curves/*.json`: " + "; ".join(cmds) + "."]
 
 
+def density_sweep(root: Path) -> list[str]:
+    """bench/results/density_sweep.json (`posttrain sweep collect`), as the sweep's own tables."""
+    from posttrain.core.sweep import to_markdown
+
+    d = _json(root, f"{RESULTS_DIR}/density_sweep.json")
+    return to_markdown(d).rstrip("\n").split("\n")
+
+
 BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
           "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
           "bench-density-weights": bench_density_weights, "bench-train": bench_train,
-          "learning-curves": learning_curves}
+          "learning-curves": learning_curves, "density-sweep": density_sweep}
 
 
 def render(text: str, root: Path, where: str = "") -> str:
