@@ -37,7 +37,7 @@ def pipeline(d: Path, src: Path, k=2):
                        "--metrics", d / "m_embed.json"])
     run("pref_density", ["--embeddings", d / "embeddings.npy", "--ids", d / "ids.json",
                          "--info", d / "embeddings_info.json", "--prefixes", d / "prefixes_all.jsonl",
-                         "--k", k, "--eps", 0.01, "--method", "auto", "--auto-threshold", 20000, "--power", 1, "--seed", 0,
+                         "--k", k, "--eps", 0.01, "--method", "auto", "--auto-threshold", 20000, "--power", 1, "--cap-quantile", 1, "--seed", 0,
                          "--weights", d / "density_weights.npy", "--metadata", d / "embeddings_metadata.json",
                          "--projection", d / "projection.json", "--metrics", d / "m_density.json",
                          "--hist", d / "hist.json"])
