@@ -16,4 +16,5 @@ def test_bench_script_starts(script):
     p = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "Usage:" in p.stdout
+    # Click says "Usage:"; gpu_check.py is argparse ("usage:"): the GPU machine has no click
+    assert "usage:" in p.stdout.lower()

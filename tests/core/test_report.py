@@ -47,20 +47,20 @@ def test_check_fires_on_a_changed_metric_and_the_report_writes_it(copy):
     r = run(copy, "--check")
     assert r.exit_code == 1
     assert "-| rec_evaluate | LLM AUC" in r.output
-    assert "+| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.612 [0.551, 0.526]" in r.output
-    assert "CI low > 0.5: met" in r.output
+    assert "+| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.612 [0.551, 0.573]" in r.output
+    assert "CI low > 0.5 on n >= 400: met" in r.output
     assert run(copy).exit_code == 0
-    assert "0.612 [0.551, 0.526]" in (copy / "README.md").read_text()
+    assert "0.612 [0.551, 0.573]" in (copy / "README.md").read_text()
     assert run(copy, "--check").exit_code == 0
 
 
 def test_check_fires_on_a_number_typed_into_a_generated_table(copy):
     readme = copy / "README.md"
     text = readme.read_text()
-    assert "0.467 [0.415, 0.526]" in text
-    readme.write_text(text.replace("0.467 [0.415, 0.526]", "0.468 [0.415, 0.526]"))
+    assert "0.524 [0.475, 0.573]" in text
+    readme.write_text(text.replace("0.524 [0.475, 0.573]", "0.525 [0.475, 0.573]"))
     r = run(copy, "--check")
-    assert r.exit_code == 1 and "-| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.468" in r.output
+    assert r.exit_code == 1 and "-| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.525" in r.output
     run(copy)
     assert readme.read_text() == text
 
