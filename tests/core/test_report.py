@@ -74,14 +74,6 @@ def test_check_fires_on_a_changed_bench_result(copy):
     assert r.exit_code == 1 and "docs/performance.md" in r.output
 
 
-def test_a_comparison_that_no_longer_matches_the_metrics_is_marked_stale(copy):
-    path = copy / "metrics/pref_rm.json"
-    m = json.loads(path.read_text())
-    m["heldout"]["accuracy"] = 0.6
-    path.write_text(json.dumps(m))
-    assert "**Stale**" in "\n".join(report.density_vs_uniform(copy))
-
-
 def test_an_unknown_block_is_an_error(copy):
     (copy / "docs/x.md").write_text("<!-- report:nope -->\n<!-- /report:nope -->\n")
     r = run(copy, "--check")

@@ -5,14 +5,12 @@ report replaces what is between them with BLOCKS[NAME] rendered from the committ
 
     results             metrics/<stage>.json (estimates, 95% CIs, n) and metrics/<stage>_run.json
                         (n_clusters, counts)
-    density-vs-uniform  bench/results/density_vs_uniform.json (`posttrain compare ... --json`),
-                        checked against metrics/pref_rm.json
     repro-times         bench/results/repro_times.json (bench/repro_times.py)
     bench-density, bench-generate, bench-gen-cache, bench-launch, bench-bootstrap,
     bench-density-weights, bench-train
+                        bench/results/<name>.json (the bench scripts save them)
     learning-curves     bench/results/curves/<trainer>.json (bench/learning_curve.py)
     density-sweep       bench/results/density_sweep.json (posttrain sweep collect)
-                        bench/results/<name>.json (the bench scripts save them)
 
     posttrain report            # rewrite the blocks in place
     posttrain report --check    # exit 1 and print a diff where a block disagrees with the files
@@ -123,36 +121,6 @@ def results(root: Path) -> list[str]:
 
 
 # --- the paired density-aware vs uniform comparison --------------------------------------------
-
-def density_vs_uniform(root: Path) -> list[str]:
-    d = _json(root, f"{RESULTS_DIR}/density_vs_uniform.json")
-    rm = _json(root, "metrics/pref_rm.json")
-    labels = {"accuracy": "accuracy", "margin": "margin",
-              "reward_delta": "held-out reward after - before (each with its own RM)"}
-    rows, stale = [], []
-    for stage, block in d["stages"].items():
-        for r in block["rows"]:
-            where = r["group"].split("=")[1] + " bucket" if r["group"] else "all"
-            metric = labels[r["metric"]] + (f", {where}" if stage == "pref_rm" else "")
-            # only the paired difference: it is the estimate with a CI (the arms' own CIs
-            # were not saved with this comparison)
-            rows.append([stage, metric, f"{r['diff']:+.3f} [{r['diff_ci_low']:.3f}, {r['diff_ci_high']:.3f}]",
-                         f"{r['n']} ({r['n_clusters']})"])
-            if stage == "pref_rm":  # B must still be the committed density-aware RM
-                now = _get(rm, f"heldout_buckets.{r['group'].split('=')[1]}" if r["group"] else "heldout")
-                if abs(now[r["metric"]] - r["b"]) > 6e-4:  # 3 decimals, rounded twice at most
-                    stale.append(f"{metric}: {now[r['metric']]:.3f} now")
-    out = _table(["stage", "metric", "density-aware - uniform [95% CI]", "n (prompts)"],
-                 ["---", "---", "---", "---:"], rows)
-    command = d.get("command", "posttrain compare A B --json")
-    out += ["", f"From `{RESULTS_DIR}/density_vs_uniform.json`, written by `{command}`."]
-    if "source" in d:
-        out += [f"Source: {d['source']}"]
-    if stale:
-        out += ["", "**Stale**: metrics/pref_rm.json no longer matches the density-aware column ("
-                + "; ".join(stale) + "); rerun the command above."]
-    return out
-
 
 # --- bench outputs ---------------------------------------------------------------------------
 
@@ -343,7 +311,7 @@ def density_sweep(root: Path) -> list[str]:
     return to_markdown(d).rstrip("\n").split("\n")
 
 
-BLOCKS = {"results": results, "density-vs-uniform": density_vs_uniform, "repro-times": repro_times,
+BLOCKS = {"results": results, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
           "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
           "bench-density-weights": bench_density_weights, "bench-train": bench_train,
