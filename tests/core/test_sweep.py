@@ -43,6 +43,8 @@ def test_queue_commands_name_each_setting_and_seed_and_fix_the_split():
     capped = next(c for c in cmds if "dens-p11c75-s2" in c)
     assert {"pref.density.power=11", "pref.density.cap_quantile=0.75", "pref.rm.train_seed=2"} <= set(capped)
     assert not any("pref.rm.seed" in a for c in cmds for a in c)  # the held-out split never moves
+    # every run shares the experiment profile's held-out fraction, so all score the same pairs
+    assert all(f"pref.rm.heldout_fraction={sweep.SWEEP_HELDOUT}" in c for c in cmds)
 
 
 def test_summary_finds_the_planted_rare_gain_with_seed_aware_cis(summary):
