@@ -127,7 +127,7 @@ def pref_point(p, trainer: str, size: int, machine, work: Path, val_fraction: fl
               help="params.yaml value for this curve only, e.g. -S rec.finetune.lora_layers=8 (a YAML value)")
 @click.option("--label", default="", help="curve variant: points go to curves/<trainer>-<label>.json")
 def main(trainer, sizes, n_val, val_fraction, overrides, label):
-    from train import params
+    from train import build, params
 
     from posttrain.core.report import cpu_model
     from posttrain.core.training import TrainSettings
@@ -145,7 +145,7 @@ def main(trainer, sizes, n_val, val_fraction, overrides, label):
             raise click.BadParameter(f"{key} is not in params.yaml", param_hint="-S")
         node[leaf] = yaml.safe_load(value)
     name = f"{trainer}-{label}" if label else trainer
-    machine = TrainSettings(precision=p["train"]["precision"], frozen_trunk=p["train"]["frozen_trunk"])
+    machine = build(TrainSettings, p["train"])
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"points": []}

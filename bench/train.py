@@ -1,6 +1,7 @@
 """Training throughput of every trainer at the default params: before (fp32, the full forward
-at every step, the old placements) and after (`train.precision: auto`, the frozen trunk, the
-defaults in params.yaml), side by side in one run on one machine.
+at every step, trl's LM head over every position, the old placements) and after
+(`train.precision: auto`, the frozen trunk, the labelled-positions head, the defaults in
+params.yaml), side by side in one run on one machine.
 
     python bench/train.py [--trainers rec,rm,dpo,grpo,verifier] [--steps 6] [--no-save]
 
@@ -150,8 +151,8 @@ def main(trainers, steps, save):
     if "grpo" in names and ("rm" not in names or names.index("rm") > names.index("grpo")):
         raise click.BadParameter("grpo is rewarded by the reward model: list rm before it", param_hint="--trainers")
     p = params()
-    variants = {"before": TrainSettings(precision="fp32", frozen_trunk=False),
-                "after": TrainSettings(precision=p["train"]["precision"], frozen_trunk=p["train"]["frozen_trunk"])}
+    variants = {"before": TrainSettings(precision="fp32", frozen_trunk=False, labelled_head=False),
+                "after": build(TrainSettings, p["train"])}
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     rows = {}
     rm_dir = None

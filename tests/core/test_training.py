@@ -99,7 +99,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(training, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto") == "fp32"
     assert resolve_precision("bf16") == "bf16"
-    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True))
+    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True))
     assert args == {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
@@ -116,9 +116,9 @@ def one_step(tokenizer, tmp_path, precision: str, frozen: bool):
     args = TrainingArguments(output_dir=str(tmp_path / precision), max_steps=1, per_device_train_batch_size=4,
                              learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
                              seed=0, disable_tqdm=True, lr_scheduler_type="constant",
-                             **device_args(TrainSettings(precision=precision, frozen_trunk=frozen)))
+                             **device_args(TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True)))
     trainer = Trainer(model=model, args=args, train_dataset=ds)
-    facts = fit(trainer, TrainSettings(precision=precision, frozen_trunk=frozen))
+    facts = fit(trainer, TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True))
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     return loss, {n: p.detach() - before[n] for n, p in model.named_parameters() if "lora_B" in n}, facts
 

@@ -148,7 +148,7 @@ GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_gene
 
 # fp32 keeps these tests' figures the same on CPUs with and without bf16; the frozen trunk is on
 # as in the default params (tests/core/test_training.py holds the bf16 and trunk equivalences).
-MACHINE = TrainSettings(precision="fp32", frozen_trunk=True)
+MACHINE = TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True)
 
 
 def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):
@@ -263,6 +263,7 @@ def test_dpo_smoke(pref_dir, tiny_model_dir, tmp_path):
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # top 1 of the 2 tiny layers
     assert m["train"]["steps"] == 3 and m["train"]["draws"] == 3 * 2
+    assert m["train"]["labelled_positions_head"] is True  # trl's fused head swapped for the compact one
     h = m["heldout"]
     assert h["n"] == m["pairs"]["heldout"] > 0
     assert 0.0 <= h["reward_accuracy"] <= 1.0 and np.isfinite(h["reward_margin"])
@@ -292,7 +293,7 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     assert (out / "adapter_config.json").is_file()
     held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]
     assert m["prompts"]["train"] + m["prompts"]["eval"] == len(held)
-    assert m["train"]["steps"] == 2
+    assert m["train"]["steps"] == 2 and m["train"]["labelled_positions_head"] is True
     assert live_steps(tmp_path / "dvclive", "reward") == [1, 2]
     assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
     r = m["eval_reward"]

@@ -6,6 +6,8 @@
   autocast only lowers the matmuls (transformers' `bf16=True` through accelerate).
 - **Frozen trunk** (`train.frozen_trunk`): the layers below the first trainable one computed
   once per training sequence, `posttrain.core.trunk`.
+- **Labelled head** (`train.labelled_head`): trl's LM head projects only the positions that
+  carry a label, `posttrain.core.logprob_head`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How every trainer uses the machine (params train.precision, train.frozen_trunk)."""
+    """How every trainer uses the machine (params train.precision, train.frozen_trunk,
+    train.labelled_head)."""
 
     precision: str = param("auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere), "
                            "bf16 or fp32; master weights stay fp32", choices=PRECISIONS)
     frozen_trunk: bool = param("compute the frozen layers below the first trainable one once per "
                                "training sequence and reuse them (exact; costs memory)", flag=False)
+    labelled_head: bool = param("on the CPU, trl's LM head scores only the positions that carry a label "
+                                "(exact up to rounding; trl does so itself where Triton runs)", flag=False)
 
 
 @lru_cache(maxsize=1)
@@ -86,6 +91,7 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
 
     import torch
 
+    from posttrain.core.logprob_head import labelled_head
     from posttrain.core.trunk import decoder_of, frozen_trunk
 
     seen = {"tokens": 0, "sequences": 0}
@@ -106,7 +112,10 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
     hook = dec.register_forward_pre_hook(count, with_kwargs=True) if dec is not None else None
     t0 = time.perf_counter()
     try:
-        with frozen_trunk(trainer.model, t.frozen_trunk and trunk) as cached:
+        # trl's fused head is compact only where Triton runs; on the CPU ours scores labelled positions only
+        on_cpu = next(trainer.model.parameters()).device.type == "cpu"
+        with frozen_trunk(trainer.model, t.frozen_trunk and trunk) as cached, \
+                labelled_head(trainer, t.labelled_head and on_cpu) as heads:
             trainer.train()
     finally:
         if hook is not None:
@@ -117,7 +126,8 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
             "trained_tokens_per_s": round(seen["tokens"] / wall, 1) if wall > 0 else None,
             "frozen_trunk_layers": cached.depth if cached is not None else 0,
             "frozen_trunk_computed": cached.computed if cached is not None else 0,
-            "frozen_trunk_reused": cached.reused if cached is not None else 0}
+            "frozen_trunk_reused": cached.reused if cached is not None else 0,
+            "labelled_positions_head": bool(heads)}
 
 
 def autocast(t: TrainSettings):
