@@ -5,10 +5,13 @@ sizes, to choose the defaults. Nothing here touches a held-out or test split:
   rec "eval" split (per user, the ratings just before the test ones), LLM AUC with the
   like-rate baseline beside it;
 - rm / dpo: the pairs of pref_rm's *training* prefixes only (its held-out prefixes removed),
-  split again by prefix into train and validation; N optimizer steps.
+  split again by prefix into train and validation; N optimizer steps;
+- verifier: reason_verifier's training problems only, split again by problem; N optimizer
+  steps; AUC on the validation problems' solutions.
 
     python bench/learning_curve.py --trainer rec --sizes 64,256,1024,2048
     python bench/learning_curve.py --trainer rm --sizes 60,240,960
+    python bench/learning_curve.py --trainer verifier --sizes 40,80,160
 
 Each point is saved to bench/results/curves/<trainer>.json (and .csv for `dvc plots show`,
 declared in dvc.yaml's top-level plots) as soon as it is measured.
@@ -118,11 +121,28 @@ def pref_point(p, trainer: str, size: int, machine, work: Path, val_fraction: fl
             "train_pairs": res["metrics"]["pairs"]["train"]}
 
 
+def verifier_point(p, size: int, machine, work: Path, val_fraction: float) -> dict:
+    from train import build
+
+    from posttrain.reason.verifier import VerifierSettings, verifier_run
+
+    s = build(VerifierSettings, p["reason"]["verifier"], max_steps=size)
+    t0 = time.perf_counter()
+    res = verifier_run(ROOT / "data/models/policy", ROOT / "data/reason/graded.jsonl",
+                       ROOT / "data/reason/problems.jsonl", s, machine, live_dir=work / "live", validation=val_fraction)
+    h = res["metrics"]["heldout"]
+    return {"size": size, "steps": size, "train_s": round(time.perf_counter() - t0, 1),
+            "tokens_per_s": res["metrics"]["train"].get("trained_tokens_per_s"), "metric": "auc", "value": h["auc"],
+            "ci_low": h["auc_ci_low"], "ci_high": h["auc_ci_high"], "n": h["n"],
+            "mse_minus_baseline": h.get("mse_minus_baseline"),
+            "mse_minus_baseline_ci": [h.get("mse_minus_baseline_ci_low"), h.get("mse_minus_baseline_ci_high")]}
+
+
 @click.command()
-@click.option("--trainer", type=click.Choice(["rec", "rm", "dpo"]), required=True)
-@click.option("--sizes", required=True, help="rec: training rows; rm/dpo: optimizer steps")
+@click.option("--trainer", type=click.Choice(["rec", "rm", "dpo", "verifier"]), required=True)
+@click.option("--sizes", required=True, help="rec: training rows; rm/dpo/verifier: optimizer steps")
 @click.option("--n-val", default=400, show_default=True, help="rec: validation rows scored")
-@click.option("--val-fraction", default=0.25, show_default=True, help="rm/dpo: training prefixes held for validation")
+@click.option("--val-fraction", default=0.25, show_default=True, help="rm/dpo: training prefixes (verifier: problems) held for validation")
 @click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="params.yaml value for this curve only, e.g. -S rec.finetune.lora_layers=8 (a YAML value)")
 @click.option("--label", default="", help="curve variant: points go to curves/<trainer>-<label>.json")
@@ -153,8 +173,12 @@ def main(trainer, sizes, n_val, val_fraction, overrides, label):
     work = Path(tempfile.mkdtemp(prefix="curve_"))
     try:
         for size in (int(x) for x in sizes.split(",")):
-            pt = rec_point(p, size, machine, work, n_val) if trainer == "rec" else \
-                pref_point(p, trainer, size, machine, work, val_fraction)
+            if trainer == "rec":
+                pt = rec_point(p, size, machine, work, n_val)
+            elif trainer == "verifier":
+                pt = verifier_point(p, size, machine, work, val_fraction)
+            else:
+                pt = pref_point(p, trainer, size, machine, work, val_fraction)
             points[size] = pt
             click.echo(json.dumps(pt), err=True)
             rows = [points[k] for k in sorted(points)]

@@ -9,7 +9,7 @@ import pytest
 from posttrain.core.io import DataError, read_json, read_jsonl, write_json, write_jsonl
 from posttrain.reason.verifier import (
     champ_examples, first_wrong_step_score, graded_examples, load_records, score_metrics,
-    split_by_problem,
+    run_split, split_by_problem,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +123,18 @@ def test_split_by_problem_is_disjoint_and_seeded(tmp_path):
     assert len({r["problem"] for r in held}) == 3
     assert split_by_problem(recs, 0.3, seed=0) == (train, held)
     assert split_by_problem(recs, 0.3, seed=1) != (train, held)
+
+
+def test_validation_split_scores_training_problems_only(tmp_path):
+    """Learning curves (`validation`): the held-out problems are neither trained on nor scored."""
+    recs = champ_examples(champ_file(tmp_path / "v0.json", 10))
+    train, held = run_split(recs, 0.3, 0)
+    assert (train, held) == split_by_problem(recs, 0.3, seed=0)
+    fit_on, val = run_split(recs, 0.3, 0, validation=0.3)
+    held_problems = {r["problem"] for r in held}
+    assert val and not held_problems & ({r["problem"] for r in val} | {r["problem"] for r in fit_on})
+    assert sorted(r["id"] for r in fit_on + val) == sorted(r["id"] for r in train)
+    assert not {r["problem"] for r in fit_on} & {r["problem"] for r in val}
 
 
 def test_score_metrics_hand_computed():

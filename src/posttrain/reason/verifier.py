@@ -162,6 +162,14 @@ def split_by_problem(records: Sequence[dict], heldout_frac: float, seed: int) ->
     return train, heldout
 
 
+def run_split(records: Sequence[dict], heldout_frac: float, seed: int,
+              validation: float | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, scored): the held-out problems, or with `validation` a fraction of the training
+    problems (the held-out ones dropped), split by problem like `split_by_problem`."""
+    train, heldout = split_by_problem(records, heldout_frac, seed)
+    return split_by_problem(train, validation, seed) if validation is not None else (train, heldout)
+
+
 # -- model ------------------------------------------------------------------------
 
 def load_regressor(model_dir, *, trainable_layers: int, seed: int, num_layers: int):
@@ -416,10 +424,13 @@ class VerifierSettings:
     threshold: float = param('prediction >= threshold counts as "fully correct" for accuracy', min=0, max=1)
 
 
-def verifier_run(model_dir, graded, problems, s: VerifierSettings, t: TrainSettings, *, live_dir) -> dict | None:
+def verifier_run(model_dir, graded, problems, s: VerifierSettings, t: TrainSettings, *, live_dir,
+                 validation: float | None = None) -> dict | None:
     """reason_verifier's work: records loaded and split by problem, the regressor trained and
     scored on the held-out problems -> {model, tokenizer, scored, metrics, predictions}; None on
-    ranks other than the main one under `accelerate launch`."""
+    ranks other than the main one under `accelerate launch`. `validation` (a fraction): the
+    held-out problems are dropped and the training problems split again, that fraction of them
+    scored instead (learning curves: nothing tuned on the held-out problems)."""
     import time
 
     t0 = time.perf_counter()
@@ -427,7 +438,7 @@ def verifier_run(model_dir, graded, problems, s: VerifierSettings, t: TrainSetti
         champ=None if s.champ.lower() == "none" else s.champ,
         graded=graded if s.use_graded else None, problems=problems if s.use_graded else None,
         max_champ=s.max_champ or None, max_graded=s.max_graded or None)
-    train_recs, heldout = split_by_problem(records, s.heldout_frac, s.seed)
+    train_recs, heldout = run_split(records, s.heldout_frac, s.seed, validation)
     log.info("records: %d train / %d held-out (%s)", len(train_recs), len(heldout), counts)
 
     def build():
