@@ -68,8 +68,10 @@ def test_table_and_plot_are_written_from_the_summary(summary, tmp_path):
     assert "| p11c75 | 3 | 75.8x (83.4x) | 49.0% |" in md and "Difference from `u`" in md
     assert md.index("| u |") < md.index("| p11c75 |") < md.index("| p7 |")  # ordered by strength
     svg = paths[2].read_text()
-    assert svg.startswith("<svg") and svg.count("<circle") == 3 * 6  # 3 settings x 6 panels
-    assert "accuracy, rare" in svg and "margin, common" in svg
+    # 3 settings x 6 panels, plus one legend dot per setting
+    assert svg.startswith("<svg") and svg.count("<circle") == 3 * 6 + 3
+    assert svg.count("<title>p7: ") == 6 and "p11c75 (3 seeds, ESS 49%)" in svg
+    assert "accuracy, rare prompts" in svg and "margin, common prompts" in svg
     assert sweep.plot_svg(summary) == svg  # same data, same bytes
 
 

@@ -285,15 +285,21 @@ def learning_curves(root: Path) -> list[str]:
     """bench/results/curves/<trainer>[-<label>].json (bench/learning_curve.py): one row per point."""
     labels = {"rec": ("rec_finetune", "rows (one epoch)", "LLM AUC, eval split"),
               "rm": ("pref_rm", "steps", "pairwise accuracy, validation prefixes"),
-              "dpo": ("pref_dpo", "steps", "implicit-reward accuracy, validation prefixes")}
+              "dpo": ("pref_dpo", "steps", "implicit-reward accuracy, validation prefixes"),
+              "verifier": ("reason_verifier", "steps", "AUC, validation problems")}
     rows, cmds = [], []
     for path in sorted((root / RESULTS_DIR / "curves").glob("*.json")):
         d = json.loads(path.read_text(encoding="utf-8"))
         stage, size, metric = labels[d["trainer"]]
         setting = ", ".join(d.get("overrides") or []) or "params.yaml"
         for pt in d["points"]:
-            extra = (f"baseline {pt['baseline_auc']:.3f} [{pt['baseline_ci'][0]:.3f}, {pt['baseline_ci'][1]:.3f}]"
-                     if "baseline_auc" in pt else f"{pt.get('train_pairs', '')} training pairs")
+            if "baseline_auc" in pt:
+                extra = f"baseline {pt['baseline_auc']:.3f} [{pt['baseline_ci'][0]:.3f}, {pt['baseline_ci'][1]:.3f}]"
+            elif "mse_minus_baseline" in pt:
+                lo, hi = pt["mse_minus_baseline_ci"]
+                extra = f"MSE - train-mean MSE {pt['mse_minus_baseline']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            else:
+                extra = f"{pt.get('train_pairs', '')} training pairs"
             rows.append([stage, setting, f"{pt['size']:,} {size}", metric,
                          f"{pt['value']:.3f} [{pt['ci_low']:.3f}, {pt['ci_high']:.3f}]", pt["n"],
                          f"{pt['train_s']:.0f}", extra])

@@ -275,59 +275,99 @@ def to_markdown(summary: dict) -> str:
 
 # ---------------------------------------------------------------- the plot (SVG, no dependency)
 
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About n round tick values inside [lo, hi]."""
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step) + 1)]
+
+
 def plot_svg(summary: dict) -> str:
     """Accuracy and margin (rows) overall, rare, common (columns) against the expected
-    rare/common draw ratio (log x; uniform = 1), each point a setting with its two-level CI."""
+    rare/common draw ratio (log x; uniform = 1), each setting one colour with its two-level CI;
+    the dashed line is the baseline setting's mean, dotted grey chance (0.5) or no margin (0)."""
     names = _order(summary)
-    pw, ph, ml, mt = 260, 200, 60, 40
-    width, height = ml + 3 * (pw + 30), mt + 2 * (ph + 60)
+    base = summary.get("baseline")
+    colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+    pw, ph, ml, mt, gap = 270, 210, 62, 86, 46
+    width, height = ml + 3 * (pw + gap), mt + 2 * (ph + 62)
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{ml}" y="18" font-size="13">pref_rm held-out vs density strength: mean over seeds, 95% CI '
-           f'(seeds, then prefixes)</text>']
+           f'<text x="{ml}" y="18" font-size="13">pref_rm held-out accuracy and margin vs how strongly rare prompts '
+           f'are favoured</text>',
+           f'<text x="{ml}" y="34">mean over training seeds, 95% CI (seeds, then prefixes), '
+           f'{summary.get("shared_items", "?")} held-out pairs; dashed: {base or "-"}, dotted: chance / no margin</text>']
+    lx = 0
+    for n in names:  # legend
+        b = summary["settings"][n]
+        label = f'{n} ({len(b["seeds"])} seeds, ESS {_num(100 * b["ess_fraction"] if b.get("ess_fraction") is not None else None, ".0f")}%)'
+        svg += [f'<circle cx="{ml + lx + 5}" cy="52" r="4" fill="{colour[n]}"/>',
+                f'<text x="{ml + lx + 13}" y="56">{label}</text>']
+        lx += 14 + 7 * len(label)
     xs = {n: max(summary["settings"][n]["expected_ratio"] or 1.0, 1.0) for n in names}
-    lx = [math.log10(x) for x in xs.values()]
-    x0, x1 = min(lx + [0.0]), max(lx + [1.0])
+    lxs = [math.log10(x) for x in xs.values()]
+    x0, x1 = math.log10(0.6), max(lxs + [1.0]) + 0.35
+    # settings at (nearly) the same ratio side by side, not on top of each other
+    offset, seen = {}, {}
+    for n in names:
+        key = round(math.log10(xs[n]), 1)
+        offset[n] = seen.get(key, 0)
+        seen[key] = offset[n] + 1
+    for n in names:
+        k = seen[round(math.log10(xs[n]), 1)]
+        offset[n] = (offset[n] - (k - 1) / 2) * 9
     for row, metric in enumerate(("accuracy", "margin")):
         for col, group in enumerate(GROUPS):
-            ests = [_get(summary["settings"][n]["estimates"], metric, group) for n in names]
-            vals = [v for e in ests for v in (e["value_ci_low"], e["value_ci_high"], e["value"]) if v is not None]
+            ests = {n: _get(summary["settings"][n]["estimates"], metric, group) for n in names}
+            vals = [v for e in ests.values() for v in (e["value_ci_low"], e["value_ci_high"], e["value"]) if v is not None]
             y0, y1 = (min(vals), max(vals)) if vals else (0.0, 1.0)
             if y1 - y0 < 1e-9:
                 y0, y1 = y0 - 0.5, y1 + 0.5
-            pad = 0.05 * (y1 - y0)
+            pad = 0.06 * (y1 - y0)
             y0, y1 = y0 - pad, y1 + pad
-            ox, oy = ml + col * (pw + 30), mt + row * (ph + 60)
+            ox, oy = ml + col * (pw + gap), mt + row * (ph + 62)
 
-            def X(v):
-                return ox + (math.log10(v) - x0) / (x1 - x0 or 1) * pw
+            def X(v, n=None):
+                return ox + (math.log10(v) - x0) / (x1 - x0) * pw + (offset[n] if n else 0)
 
             def Y(v):
                 return oy + ph - (v - y0) / (y1 - y0) * ph
-            title = f"{metric}, {group.split('=')[1] if group else 'all'}"
+            title = f"{metric}, {'rare prompts' if group == 'bucket=rare' else 'common prompts' if group else 'all'}"
             svg += [f'<rect x="{ox}" y="{oy}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>',
-                    f'<text x="{ox + pw / 2}" y="{oy - 6}" text-anchor="middle">{title}</text>',
-                    f'<text x="{ox - 4}" y="{Y(y0) :.1f}" text-anchor="end">{y0:.3f}</text>',
-                    f'<text x="{ox - 4}" y="{Y(y1) + 10:.1f}" text-anchor="end">{y1:.3f}</text>',
-                    f'<text x="{ox + pw / 2}" y="{oy + ph + 28}" text-anchor="middle">expected rare/common draws '
-                    f'(log)</text>']
-            if metric == "accuracy" and y0 < 0.5 < y1:
-                svg.append(f'<line x1="{ox}" x2="{ox + pw}" y1="{Y(0.5):.1f}" y2="{Y(0.5):.1f}" stroke="#ccc" '
-                           f'stroke-dasharray="4 3"/>')
-            for d in range(math.floor(x0), math.ceil(x1) + 1):
+                    f'<text x="{ox + pw / 2}" y="{oy - 6}" text-anchor="middle" font-weight="bold">{title}</text>',
+                    f'<text x="{ox + pw / 2}" y="{oy + ph + 30}" text-anchor="middle">expected rare/common '
+                    f'draw ratio (log)</text>']
+            for t in _ticks(y0, y1):
+                svg += [f'<line x1="{ox}" x2="{ox + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#eee"/>',
+                        f'<text x="{ox - 4}" y="{Y(t) + 4:.1f}" text-anchor="end">{t:g}</text>']
+            ref = 0.5 if metric == "accuracy" else 0.0
+            if y0 < ref < y1:
+                svg.append(f'<line x1="{ox}" x2="{ox + pw}" y1="{Y(ref):.1f}" y2="{Y(ref):.1f}" stroke="#999" '
+                           f'stroke-dasharray="1 3"/>')
+            if base in ests and ests[base]["value"] is not None:
+                v = ests[base]["value"]
+                svg.append(f'<line x1="{ox}" x2="{ox + pw}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="{colour[base]}" '
+                           f'stroke-opacity="0.6" stroke-dasharray="5 3"/>')
+            for d in range(0, math.ceil(x1) + 1):
                 if x0 <= d <= x1:
-                    svg.append(f'<text x="{X(10 ** d):.1f}" y="{oy + ph + 14}" text-anchor="middle">{10 ** d:g}</text>')
-            for n, e in zip(names, ests):
+                    svg += [f'<line x1="{X(10 ** d):.1f}" x2="{X(10 ** d):.1f}" y1="{oy + ph}" y2="{oy + ph + 4}" '
+                            f'stroke="#888"/>',
+                            f'<text x="{X(10 ** d):.1f}" y="{oy + ph + 16}" text-anchor="middle">{10 ** d:g}x</text>']
+            for n, e in ests.items():
                 if e["value"] is None:
                     continue
-                x = X(xs[n])
+                x = X(xs[n], n)
                 if e["value_ci_low"] is not None:
                     svg.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{Y(e["value_ci_low"]):.1f}" '
-                               f'y2="{Y(e["value_ci_high"]):.1f}" stroke="#1f77b4"/>')
-                svg += [f'<circle cx="{x:.1f}" cy="{Y(e["value"]):.1f}" r="3" fill="#1f77b4"><title>{n}: '
-                        f'{e["value"]:.4f} [{_num(e["value_ci_low"], ".4f")}, {_num(e["value_ci_high"], ".4f")}], '
-                        f'{e["runs"]} seeds</title></circle>',
-                        f'<text x="{x + 4:.1f}" y="{Y(e["value"]) - 4:.1f}" fill="#555" font-size="9">{n}</text>']
+                               f'y2="{Y(e["value_ci_high"]):.1f}" stroke="{colour[n]}" stroke-width="2"/>')
+                svg.append(f'<circle cx="{x:.1f}" cy="{Y(e["value"]):.1f}" r="4" fill="{colour[n]}"><title>{n}: '
+                           f'{e["value"]:.4f} [{_num(e["value_ci_low"], ".4f")}, {_num(e["value_ci_high"], ".4f")}], '
+                           f'{e["runs"]} seeds</title></circle>')
     return "\n".join(svg + ["</svg>"]) + "\n"
 
 
