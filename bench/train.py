@@ -14,9 +14,11 @@ FLOPs per trained token are the model's matmul FLOPs for the trainable placement
 scores and elementwise work left out; small at these lengths): forward 2P over the kept
 layers and the head; backward 2P for the activation gradients from the head down to the
 first trainable layer, plus 2P for the weights that train in full (LoRA's are negligible);
-DPO adds its reference forward. Cached trunk layers count as computed (the model-FLOPs
-convention), so "of bf16 peak" is a model-FLOPs utilization against the matmul rate measured
-here: an n x n matmul, best of 5, at the machine's threads.
+DPO adds its reference forward. Cached trunk layers, and the LM head at positions without a
+label, count as computed (the model-FLOPs convention), so "of bf16 peak" is a model-FLOPs
+utilization against the matmul rate measured here (an n x n matmul, best of 5, at the
+machine's threads): work the cache and the labelled head skip can lift it past what the
+matmuls themselves reach.
 
 Held-out evaluation is cut to a few items (it is not timed) so the bench stays short.
 """
