@@ -179,7 +179,7 @@ def main(trainers, steps, save):
                 rm_dir = work / "after" / "rm-out"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    click.echo("\n| trainer | before tok/s (fp32, full forward) | after tok/s | after / before | GFLOP/token "
+    click.echo("\n| trainer | before tok/s (fp32, full forward, trl head) | after tok/s | after / before | GFLOP/token "
                "| after: of fp32 peak | after: of bf16 peak |")
     click.echo("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
