@@ -43,24 +43,28 @@ def test_check_fires_on_a_changed_metric_and_the_report_writes_it(copy):
     path = copy / "metrics/rec_evaluate.json"
     m = json.loads(path.read_text())
     m["llm"]["auc"], m["llm"]["auc_ci_low"] = 0.612, 0.551  # the target's CI low > 0.5 is now met
+    high = f'{m["llm"]["auc_ci_high"]:.3f}'
     path.write_text(json.dumps(m))
     r = run(copy, "--check")
     assert r.exit_code == 1
     assert "-| rec_evaluate | LLM AUC" in r.output
-    assert "+| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.612 [0.551, 0.573]" in r.output
+    assert f"+| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.612 [0.551, {high}]" in r.output
     assert "CI low > 0.5 on n >= 400: met" in r.output
     assert run(copy).exit_code == 0
-    assert "0.612 [0.551, 0.573]" in (copy / "README.md").read_text()
+    assert f"0.612 [0.551, {high}]" in (copy / "README.md").read_text()
     assert run(copy, "--check").exit_code == 0
 
 
 def test_check_fires_on_a_number_typed_into_a_generated_table(copy):
     readme = copy / "README.md"
     text = readme.read_text()
-    assert "0.524 [0.475, 0.573]" in text
-    readme.write_text(text.replace("0.524 [0.475, 0.573]", "0.525 [0.475, 0.573]"))
+    m = json.loads((copy / "metrics/rec_evaluate.json").read_text())["llm"]
+    shown = f'{m["auc"]:.3f} [{m["auc_ci_low"]:.3f}, {m["auc_ci_high"]:.3f}]'
+    typed = f'{m["auc"] + 0.001:.3f} [{m["auc_ci_low"]:.3f}, {m["auc_ci_high"]:.3f}]'
+    assert shown in text
+    readme.write_text(text.replace(shown, typed))
     r = run(copy, "--check")
-    assert r.exit_code == 1 and "-| rec_evaluate | LLM AUC (P(Yes) at the answer token) | 0.525" in r.output
+    assert r.exit_code == 1 and f"-| rec_evaluate | LLM AUC (P(Yes) at the answer token) | {typed}" in r.output
     run(copy)
     assert readme.read_text() == text
 
