@@ -112,19 +112,15 @@ def power_lines(sizes: dict, *, p: float = 0.55, seeds: int = 3, seed_sd: float 
     return [note, "", *head, *rows]
 
 
-def _yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
 def heldout_sizes(metrics_path: Path, fraction: float | None = None) -> dict:
     """n per bucket from pref_rm's committed metrics (all, rare, common), scaled to the held-out
     `fraction` of prefixes when it differs from the one those metrics were measured at."""
+    from posttrain.core.profiles import load_yaml
+
     m = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
     sizes = {"all": m["heldout"]["n"], **{b: m["heldout_buckets"][b]["n"] for b in ("rare", "common")}}
     params = Path(metrics_path).parent.parent / "params.yaml"  # the run those metrics came from
-    measured = _yaml(params)["pref"]["rm"]["heldout_fraction"] if params.is_file() else None
+    measured = load_yaml(params)["pref"]["rm"]["heldout_fraction"] if params.is_file() else None
     if fraction is None or not measured:
         return sizes
     return {k: round(v * fraction / measured) for k, v in sizes.items()}
@@ -313,14 +309,10 @@ def plot_svg(summary: dict) -> str:
     lxs = [math.log10(x) for x in xs.values()]
     x0, x1 = math.log10(0.6), max(lxs + [1.0]) + 0.35
     # settings at (nearly) the same ratio side by side, not on top of each other
-    offset, seen = {}, {}
+    at: dict[float, list[str]] = {}
     for n in names:
-        key = round(math.log10(xs[n]), 1)
-        offset[n] = seen.get(key, 0)
-        seen[key] = offset[n] + 1
-    for n in names:
-        k = seen[round(math.log10(xs[n]), 1)]
-        offset[n] = (offset[n] - (k - 1) / 2) * 9
+        at.setdefault(round(math.log10(xs[n]), 1), []).append(n)
+    offset = {n: (i - (len(g) - 1) / 2) * 9 for g in at.values() for i, n in enumerate(g)}
     for row, metric in enumerate(("accuracy", "margin")):
         for col, group in enumerate(GROUPS):
             ests = {n: _get(summary["settings"][n]["estimates"], metric, group) for n in names}
