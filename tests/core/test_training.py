@@ -85,6 +85,70 @@ def test_frozen_trunk_runs_left_padded_batches_directly_and_exactly(tokenizer):
     assert torch.allclose(out[left_mask.bool()], ref[left_mask.bool()], atol=1e-5)
 
 
+def prefix_rows(tokenizer, left: bool):
+    """Rows as the trainers batch them: pairs of answers after one prompt, right-padded (RM, DPO),
+    or prompts left-padded then completions right-padded (GRPO); one row shares nothing."""
+    g = torch.Generator().manual_seed(3)
+    tok = lambda n: torch.randint(10, 2000, (n,), generator=g).tolist()  # noqa: E731
+    pad = tokenizer.pad_token_id
+    rows = []
+    for plen in (24, 40):
+        prompt = tok(plen)
+        rows += [(prompt, tok(n)) for n in (9, 17, 5)]
+    rows.append((tok(30), tok(12)))
+    if not left:
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = [p + c + [pad] * (width - len(p) - len(c)) for p, c in rows]
+        mask = [[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in rows]
+    else:
+        pw, cw = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+        ids = [[pad] * (pw - len(p)) + p + c + [pad] * (cw - len(c)) for p, c in rows]
+        mask = [[0] * (pw - len(p)) + [1] * (len(p) + len(c)) + [0] * (cw - len(c)) for p, c in rows]
+    return torch.tensor(ids), torch.tensor(mask)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_frozen_trunk_runs_a_shared_prefix_once_and_exactly(tokenizer, left):
+    model = lora_model(tokenizer, top=1, layers=4)
+    model.train()
+    ids, mask = prefix_rows(tokenizer, left)
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_logits, ref_grads = loss_and_grads()
+    with frozen_trunk(model) as trunk:
+        logits, grads = loss_and_grads()
+    real = mask.bool()
+    # two prompts of 24 and 40 tokens, each run once instead of three times (less the padding
+    # of the batched prefix and suffix passes)
+    assert trunk.shared_tokens > 0 and trunk.direct == int(left)
+    assert torch.allclose(logits[real], ref_logits[real], atol=1e-4)
+    for name in grads:
+        assert torch.allclose(grads[name], ref_grads[name], atol=1e-5), name
+
+
+def test_generation_pauses_the_frozen_trunk(tokenizer):
+    import types
+
+    from posttrain.core.rollouts import rollouts
+
+    model = lora_model(tokenizer, top=2, layers=4).eval()
+    ids, mask = batch(tokenizer, lengths=(6, 6))
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        ref = model.generate(**kw)
+        with frozen_trunk(model) as trunk, \
+                rollouts(types.SimpleNamespace(model=model), shared_prefill=False, bf16=False, trunk=trunk):
+            out = model.generate(**kw)
+            assert isinstance(decoder_of(model).embed_tokens, type(trunk))  # back after generating
+    assert torch.equal(out, ref)
+
+
 def test_frozen_trunk_refuses_cached_generation(tokenizer):
     model = lora_model(tokenizer, top=2, layers=4).eval()
     ids, mask = batch(tokenizer, lengths=(6, 6))
@@ -99,7 +163,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(training, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto") == "fp32"
     assert resolve_precision("bf16") == "bf16"
-    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True))
+    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True))
     assert args == {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
@@ -116,9 +180,9 @@ def one_step(tokenizer, tmp_path, precision: str, frozen: bool):
     args = TrainingArguments(output_dir=str(tmp_path / precision), max_steps=1, per_device_train_batch_size=4,
                              learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
                              seed=0, disable_tqdm=True, lr_scheduler_type="constant",
-                             **device_args(TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True)))
+                             **device_args(TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True)))
     trainer = Trainer(model=model, args=args, train_dataset=ds)
-    facts = fit(trainer, TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True))
+    facts = fit(trainer, TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True))
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     return loss, {n: p.detach() - before[n] for n, p in model.named_parameters() if "lora_B" in n}, facts
 

@@ -136,7 +136,7 @@ def live_steps(live_dir, key):
 
 # The library takes every training setting explicitly (defaults live in params.yaml);
 # these are the values the tests do not vary.
-RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, eval_batch_size=4, grad_accum=1,
+RM = dict(max_pairs=0, heldout_fraction=0.2, max_length=512, max_steps=40, batch_size=4, eval_batch_size=4, grad_accum=1, group_by_length=True,
           lr=5e-5, lora_r=0, lora_alpha=32, num_layers=0, trainable_layers=0, bucket_quantile=0.25, seed=0,
           train_seed=0)
 DPO = dict(max_pairs=0, heldout_fraction=0.2, split_seed=0, max_length=512, max_steps=30, batch_size=2,
@@ -148,7 +148,7 @@ GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_gene
 
 # fp32 keeps these tests' figures the same on CPUs with and without bf16; the frozen trunk is on
 # as in the default params (tests/core/test_training.py holds the bf16 and trunk equivalences).
-MACHINE = TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True)
+MACHINE = TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True)
 
 
 def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):
@@ -294,6 +294,8 @@ def test_grpo_smoke(pref_dir, tiny_model_dir, trained_rm, tmp_path):
     held = read_json(rm_dir / "split.json")["heldout_prefix_ids"]
     assert m["prompts"]["train"] + m["prompts"]["eval"] == len(held)
     assert m["train"]["steps"] == 2 and m["train"]["labelled_positions_head"] is True
+    # 1 prompt x 4 generations per step: one prefill per prompt (core.rollouts)
+    assert m["train"]["rollout_rows"] == 8 and m["train"]["rollout_prompts_prefilled"] == 2
     assert live_steps(tmp_path / "dvclive", "reward") == [1, 2]
     assert all(np.isfinite(m["eval_reward"][k]) for k in ("before", "after", "delta"))
     r = m["eval_reward"]
@@ -355,7 +357,7 @@ def test_reward_function_scores_prompt_plus_completion(trained_rm):
     from posttrain.pref.grpo import RewardModelScore
 
     model, tok = common.load_reward_model(trained_rm[0])
-    fn = RewardModelScore(model, tok, max_length=64, batch_size=2)
+    fn = RewardModelScore(model, tok, max_length=64, batch_size=2, t=MACHINE)
     prompts = [[{"role": "user", "content": "hi"}]] * 2
     r = fn(prompts, [[{"role": "assistant", "content": "A good, correct answer."}],
                      [{"role": "assistant", "content": "no"}]])

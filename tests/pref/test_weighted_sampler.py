@@ -189,3 +189,43 @@ def test_a_prompts_total_mass_is_its_weight_whatever_its_pair_count():
     assert w[:3] == pytest.approx([0.2] * 3) and w[3] == pytest.approx(0.4)
     assert sum(w[:3]) == pytest.approx(0.6)  # not 3 x 0.6
     assert pair_sampling_weights(pairs, density_aware=False) == [1.0] * 4
+
+
+def padded(batches, lengths):
+    return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+
+def test_length_grouped_draw_keeps_the_draw_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.1, 1.0, 300)
+    lengths = rng.integers(20, 256, 300).tolist()
+    plain = WeightedDistributedSampler(w, num_samples=1000, num_replicas=1, rank=0, seed=5)
+    grouped = WeightedDistributedSampler(w, num_samples=1000, num_replicas=1, rank=0, seed=5, lengths=lengths,
+                                         batch_size=8, megabatch=10)
+    a, b = list(plain), list(grouped)
+    assert sorted(a) == sorted(b) and a != b  # the same weighted draw, in other batches
+    for i in range(0, 1000, 80):  # each megabatch (10 batches of 8) holds its own items: a truncated run is a random subset
+        assert sorted(a[i:i + 80]) == sorted(b[i:i + 80])
+    cut = lambda xs: [xs[j:j + 8] for j in range(0, 1000, 8)]  # noqa: E731
+    real = sum(lengths[i] for i in a)
+    assert real / padded(cut(b), lengths) > 0.9 > 0.75 > real / padded(cut(a), lengths)
+    # batch order is shuffled, not longest first: the first batches are not the longest
+    firsts = [max(lengths[i] for i in bt) for bt in cut(b)[:100]]
+    assert firsts != sorted(firsts, reverse=True)
+    assert list(grouped) == b  # reproducible
+    grouped.set_epoch(1)
+    assert list(grouped) != b
+
+
+def test_length_grouped_ranks_each_take_a_share_of_one_global_batch():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 100, 50).tolist()
+    kw = dict(num_samples=97, seed=2, lengths=lengths, batch_size=4, megabatch=3)
+    shards = [list(WeightedDistributedSampler(np.ones(50), num_replicas=2, rank=r, **kw)) for r in range(2)]
+    full = WeightedDistributedSampler(np.ones(50), num_replicas=2, rank=0, **kw).grouped(
+        WeightedDistributedSampler(np.ones(50), num_replicas=2, rank=0, **kw).global_draw())
+    assert len(full) == 98 and [len(s) for s in shards] == [49, 49]
+    for k in range(0, 48, 4):  # rank batches k..k+4 of both ranks = global batch k/4
+        assert sorted(shards[0][k:k + 4] + shards[1][k:k + 4]) == sorted(full[2 * k:2 * k + 8])
+    with pytest.raises(ValueError, match="lengths"):
+        WeightedDistributedSampler(np.ones(50), num_replicas=1, rank=0, lengths=[1, 2])

@@ -8,6 +8,8 @@
   once per training sequence, `posttrain.core.trunk`.
 - **Labelled head** (`train.labelled_head`): trl's LM head projects only the positions that
   carry a label, `posttrain.core.logprob_head`.
+- **Rollouts** (GRPO): in the training precision, and with `train.shared_prefill` each distinct
+  prompt prefilled once for all its generations, `posttrain.core.rollouts`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @dataclass(frozen=True)
 class TrainSettings:
     """How every trainer uses the machine (params train.precision, train.frozen_trunk,
-    train.labelled_head)."""
+    train.labelled_head, train.shared_prefill)."""
 
     precision: str = param("auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere), "
                            "bf16 or fp32; master weights stay fp32", choices=PRECISIONS)
@@ -35,6 +37,8 @@ class TrainSettings:
                                "training sequence and reuse them (exact; costs memory)", flag=False)
     labelled_head: bool = param("on the CPU, trl's LM head scores only the positions that carry a label "
                                 "(exact up to rounding; trl does so itself where Triton runs)", flag=False)
+    shared_prefill: bool = param("rollouts (GRPO) prefill each distinct prompt once and copy its KV cache to "
+                                 "all its generations (same distribution)", flag=False)
 
 
 @lru_cache(maxsize=1)
@@ -82,16 +86,18 @@ def device_args(t: TrainSettings) -> dict:
     return {"use_cpu": True, "bf16": bf16, "gradient_checkpointing": False}
 
 
-def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
-    """`trainer.train()` with the frozen trunk computed once (when `t.frozen_trunk`, `trunk`
-    and the model has one); returns the run's facts: precision, trained tokens (non-pad tokens of the
-    forwards that build a graph, i.e. the trainable passes, not reference or generation
-    passes), their rate, and the trunk cache's counts."""
+def fit(trainer, t: TrainSettings) -> dict:
+    """`trainer.train()` with the frozen trunk computed once (when `t.frozen_trunk` and the
+    model has one), trl's head on labelled positions and rollouts as `t` says; returns the
+    run's facts: precision, trained tokens (non-pad tokens of the forwards that build a graph,
+    i.e. the trainable passes, not reference or generation passes), their rate, and the trunk
+    cache's counts."""
     import time
 
     import torch
 
     from posttrain.core.logprob_head import labelled_head
+    from posttrain.core.rollouts import rollouts
     from posttrain.core.trunk import decoder_of, frozen_trunk
 
     seen = {"tokens": 0, "sequences": 0}
@@ -114,8 +120,9 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
     try:
         # trl's fused head is compact only where Triton runs; on the CPU ours scores labelled positions only
         on_cpu = next(trainer.model.parameters()).device.type == "cpu"
-        with frozen_trunk(trainer.model, t.frozen_trunk and trunk) as cached, \
-                labelled_head(trainer, t.labelled_head and on_cpu) as heads:
+        with frozen_trunk(trainer.model, t.frozen_trunk) as cached, \
+                labelled_head(trainer, t.labelled_head and on_cpu) as heads, \
+                rollouts(trainer, shared_prefill=t.shared_prefill, bf16=bool(trainer.args.bf16), trunk=cached) as gen:
             trainer.train()
     finally:
         if hook is not None:
@@ -127,7 +134,10 @@ def fit(trainer, t: TrainSettings, *, trunk: bool = True) -> dict:
             "frozen_trunk_layers": cached.depth if cached is not None else 0,
             "frozen_trunk_computed": cached.computed if cached is not None else 0,
             "frozen_trunk_reused": cached.reused if cached is not None else 0,
-            "labelled_positions_head": bool(heads)}
+            "frozen_trunk_shared_prefix_tokens": cached.shared_tokens if cached is not None else 0,
+            "labelled_positions_head": bool(heads),
+            **({"rollout_rows": gen["rows"], "rollout_prompts_prefilled": gen["prefilled"]}
+               if gen is not None and gen["rows"] else {})}
 
 
 def autocast(t: TrainSettings):

@@ -22,7 +22,7 @@ from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import DataError, atomic_path, iter_jsonl, read_json, write_json, write_jsonl
 from posttrain.core.launch import is_main_process
 from posttrain.core.settings import param
-from posttrain.core.training import TrainSettings, device_args, fit
+from posttrain.core.training import TrainSettings, autocast, device_args, fit
 from posttrain.core.sharded import full_model
 from posttrain.core.live import callback
 from posttrain.pref.common import first_logged, last_logged, load_reward_model, render_ids, score_ids
@@ -57,17 +57,19 @@ def split_prompts(heldout_ids: list[str], n_eval: int, max_train: int, seed: int
 
 
 class RewardModelScore:
-    """trl reward function: the reward model's scalar for prompt + completion (chat template)."""
+    """trl reward function: the reward model's scalar for prompt + completion (chat template),
+    scored in the training precision (`t`), as pref_rm scored its held-out pairs."""
 
     __name__ = "reward_model"  # trl names the logged reward column after the function
 
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int):
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int, t: TrainSettings):
         self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.t = max_length, batch_size, t
 
     def score(self, prompts: list[list[dict]], answers: list[str]) -> np.ndarray:
         seqs = [render_ids(self.tokenizer, p, a, self.max_length)[0] for p, a in zip(prompts, answers)]
-        return score_ids(self.model, self.tokenizer, seqs, self.batch_size)
+        with autocast(self.t):
+            return score_ids(self.model, self.tokenizer, seqs, self.batch_size)
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         answers = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
@@ -148,7 +150,7 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, t: Train
                         f"({len(train_ids)}) and evaluation ({len(eval_ids)})")
 
     rm, rm_tok = load_reward_model(rm_dir)
-    reward_fn = RewardModelScore(rm, rm_tok, s.max_length, s.eval_batch_size)
+    reward_fn = RewardModelScore(rm, rm_tok, s.max_length, s.eval_batch_size, t)
     tok = AutoTokenizer.from_pretrained(str(policy))
 
     def build():
@@ -187,8 +189,9 @@ def train_grpo(prefixes_path, policy, rm_dir, out_dir, s: GRPOSettings, t: Train
         train_dataset=Dataset.from_dict({"prompt": [prefixes[i] for i in train_ids]}),
         peft_config=peft_cfg, callbacks=[callback(live_dir)])
     try:
-        # No frozen trunk: every step's sequences are new rollouts, generated with a KV cache.
-        run = fit(trainer, t, trunk=False)
+        # The trunk caches nothing here (every rollout is new, left-padded), but the rows of
+        # one prompt share its prefix: the frozen layers run it once (core.trunk).
+        run = fit(trainer, t)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     from peft import get_peft_model

@@ -68,6 +68,7 @@ class RewardSettings:
     batch_size: int = param("pairs per step and process", min=1)
     eval_batch_size: int = param("held-out sequences per scoring batch", min=1)
     grad_accum: int = param("gradient accumulation steps", min=1)
+    group_by_length: bool = param("length-grouped batches of the (weighted) draw: little padding")
     lr: float = param("learning rate", min=0, min_open=True)
     lora_r: int = param("LoRA rank, merged on save (0 = no LoRA: the trainable layers are fine-tuned)", min=0)
     lora_alpha: int = param("LoRA alpha", min=1)
@@ -106,7 +107,9 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
 
     cols, n_trunc_train = tokenize_pairs(tok, train, s.max_length)
     sample_w = pair_sampling_weights(train, data.density_aware)
-    train_ds = Dataset.from_dict({**cols, WEIGHT_COLUMN: sample_w})
+    # a pair pads to its longer side: chosen and rejected go through the model in one batch
+    lengths = [max(len(c), len(r)) for c, r in zip(cols["chosen_ids"], cols["rejected_ids"])]
+    train_ds = Dataset.from_dict({**cols, WEIGHT_COLUMN: sample_w, "length": lengths})
 
     scratch = tempfile.mkdtemp(prefix="pref_rm_trainer_")  # nothing is saved there (save_strategy=no)
     args = RewardConfig(
@@ -115,6 +118,8 @@ def train_reward_model(pairs_path, ids_path, weights_path, out_dir, s: RewardSet
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr, max_length=s.max_length,
         logging_steps=1, save_strategy="no", report_to="none", seed=s.train_seed, data_seed=s.train_seed,
         disable_tqdm=False, lr_scheduler_type="linear", warmup_steps=0,
+        # length-grouped weighted draws (pref.weighted_sampler): little padding
+        train_sampling_strategy="group_by_length" if s.group_by_length else "random", length_column_name="length",
         **device_args(t))
     trainer_cls = weighted_trainer_class(RewardTrainer)
     peft = lora_config(s.lora_r, s.lora_alpha, 0.0, "SEQ_CLS")

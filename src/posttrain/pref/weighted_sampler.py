@@ -10,6 +10,13 @@ of it. Together the ranks see exactly one weighted draw, once.
 (`RewardTrainer`, `DPOTrainer`, ...) through `_get_train_sampler`, reading the
 weights from a column of the (unfiltered-by-columns) train dataset so they stay
 aligned with rows even when the trainer drops over-long examples.
+
+With `train_sampling_strategy="group_by_length"` (transformers' flag, and its
+`length_column_name`), each epoch's draw is also length-grouped the way transformers'
+`LengthGroupedSampler` groups a shuffle: cut into megabatches of 50 global batches, each
+sorted by length and cut into batches whose order is shuffled. The draw's items are the
+same; only which ones share a batch changes, so a batch pads to a similar length (pref_rm's
+HH pairs: 36% of a random batch is padding, 7% of a grouped one).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ class WeightedDistributedSampler(Sampler[int]):
     """
 
     def __init__(self, weights: Sequence[float], num_samples: int | None = None,
-                 num_replicas: int | None = None, rank: int | None = None, seed: int = 0):
+                 num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
+                 lengths: Sequence[int] | None = None, batch_size: int = 1, megabatch: int = 50):
         w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if w.ndim != 1 or len(w) == 0:
             raise ValueError("weights must be a non-empty 1-D sequence")
@@ -46,7 +54,11 @@ class WeightedDistributedSampler(Sampler[int]):
             rank = rank if rank is not None else (torch.distributed.get_rank() if dist_on else 0)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        if lengths is not None and len(lengths) != len(w):
+            raise ValueError(f"{len(lengths)} lengths for {len(w)} weights")
         self.weights = w
+        self.lengths = None if lengths is None else [int(n) for n in lengths]
+        self.batch_size, self.megabatch = int(batch_size), int(megabatch)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.seed = int(seed)
@@ -67,8 +79,26 @@ class WeightedDistributedSampler(Sampler[int]):
         g.manual_seed(self.seed + (self.epoch if epoch is None else int(epoch)))
         return torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
 
+    def grouped(self, draw: list[int]) -> list[int]:
+        """`draw` reordered into length-grouped global batches (see the module docstring);
+        a global batch is `batch_size` items per rank, so each rank's batch is one of them."""
+        step = self.batch_size * self.num_replicas
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch + 7919)  # the batch order: apart from the draw's stream
+        out: list[int] = []
+        for start in range(0, len(draw), step * self.megabatch):
+            chunk = sorted(draw[start:start + step * self.megabatch], key=lambda i: -self.lengths[i])
+            batches = [chunk[j:j + step] for j in range(0, len(chunk), step)]
+            tail = [batches.pop()] if len(batches[-1]) < step else []  # a short batch stays last
+            out += [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+            out += [i for b in tail for i in b]
+        return out
+
     def __iter__(self) -> Iterator[int]:
-        for i in self.global_draw()[self.rank:self.total_size:self.num_replicas]:
+        draw = self.global_draw()
+        if self.lengths is not None:
+            draw = self.grouped(draw)
+        for i in draw[self.rank:self.total_size:self.num_replicas]:
             self.yielded.append(i)
             yield i
 
@@ -99,9 +129,16 @@ class WeightedSamplerMixin:
             raise ValueError("train dataset and its weight column differ in length")
         args = self.args
         seed = args.data_seed if args.data_seed is not None else args.seed
+        lengths = None
+        if getattr(args, "train_sampling_strategy", None) == "group_by_length":
+            col = args.length_column_name
+            if col not in full.column_names:
+                raise ValueError(f"train_sampling_strategy=group_by_length: the train dataset has no {col!r} column")
+            lengths = full[col]
         self.train_sampler = WeightedDistributedSampler(
             full[self.weight_column], num_replicas=max(1, args.world_size),
-            rank=args.process_index if args.world_size > 1 else 0, seed=seed)
+            rank=args.process_index if args.world_size > 1 else 0, seed=seed,
+            lengths=lengths, batch_size=args.per_device_train_batch_size)
         return self.train_sampler
 
     def get_train_dataloader(self):
