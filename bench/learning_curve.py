@@ -8,10 +8,14 @@ sizes, to choose the defaults. Nothing here touches a held-out or test split:
   split again by prefix into train and validation; N optimizer steps;
 - verifier: reason_verifier's training problems only, split again by problem; N optimizer
   steps; AUC on the validation problems' solutions.
+- grpo: the reward model's held-out prefixes less pref_grpo's eval prompts (never scored
+  here), split again by pref_grpo's own rule into validation and training prompts; N
+  optimizer steps; RM reward after - before on the validation prompts.
 
     python bench/learning_curve.py --trainer rec --sizes 64,256,1024,2048
     python bench/learning_curve.py --trainer rm --sizes 60,240,960
     python bench/learning_curve.py --trainer verifier --sizes 40,80,160
+    python bench/learning_curve.py --trainer grpo --sizes 6,12,24
 
 Each point is saved to bench/results/curves/<trainer>.json (and .csv for `dvc plots show`,
 declared in dvc.yaml's top-level plots) as soon as it is measured.
@@ -138,9 +142,34 @@ def verifier_point(p, size: int, machine, work: Path, val_fraction: float) -> di
             "mse_minus_baseline_ci": [h.get("mse_minus_baseline_ci_low"), h.get("mse_minus_baseline_ci_high")]}
 
 
+def grpo_point(p, size: int, machine, work: Path) -> dict:
+    from train import build
+
+    from posttrain.core.io import read_json, write_json
+    from posttrain.pref.grpo import GRPOSettings, split_prompts, train_grpo
+
+    g = p["pref"]["grpo"]
+    rm = work / "rm-validation"
+    if not rm.exists():  # the trained RM, its split less pref_grpo's eval prompts
+        shutil.copytree(ROOT / "data/pref/rm", rm)
+        split = read_json(rm / "split.json")
+        held = split["heldout_prefix_ids"]
+        _, eval_ids = split_prompts(held, g["eval_prompts"], g["max_prompts"], split["seed"])
+        write_json(rm / "split.json", {**split, "heldout_prefix_ids": sorted(set(held) - set(eval_ids))})
+    s = build(GRPOSettings, g, max_steps=size)
+    t0 = time.perf_counter()
+    res = train_grpo(ROOT / "data/pref/prefixes_all.jsonl", ROOT / "data/models/policy", rm, work / f"grpo-{size}",
+                     s, machine, live_dir=work / "live", gen_cache_dir=work / "gen-cache")
+    r = res["metrics"]["eval_reward"]
+    return {"size": size, "steps": size, "train_s": round(time.perf_counter() - t0, 1),
+            "tokens_per_s": res["metrics"]["train"]["trained_tokens_per_s"], "metric": "reward_delta",
+            "value": r["delta"], "ci_low": r["delta_ci_low"], "ci_high": r["delta_ci_high"], "n": r["n"],
+            "before": r["before"], "after": r["after"]}
+
+
 @click.command()
-@click.option("--trainer", type=click.Choice(["rec", "rm", "dpo", "verifier"]), required=True)
-@click.option("--sizes", required=True, help="rec: training rows; rm/dpo/verifier: optimizer steps")
+@click.option("--trainer", type=click.Choice(["rec", "rm", "dpo", "verifier", "grpo"]), required=True)
+@click.option("--sizes", required=True, help="rec: training rows; rm/dpo/verifier/grpo: optimizer steps")
 @click.option("--n-val", default=400, show_default=True, help="rec: validation rows scored")
 @click.option("--val-fraction", default=0.25, show_default=True, help="rm/dpo: training prefixes (verifier: problems) held for validation")
 @click.option("-S", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -177,6 +206,8 @@ def main(trainer, sizes, n_val, val_fraction, overrides, label):
                 pt = rec_point(p, size, machine, work, n_val)
             elif trainer == "verifier":
                 pt = verifier_point(p, size, machine, work, val_fraction)
+            elif trainer == "grpo":
+                pt = grpo_point(p, size, machine, work)
             else:
                 pt = pref_point(p, trainer, size, machine, work, val_fraction)
             points[size] = pt

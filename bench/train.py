@@ -1,5 +1,6 @@
 """Training throughput of every trainer at the default params: before (fp32, the full forward
-at every step, trl's LM head over every position, the old placements) and after
+at every step, trl's LM head over every position, rollouts prefilling every row, the old
+placements, pref_rm's random batches) and after
 (`train.precision: auto`, the frozen trunk, the labelled-positions head, the defaults in
 params.yaml), side by side in one run on one machine.
 
@@ -94,7 +95,8 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
         if name == "rm":
             from posttrain.pref.reward import RewardSettings, train_reward_model
 
-            s = build(RewardSettings, rm, backbone=str(ROOT / rm["backbone"]), max_steps=steps)
+            s = build(RewardSettings, rm, backbone=str(ROOT / rm["backbone"]), max_steps=steps,
+                      **({"group_by_length": False} if before else {}))
             res = train_reward_model(*inputs, out, s, data, machine, live_dir=live)
             kept = s.num_layers or cfg.num_hidden_layers
             return res["metrics"]["train"], flops_per_token(cfg, kept=kept, trainable=s.trainable_layers or kept,
@@ -153,7 +155,7 @@ def main(trainers, steps, save):
     if "grpo" in names and ("rm" not in names or names.index("rm") > names.index("grpo")):
         raise click.BadParameter("grpo is rewarded by the reward model: list rm before it", param_hint="--trainers")
     p = params()
-    variants = {"before": TrainSettings(precision="fp32", frozen_trunk=False, labelled_head=False),
+    variants = {"before": TrainSettings(precision="fp32", frozen_trunk=False, labelled_head=False, shared_prefill=False),
                 "after": build(TrainSettings, p["train"])}
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     rows = {}

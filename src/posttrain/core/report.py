@@ -274,9 +274,11 @@ def bench_train(root: Path) -> list[str]:
                   "cached trunk layers", "before: of fp32 peak", "after: of bf16 peak"],
                  ["---"] + ["---:"] * 8, rows)
     m = d["machine"]
-    return out + ["", f"Before: fp32, the full forward every step, trl's LM head over every position, rec's LoRA "
-                      f"on all 30 layers. After: precision {d['auto_precision']} (auto), the frozen trunk, the "
-                      f"labelled-positions head, params.yaml's placements. GFLOP / token and the peak fractions "
+    return out + ["", f"Before: fp32, the full forward every step, trl's LM head over every position, rollouts "
+                      f"prefilling every row in fp32, rec's LoRA on all 30 layers, pref_rm's random batches. After: "
+                      f"precision {d['auto_precision']} (auto, rollouts included), the frozen trunk (shared prefixes run "
+                      f"once), the labelled-positions head, each rollout prompt prefilled once, length-grouped RM "
+                      f"batches, params.yaml's placements. GFLOP / token and the peak fractions "
                       f"count model FLOPs: cached trunk layers and the head at unlabelled positions count as "
                       f"computed, so work skipped shows up as a fraction above what the matmuls alone reach. "
                       f"{d['steps']} optimizer steps each at {d['threads']} threads; matmul peak "
@@ -289,7 +291,8 @@ def learning_curves(root: Path) -> list[str]:
     labels = {"rec": ("rec_finetune", "rows (one epoch)", "LLM AUC, eval split"),
               "rm": ("pref_rm", "steps", "pairwise accuracy, validation prefixes"),
               "dpo": ("pref_dpo", "steps", "implicit-reward accuracy, validation prefixes"),
-              "verifier": ("reason_verifier", "steps", "AUC, validation problems")}
+              "verifier": ("reason_verifier", "steps", "AUC, validation problems"),
+              "grpo": ("pref_grpo", "steps", "RM reward after - before, validation prompts")}
     rows, cmds = [], []
     for path in sorted((root / RESULTS_DIR / "curves").glob("*.json")):
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -301,6 +304,8 @@ def learning_curves(root: Path) -> list[str]:
             elif "mse_minus_baseline" in pt:
                 lo, hi = pt["mse_minus_baseline_ci"]
                 extra = f"MSE - train-mean MSE {pt['mse_minus_baseline']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            elif "before" in pt:
+                extra = f"reward {pt['before']:.3f} -> {pt['after']:.3f}"
             else:
                 extra = f"{pt.get('train_pairs', '')} training pairs"
             rows.append([stage, setting, f"{pt['size']:,} {size}", metric,
