@@ -109,7 +109,7 @@ class TrunkEmbedding(torch.nn.Module):
         n, width = ids.shape
         ends = _ends(mask)
         top = max(p for _, p in groups)
-        heads = torch.tensor([rows[0] for rows, _ in groups])
+        heads = torch.tensor([rows[0] for rows, _ in groups], device=ids.device)
         pmask = mask[heads, :top].clone()
         for k, (_, p) in enumerate(groups):
             pmask[k, p:] = 0  # a shorter prefix: what follows it is padding to its state (causal)
@@ -123,9 +123,9 @@ class TrunkEmbedding(torch.nn.Module):
             smask[t, :p] = mask[r, :p]
             smask[t, top:top + ends[r] - p] = mask[r, p:ends[r]]
         # the whole row's positions (past its end: padding)
-        spos = torch.tensor([[p + j for j in range(span)] for _, _, p in members])
+        spos = torch.tensor([[p + j for j in range(span)] for _, _, p in members], device=ids.device)
         cache = pre.past_key_values
-        cache.reorder_cache(torch.tensor([k for _, k, _ in members]))
+        cache.reorder_cache(torch.tensor([k for _, k, _ in members], device=ids.device))
         suf = self._trunk(input_ids=sids, attention_mask=smask, position_ids=spos, past_key_values=cache,
                           use_cache=True).last_hidden_state
         hidden = suf.new_zeros((n, width, suf.shape[-1]))
@@ -178,7 +178,7 @@ class TrunkEmbedding(torch.nn.Module):
 def _ends(mask) -> list[int]:
     """Per row, one past its last real token."""
     m = mask.to(torch.int64)
-    idx = torch.arange(1, m.shape[1] + 1).expand_as(m)
+    idx = torch.arange(1, m.shape[1] + 1, device=m.device).expand_as(m)
     return (idx * m).max(dim=1).values.tolist()
 
 
