@@ -4,10 +4,16 @@ placements, pref_rm's random batches) and after
 (`train.precision: auto`, the frozen trunk, the labelled-positions head, the defaults in
 params.yaml), side by side in one run on one machine.
 
-    python bench/train.py [--trainers rec,rm,dpo,grpo,verifier] [--steps 6] [--no-save]
+    python bench/train.py [--trainers rec,rm,dpo,grpo,verifier] [--steps N] [--before-steps 24] [--no-save]
 
-Each trainer runs through its own library function (the stage's code path) for `--steps`
-optimizer steps on the stage's real inputs (`dvc repro rec_tokenize pref_density
+Each trainer runs through its own library function (the stage's code path) on the stage's
+real inputs. "After" runs the stage's whole default schedule (params.yaml's `max_steps`):
+what the cache saves depends on it, since a sequence drawn again (a later epoch, a repeated
+weighted draw) skips the frozen layers. "Before" caches nothing, so its cost per step is the
+same all along the schedule: it is timed on the schedule's first `--before-steps` steps
+(their first-step warm-up makes it a few % slower than its steady state: the ratio errs
+against "after" by that much). `--steps N` runs N steps of both instead (a quick look; it
+understates what the cache gives a full run). The stage's real inputs (`dvc repro rec_tokenize pref_density
 pref_prefixes reason_filter` first); the figures are `core.training.fit`'s: trained tokens
 (non-pad tokens of the forwards that build a graph) per second of `trainer.train()`.
 
@@ -68,6 +74,13 @@ def flops_per_token(cfg, *, kept: int, trainable: int, head: int, full_weights: 
     fwd = 2 * (kept * p_layer + p_head)
     bwd = 2 * (trainable * p_layer + p_head) + (2 * (trainable * p_layer + p_head) if full_weights else 0)
     return fwd + bwd + (fwd if reference else 0)
+
+
+def default_steps(name: str, p: dict) -> int:
+    """The stage's `max_steps` in params.yaml."""
+    group = {"rec": p["rec"]["finetune"], "rm": p["pref"]["rm"], "dpo": p["pref"]["dpo"], "grpo": p["pref"]["grpo"],
+             "verifier": p["reason"]["verifier"]}
+    return int(group[name]["max_steps"])
 
 
 def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Path, rm_dir: Path | None):
@@ -133,9 +146,11 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
 
 @click.command()
 @click.option("--trainers", default=",".join(TRAINERS), show_default=True)
-@click.option("--steps", default=6, show_default=True, help="optimizer steps per run")
+@click.option("--steps", type=int, default=None, help="optimizer steps of both runs (default: after = the "
+              "stage's max_steps, before = --before-steps)")
+@click.option("--before-steps", default=24, show_default=True, help="steps of the uncached fp32 run")
 @click.option("--save/--no-save", default=True, help="write bench/results/train.json")
-def main(trainers, steps, save):
+def main(trainers, steps, before_steps, save):
     import os
 
     import torch
@@ -165,18 +180,22 @@ def main(trainers, steps, save):
             rows[name] = {}
             for label, machine in variants.items():
                 t0 = time.perf_counter()
-                facts, fpt = run_trainer(name, p, machine, steps, label == "before", work / label, rm_dir)
+                n = steps or (min(before_steps, default_steps(name, p)) if label == "before" else default_steps(name, p))
+                facts, fpt = run_trainer(name, p, machine, n, label == "before", work / label, rm_dir)
                 rows[name][label] = {"tokens_per_s": facts["trained_tokens_per_s"],
                                      "examples_per_s": round(facts["trained_sequences"] * facts["trained_tokens_per_s"]
                                                              / max(facts["trained_tokens"], 1), 2),
                                      "precision": facts["precision"], "trunk_layers": facts["frozen_trunk_layers"],
-                                     "flops_per_token": fpt, "wall_s": round(time.perf_counter() - t0, 1)}
+                                     "flops_per_token": fpt, "steps": n, "trunk_reused": facts.get("frozen_trunk_reused", 0),
+                                     "trunk_computed": facts.get("frozen_trunk_computed", 0),
+                                     "trunk_shared_tokens": facts.get("frozen_trunk_shared_prefix_tokens", 0),
+                                     "wall_s": round(time.perf_counter() - t0, 1)}
                 r = rows[name][label]
                 rate = r["tokens_per_s"] * fpt / 1e9
                 r["of_fp32_peak"], r["of_bf16_peak"] = round(rate / peak["fp32"], 3), round(rate / peak["bf16"], 3)
                 click.echo(f"{name:9s} {label:6s} {r['tokens_per_s']:8.1f} tok/s {r['examples_per_s']:6.2f} ex/s "
                            f"{fpt / 1e9:5.2f} GFLOP/tok {r['precision']} trunk {r['trunk_layers']:2d} "
-                           f"({r['wall_s']} s)", err=True)
+                           f"{n} steps, trunk reused {r['trunk_reused']} / computed {r['trunk_computed']} ({r['wall_s']} s)", err=True)
             if name == "rm":
                 rm_dir = work / "after" / "rm-out"
     finally:
@@ -192,7 +211,7 @@ def main(trainers, steps, save):
     if save:
         from posttrain.core.report import save_bench
 
-        save_bench("train", {"steps": steps, "threads": threads, "flags": flags,
+        save_bench("train", {"steps": steps or "default", "before_steps": before_steps, "threads": threads, "flags": flags,
                              "machine": {"gflops_fp32": round(peak["fp32"]), "gflops_bf16": round(peak["bf16"])},
                              "auto_precision": auto, "results": rows})
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from posttrain.core import training
+from posttrain.core import trunk as trunk_mod
 from posttrain.core.adapters import lora_config
 from posttrain.core.models import build_tiny_causal_lm
 from posttrain.core.training import TrainSettings, device_args, fit, resolve_precision
@@ -107,8 +108,11 @@ def prefix_rows(tokenizer, left: bool):
     return torch.tensor(ids), torch.tensor(mask)
 
 
-@pytest.mark.parametrize("left", [False, True])
-def test_frozen_trunk_runs_a_shared_prefix_once_and_exactly(tokenizer, left):
+# a pass's fixed cost scaled to these tiny rows; free passes: the right-padded 24- and 40-token
+# prompts run in two chunks rather than one padded to 40 (left-padded, both prefixes are 40 wide)
+@pytest.mark.parametrize("left,pass_cost,chunks", [(False, 20, 1), (True, 20, 1), (False, 0, 2), (True, 0, 1)])
+def test_frozen_trunk_runs_a_shared_prefix_once_and_exactly(tokenizer, monkeypatch, left, pass_cost, chunks):
+    monkeypatch.setattr(trunk_mod, "PASS_COST", pass_cost)
     model = lora_model(tokenizer, top=1, layers=4)
     model.train()
     ids, mask = prefix_rows(tokenizer, left)
@@ -126,10 +130,26 @@ def test_frozen_trunk_runs_a_shared_prefix_once_and_exactly(tokenizer, left):
     real = mask.bool()
     # two prompts of 24 and 40 tokens, each run once instead of three times (less the padding
     # of the batched prefix and suffix passes)
-    assert trunk.shared_tokens > 0 and trunk.direct == int(left)
+    assert trunk.shared_tokens > 0 and trunk.direct == int(left) and trunk.chunks == chunks
     assert torch.allclose(logits[real], ref_logits[real], atol=1e-4)
     for name in grads:
         assert torch.allclose(grads[name], ref_grads[name], atol=1e-5), name
+
+
+def test_shared_plan_splits_groups_by_prefix_length():
+    pad = 0
+    def rows(n, p, suffix):  # n rows sharing a p-token prefix (tokens unique to the group)
+        head = list(range(1000 + 7 * p, 1000 + 8 * p))
+        return [head + [5000 + 31 * i + j for j in range(suffix)] for i in range(n)]
+    groups = rows(2, 20, 30) + rows(2, 24, 30) + rows(2, 200, 30) + rows(2, 210, 30) + [list(range(50, 100))]
+    width = max(map(len, groups))
+    ids = torch.tensor([g + [pad] * (width - len(g)) for g in groups])
+    mask = torch.tensor([[1] * len(g) + [0] * (width - len(g)) for g in groups])
+    chunks, alone = trunk_mod._shared_plan(ids, mask)
+    assert [[p for _, p in c] for c in chunks] == [[20, 24], [200, 210]] and alone == [8]
+    assert [sorted(r for rows_, _ in c for r in rows_) for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # nothing shared: no plan
+    assert trunk_mod._shared_plan(ids[[0, 2, 4, 8]], mask[[0, 2, 4, 8]]) is None
 
 
 def test_generation_pauses_the_frozen_trunk(tokenizer):

@@ -125,6 +125,22 @@ def test_render_keeps_answer_when_truncated(tokenizer):
     assert "THE ANSWER" in tokenizer.decode(ids)
 
 
+def test_pair_truncated_together_keeps_a_shared_prefix(tokenizer):
+    msgs = [{"role": "user", "content": " ".join(f"w{i}" for i in range(200))}]
+    short, long = "Yes.", "No, " + "because " * 20 + "LONG END"
+    c, r, truncated = reward.render_pair_ids(tokenizer, msgs, short, long, 64)
+    alone = [common.render_ids(tokenizer, msgs, a, 64)[0] for a in (short, long)]
+    assert truncated and len(r) == 64 and r == alone[1]  # the longer one as render_ids cuts it
+    assert len(c) < 64 and c != alone[0]  # the shorter one lost the same leading tokens
+    assert c[:10] == r[:10] and tokenizer.decode(c).endswith(tokenizer.decode(alone[0][-3:]))
+    # an answer longer than max_length on its own: each keeps its end
+    c, r, truncated = reward.render_pair_ids(tokenizer, msgs, short, "x " * 200 + "END", 64)
+    assert truncated and (c, r) == (common.render_ids(tokenizer, msgs, short, 64)[0],
+                                     common.render_ids(tokenizer, msgs, "x " * 200 + "END", 64)[0])
+    # nothing over: untouched
+    assert reward.render_pair_ids(tokenizer, msgs[:0] + [{"role": "user", "content": "hi"}], short, long, 512)[2] is False
+
+
 # ------------------------------------------------------------------ stages on tiny models
 
 def live_steps(live_dir, key):

@@ -259,6 +259,12 @@ def bench_density_weights(root: Path) -> list[str]:
                   + _provenance(d, "density_weights")]
 
 
+def _reuse(a: dict) -> str:
+    """Share of the trunk's sequences served from its cache."""
+    n = a.get("trunk_reused", 0) + a.get("trunk_computed", 0)
+    return f"{a.get('trunk_reused', 0) / n:.0%}" if n else "-"
+
+
 def bench_train(root: Path) -> list[str]:
     d = _json(root, f"{RESULTS_DIR}/train.json")
     names = {"rec": "rec_finetune (LoRA SFT)", "rm": "pref_rm (reward model)", "dpo": "pref_dpo (DPO, LoRA)",
@@ -268,11 +274,19 @@ def bench_train(root: Path) -> list[str]:
         b, a = r["before"], r["after"]
         rows.append([names.get(name, name), f"{b['tokens_per_s']:,.0f}", f"{a['tokens_per_s']:,.0f}",
                      f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}x**", f"{a['examples_per_s']:.2f}",
-                     f"{a['flops_per_token'] / 1e9:.2f}", a["trunk_layers"], f"{b['of_fp32_peak']:.0%}",
+                     f"{a['flops_per_token'] / 1e9:.2f}", a["trunk_layers"], _reuse(a),
+                     f"{b.get('steps', d['steps'])} / {a.get('steps', d['steps'])}", f"{b['of_fp32_peak']:.0%}",
                      f"{a['of_bf16_peak']:.0%}"])
     out = _table(["trainer", "before tok/s", "after tok/s", "after / before", "after ex/s", "GFLOP / token",
-                  "cached trunk layers", "before: of fp32 peak", "after: of bf16 peak"],
-                 ["---"] + ["---:"] * 8, rows)
+                  "cached trunk layers", "after: trunk reused", "steps before / after", "before: of fp32 peak",
+                  "after: of bf16 peak"],
+                 ["---"] + ["---:"] * 10, rows)
+    if d["steps"] == "default":
+        timing = (f"After: each stage's whole default schedule (params.yaml's max_steps), so sequences drawn "
+                  f"again skip the cached trunk as in the stage; before (nothing cached, the same cost every "
+                  f"step): the first {d['before_steps']} steps of that schedule. ")
+    else:
+        timing = f"{d['steps']} optimizer steps each (a slice: it understates what the cache gives a full run). "
     m = d["machine"]
     return out + ["", f"Before: fp32, the full forward every step, trl's LM head over every position, rollouts "
                       f"prefilling every row in fp32, rec's LoRA on all 30 layers, pref_rm's random batches. After: "
@@ -281,7 +295,7 @@ def bench_train(root: Path) -> list[str]:
                       f"batches, params.yaml's placements. GFLOP / token and the peak fractions "
                       f"count model FLOPs: cached trunk layers and the head at unlabelled positions count as "
                       f"computed, so work skipped shows up as a fraction above what the matmuls alone reach. "
-                      f"{d['steps']} optimizer steps each at {d['threads']} threads; matmul peak "
+                      + timing + f"{d['threads']} threads; matmul peak "
                       f"{m['gflops_fp32']} GFLOP/s fp32, {m['gflops_bf16']} bf16 (flags: "
                       f"{' '.join(d['flags']) or 'none'}). " + _provenance(d, "train")]
 

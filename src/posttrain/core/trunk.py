@@ -16,7 +16,10 @@ rejected answers follow one prompt (43% of pref_rm's tokens), DPO's too, and GRP
 `num_generations` completions one prompt. When that saves at least a fifth of a batch's trunk
 tokens, the trunk runs each group's prefix once (with its KV cache) and then every row's own
 suffix against its group's cache, at the positions the whole row would have: causal
-attention again, so exact up to float rounding.
+attention again, so exact up to float rounding. Groups whose prefixes differ much in length
+run in separate passes (chunks of groups sorted by prefix length, split where the padding
+saved outweighs a pass's fixed cost): one pair's 40-token prompt padded to another's 230
+would cost more than it spares.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import torch
 log = logging.getLogger(__name__)
 
 MIN_SHARED = 16  # tokens: a shorter common prefix is not worth its own trunk pass
+# A trunk pass's fixed cost (dispatch, small-matmul inefficiency) in token positions: at
+# SmolLM2's widths on 2 cores a pass costs ~5-10 ms beyond its tokens, each ~0.1 ms per 6 layers.
+PASS_COST = 96
 
 
 def decoder_of(model):
@@ -82,6 +88,7 @@ class TrunkEmbedding(torch.nn.Module):
         self.depth = depth
         self.reused = self.computed = self.direct = 0
         self.shared_tokens = 0  # trunk tokens not computed thanks to shared prefixes
+        self.chunks = 0  # shared-prefix passes (pairs of prefix + suffix passes)
         self._kwargs: dict = {}
         self._pause = nullcontext
 
@@ -95,19 +102,28 @@ class TrunkEmbedding(torch.nn.Module):
 
     def _run(self, ids, mask, position_ids=None):
         with torch.no_grad():
-            groups = _shared_prefixes(ids, mask) if position_ids is None else None
-            if groups:
-                return self._run_shared(ids, mask, groups)
-            return self._trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+            plan = _shared_plan(ids, mask) if position_ids is None else None
+            if plan is None:
+                return self._trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state
+            chunks, alone = plan
+            ends = _ends(mask)
+            hidden = None
+            for groups in chunks:
+                hidden = self._run_shared(ids, mask, groups, ends, hidden)
+            if alone:
+                w = max(ends[r] for r in alone)
+                hidden[alone, :w] = self._trunk(input_ids=ids[alone, :w], attention_mask=mask[alone, :w],
+                                                use_cache=False).last_hidden_state
+            self.chunks += len(chunks)
+            return hidden
 
-    def _run_shared(self, ids, mask, groups):
-        """The trunk of rows grouped by a shared prefix (see the module docstring): one pass
-        over the groups' prefixes, one over every grouped row's suffix (up to its last real
-        token) against its group's KV cache, and one plain pass over the rows that share nothing.
-        Positions after a row's last real token are padding and stay zero."""
+    def _run_shared(self, ids, mask, groups, ends, hidden):
+        """The trunk of a chunk of rows grouped by a shared prefix (see the module docstring):
+        one pass over the groups' prefixes, one over every grouped row's suffix (up to its last
+        real token) against its group's KV cache, written into `hidden` (n x width x d, made
+        here when None). Positions after a row's last real token are padding and stay zero."""
         n, width = ids.shape
-        ends = _ends(mask)
         top = max(p for _, p in groups)
         heads = torch.tensor([rows[0] for rows, _ in groups], device=ids.device)
         pmask = mask[heads, :top].clone()
@@ -128,15 +144,11 @@ class TrunkEmbedding(torch.nn.Module):
         cache.reorder_cache(torch.tensor([k for _, k, _ in members], device=ids.device))
         suf = self._trunk(input_ids=sids, attention_mask=smask, position_ids=spos, past_key_values=cache,
                           use_cache=True).last_hidden_state
-        hidden = suf.new_zeros((n, width, suf.shape[-1]))
+        if hidden is None:
+            hidden = suf.new_zeros((n, width, suf.shape[-1]))
         for t, (r, k, p) in enumerate(members):
             hidden[r, :p] = pre.last_hidden_state[k, :p]
             hidden[r, p:ends[r]] = suf[t, :ends[r] - p]
-        alone = sorted(set(range(n)) - {r for r, _, _ in members})
-        if alone:
-            w = max(ends[r] for r in alone)
-            hidden[alone, :w] = self._trunk(input_ids=ids[alone, :w], attention_mask=mask[alone, :w],
-                                            use_cache=False).last_hidden_state
         self.shared_tokens += sum(ends[r] for r, _, _ in members) - (len(groups) * top + len(members) * span)
         return hidden
 
@@ -182,31 +194,73 @@ def _ends(mask) -> list[int]:
     return (idx * m).max(dim=1).values.tolist()
 
 
-def _shared_prefixes(ids, mask) -> list[tuple[list[int], int]] | None:
-    """[(rows, prefix length)] of rows that begin with the same >= MIN_SHARED tokens (and the
-    same padding), when running those prefixes once saves at least a fifth of the trunk; else None."""
+def _prefix_groups(ids, ends, common) -> list[tuple[list[int], int]]:
+    """[(rows, prefix length)]: rows that share a prefix, grouped so that the tokens the trunk
+    computes are fewest. Rows sorted by their tokens put the longest common prefixes side by
+    side; consecutive runs of that order become groups (least total tokens by dynamic
+    programming), so pairs that share a whole prompt are not merged into one group by the
+    chat template's first tokens, which every row shares. A prefix leaves each row at least
+    one token of its own."""
+    n = len(ends)
+    order = sorted(range(n), key=lambda r: ids[r, :ends[r]].tolist())
+
+    def group(i, j):  # (prefix length, tokens computed) of order[i:j] as one group
+        rows = order[i:j]
+        if len(rows) == 1:
+            return 0, ends[rows[0]]
+        p = min(min(common[a][b] for a, b in zip(rows, rows[1:])), min(ends[r] for r in rows) - 1)
+        return (p, p + sum(ends[r] - p for r in rows)) if p >= MIN_SHARED else (0, None)
+
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            _, c = group(i, j)
+            if c is not None and (best[j] is None or best[i] + c < best[j]):
+                best[j], cut[j] = best[i] + c, i
+    groups, j = [], n
+    while j:
+        i = cut[j]
+        if j - i > 1:
+            groups.insert(0, (sorted(order[i:j]), group(i, j)[0]))
+        j = i
+    return groups
+
+
+def _shared_plan(ids, mask) -> tuple[list[list[tuple[list[int], int]]], list[int]] | None:
+    """(chunks of [(rows, prefix length)], rows alone) of rows that begin with the same >=
+    MIN_SHARED tokens (and the same padding), when running each group's prefix once saves at
+    least a fifth of the trunk's positions (each pass counted at PASS_COST more); else None.
+    Groups are sorted by prefix length and cut into the consecutive chunks of least cost."""
     n, width = ids.shape
     if n < 2 or width <= MIN_SHARED:
         return None
     same = (ids[:, None, :] == ids[None, :, :]) & (mask[:, None, :] == mask[None, :, :])
     common = same.to(torch.int32).cumprod(dim=-1).sum(dim=-1).tolist()  # n x n common prefix lengths
     ends = _ends(mask)
-    groups, taken = [], set()
-    for i in range(n):
-        if i in taken:
-            continue
-        rows = [i] + [j for j in range(i + 1, n) if j not in taken and common[i][j] >= MIN_SHARED]
-        if len(rows) > 1:
-            # a prefix leaves each row at least one token of its own
-            groups.append((rows, min(min(common[i][j] for j in rows[1:]), min(ends[r] for r in rows) - 1)))
-            taken.update(rows)
+    groups = _prefix_groups(ids, ends, common)
+    taken = {r for rows, _ in groups for r in rows}
     if not groups:
         return None
-    top = max(p for _, p in groups)
-    span = max(ends[r] - p for rows, p in groups for r in rows)
+    groups.sort(key=lambda g: g[1])
+
+    def cost(chunk):  # its prefix pass and its suffix pass
+        top, span = max(p for _, p in chunk), max(ends[r] - p for rows, p in chunk for r in rows)
+        return len(chunk) * top + sum(len(rows) for rows, _ in chunk) * span + 2 * PASS_COST
+
+    # best[j]: least cost of groups[:j] in consecutive chunks; cut[j]: where its last chunk starts
+    best, cut = [0.0] + [float("inf")] * len(groups), [0] * (len(groups) + 1)
+    for j in range(1, len(groups) + 1):
+        for i in range(j):
+            c = best[i] + cost(groups[i:j])
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    chunks, j = [], len(groups)
+    while j:
+        chunks.insert(0, groups[cut[j]:j])
+        j = cut[j]
     alone = [r for r in range(n) if r not in taken]
-    cost = len(groups) * top + len(taken) * span + len(alone) * max((ends[r] for r in alone), default=0)
-    return groups if cost <= 0.8 * n * max(ends) else None
+    total = best[-1] + (len(alone) * max(ends[r] for r in alone) + PASS_COST if alone else 0)
+    return (chunks, alone) if total <= 0.8 * (n * max(ends) + PASS_COST) else None
 
 
 def _right_padded(mask) -> bool:

@@ -43,16 +43,33 @@ from posttrain.pref.weighted_sampler import (WEIGHT_COLUMN, draw_spread, pair_sa
 log = logging.getLogger(__name__)
 
 
+def render_pair_ids(tokenizer, messages: list[dict], chosen: str, rejected: str,
+                    max_length: int) -> tuple[list[int], list[int], bool]:
+    """`render_ids` of both answers to one prefix, truncated together: when the longer one is
+    over `max_length`, both lose the same leading tokens of their shared prefix, so the two
+    are scored on the same context and still begin alike (the frozen trunk then runs that
+    prefix once for both). Where the cut would reach into an answer, each keeps its own end
+    as `render_ids` does. (chosen ids, rejected ids, truncated)."""
+    c, _ = render_ids(tokenizer, messages, chosen, 0)
+    r, _ = render_ids(tokenizer, messages, rejected, 0)
+    cut = max(len(c), len(r)) - max_length if max_length else 0
+    if cut <= 0:
+        return c, r, False
+    common = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+    if cut < common:
+        return c[cut:], r[cut:], True
+    return c[-max_length:], r[-max_length:], True
+
+
 def tokenize_pairs(tokenizer, pairs: list[dict], max_length: int) -> tuple[dict, int]:
     """Columns `chosen_ids`, `rejected_ids` (trl's pre-tokenized reward format); n truncated."""
     cols = {"chosen_ids": [], "rejected_ids": []}
     n_trunc = 0
     for p in pairs:
-        c, tc = render_ids(tokenizer, p["messages"], p["chosen"], max_length)
-        r, tr = render_ids(tokenizer, p["messages"], p["rejected"], max_length)
+        c, r, truncated = render_pair_ids(tokenizer, p["messages"], p["chosen"], p["rejected"], max_length)
         cols["chosen_ids"].append(c)
         cols["rejected_ids"].append(r)
-        n_trunc += int(tc or tr)
+        n_trunc += int(truncated)
     return cols, n_trunc
 
 
@@ -61,7 +78,7 @@ class RewardSettings:
     """pref_rm's params (pref.rm.*, less the split's, which are `PairData`)."""
 
     backbone: str = param("model folder or hub id; a sequence-classification head (1 output) is added")
-    max_length: int = param("tokens per prefix + answer; longer ones keep their end (the answer)", min=1)
+    max_length: int = param("tokens per prefix + answer; longer pairs keep their end, both losing the same prefix tokens", min=1)
     num_layers: int = param("keep the first N decoder layers of the backbone (0 = all)", min=0)
     trainable_layers: int = param("train only the top N kept layers + norm + head (0 = all)", min=0)
     max_steps: int = param("optimizer steps", min=1)
