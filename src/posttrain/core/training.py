@@ -6,8 +6,9 @@
   autocast only lowers the matmuls (transformers' `bf16=True` through accelerate).
 - **Frozen trunk** (`train.frozen_trunk`): the layers below the first trainable one computed
   once per training sequence, `posttrain.core.trunk`.
-- **Labelled head** (`train.labelled_head`): trl's LM head projects only the positions that
-  carry a label, `posttrain.core.logprob_head`.
+- **Labelled head** (`train.labelled_head`): the output is computed only where the loss reads
+  it: trl's LM head at the positions that carry a label (`posttrain.core.logprob_head`), and a
+  one-output head's top layer at the pooled token (`posttrain.core.pooled_top`).
 - **Rollouts** (GRPO): in the training precision, and with `train.shared_prefill` each distinct
   prompt prefilled once for all its generations, `posttrain.core.rollouts`.
 """
@@ -36,7 +37,8 @@ class TrainSettings:
     frozen_trunk: bool = param("compute the frozen layers below the first trainable one once per "
                                "training sequence and reuse them (exact; costs memory)", flag=False)
     labelled_head: bool = param("on the CPU, trl's LM head scores only the positions that carry a label "
-                                "(exact up to rounding; trl does so itself where Triton runs)", flag=False)
+                                "(trl does so itself where Triton runs); a one-output head's top layer runs "
+                                "at the pooled token only (both exact up to rounding)", flag=False)
     shared_prefill: bool = param("rollouts (GRPO) prefill each distinct prompt once and copy its KV cache to "
                                  "all its generations (same distribution)", flag=False)
 
@@ -97,6 +99,7 @@ def fit(trainer, t: TrainSettings) -> dict:
     import torch
 
     from posttrain.core.logprob_head import labelled_head
+    from posttrain.core.pooled_top import pooled_top
     from posttrain.core.rollouts import rollouts
     from posttrain.core.trunk import decoder_of, frozen_trunk
 
@@ -122,6 +125,7 @@ def fit(trainer, t: TrainSettings) -> dict:
         on_cpu = next(trainer.model.parameters()).device.type == "cpu"
         with frozen_trunk(trainer.model, t.frozen_trunk) as cached, \
                 labelled_head(trainer, t.labelled_head and on_cpu) as heads, \
+                pooled_top(trainer.model, t.labelled_head) as pooled, \
                 rollouts(trainer, shared_prefill=t.shared_prefill, bf16=bool(trainer.args.bf16), trunk=cached) as gen:
             trainer.train()
     finally:
@@ -136,6 +140,7 @@ def fit(trainer, t: TrainSettings) -> dict:
             "frozen_trunk_reused": cached.reused if cached is not None else 0,
             "frozen_trunk_shared_prefix_tokens": cached.shared_tokens if cached is not None else 0,
             "labelled_positions_head": bool(heads),
+            "pooled_top_layer": pooled is not None and pooled.calls > 0,
             **({"rollout_rows": gen["rows"], "rollout_prompts_prefilled": gen["prefilled"]}
                if gen is not None and gen["rows"] else {})}
 
