@@ -76,11 +76,10 @@ def flops_per_token(cfg, *, kept: int, trainable: int, head: int, full_weights: 
     return fwd + bwd + (fwd if reference else 0)
 
 
-def default_steps(name: str, p: dict) -> int:
-    """The stage's `max_steps` in params.yaml."""
-    group = {"rec": p["rec"]["finetune"], "rm": p["pref"]["rm"], "dpo": p["pref"]["dpo"], "grpo": p["pref"]["grpo"],
-             "verifier": p["reason"]["verifier"]}
-    return int(group[name]["max_steps"])
+def group_of(name: str, p: dict) -> dict:
+    """Trainer `name`'s params group in params.yaml."""
+    return {"rec": p["rec"]["finetune"], "rm": p["pref"]["rm"], "dpo": p["pref"]["dpo"], "grpo": p["pref"]["grpo"],
+            "verifier": p["reason"]["verifier"]}[name]
 
 
 def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Path, rm_dir: Path | None):
@@ -94,7 +93,7 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
     if name == "rec":
         from posttrain.rec.lora import LoraSettings, train
 
-        s = build(LoraSettings, p["rec"]["finetune"], seed=p["rec"]["seed"], max_steps=steps, max_eval_examples=1,
+        s = build(LoraSettings, group_of(name, p), seed=p["rec"]["seed"], max_steps=steps, max_eval_examples=1,
                   **({"lora_layers": 0} if before else {}))
         res = train(ROOT / "data/models/policy", ROOT / "data/rec/tokenized", out, s, machine, live_dir=live)
         k = s.lora_layers or cfg.num_hidden_layers
@@ -116,7 +115,7 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
                                                             head=1, full_weights=not s.lora_r, reference=False)
         from posttrain.pref.dpo import DPOSettings, train_dpo
 
-        s = build(DPOSettings, pref["dpo"], max_steps=steps)
+        s = build(DPOSettings, group_of(name, p), max_steps=steps)
         res = train_dpo(*inputs, ROOT / "data/models/policy", out, s, data, machine, live_dir=live)
         return res["metrics"]["train"], flops_per_token(cfg, kept=cfg.num_hidden_layers,
                                                         trainable=s.lora_layers or cfg.num_hidden_layers,
@@ -124,7 +123,7 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
     if name == "grpo":
         from posttrain.pref.grpo import GRPOSettings, train_grpo
 
-        s = build(GRPOSettings, pref["grpo"], max_steps=steps, eval_prompts=2)
+        s = build(GRPOSettings, group_of(name, p), max_steps=steps, eval_prompts=2)
         res = train_grpo(ROOT / "data/pref/prefixes_all.jsonl", ROOT / "data/models/policy", rm_dir, out, s, machine,
                          live_dir=live)
         return res["metrics"]["train"], flops_per_token(cfg, kept=cfg.num_hidden_layers,
@@ -134,7 +133,7 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
     if name == "verifier":
         from posttrain.reason.verifier import VerifierSettings, verifier_run
 
-        v = p["reason"]["verifier"]
+        v = group_of(name, p)
         s = build(VerifierSettings, v, max_steps=steps, heldout_frac=0.05)
         res = verifier_run(ROOT / "data/models/policy", ROOT / "data/reason/graded.jsonl",
                            ROOT / "data/reason/problems.jsonl", s, machine, live_dir=live)
@@ -180,7 +179,8 @@ def main(trainers, steps, before_steps, save):
             rows[name] = {}
             for label, machine in variants.items():
                 t0 = time.perf_counter()
-                n = steps or (min(before_steps, default_steps(name, p)) if label == "before" else default_steps(name, p))
+                full = int(group_of(name, p)["max_steps"])
+                n = steps or (min(before_steps, full) if label == "before" else full)
                 facts, fpt = run_trainer(name, p, machine, n, label == "before", work / label, rm_dir)
                 rows[name][label] = {"tokens_per_s": facts["trained_tokens_per_s"],
                                      "examples_per_s": round(facts["trained_sequences"] * facts["trained_tokens_per_s"]
