@@ -81,6 +81,11 @@ class TrunkEmbedding(torch.nn.Module):
         trunk.__dict__["_modules"]["norm"] = torch.nn.Identity()
         # its own list: the model's bottom layers are swapped for _Skip while the trunk is cached
         trunk.__dict__["_modules"]["layers"] = torch.nn.ModuleList(list(decoder.layers)[:depth])
+        # its own (empty) hooks: hooks on the decoder (the batch's ids for pooled_top and
+        # shared_prefix) must not see the trunk's inner calls on parts of the batch
+        for name in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            trunk.__dict__[name] = type(getattr(decoder, name))()
         trunk.config = copy.copy(decoder.config)
         trunk.config.num_hidden_layers = depth  # the stack runs layers[:num_hidden_layers]
         object.__setattr__(self, "_trunk", trunk)  # not a submodule: no second path to its weights
@@ -102,12 +107,12 @@ class TrunkEmbedding(torch.nn.Module):
 
     def _run(self, ids, mask, position_ids=None):
         with torch.no_grad():
-            plan = _shared_plan(ids, mask) if position_ids is None else None
+            plan = shared_plan(ids, mask) if position_ids is None else None
             if plan is None:
                 return self._trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids,
                                    use_cache=False).last_hidden_state
             chunks, alone = plan
-            ends = _ends(mask)
+            ends = row_ends(mask)
             hidden = None
             for groups in chunks:
                 hidden = self._run_shared(ids, mask, groups, ends, hidden)
@@ -160,7 +165,7 @@ class TrunkEmbedding(torch.nn.Module):
                                "generate outside the frozen_trunk block")
         if mask is None:
             mask = torch.ones_like(input_ids)
-        if mask.dim() != 2 or pos is not None or not _right_padded(mask):
+        if mask.dim() != 2 or pos is not None or not right_padded(mask):
             self.direct += 1
             return self._run(input_ids, mask, pos)
         lengths = mask.sum(dim=1).tolist()
@@ -187,7 +192,7 @@ class TrunkEmbedding(torch.nn.Module):
         return hidden
 
 
-def _ends(mask) -> list[int]:
+def row_ends(mask) -> list[int]:
     """Per row, one past its last real token."""
     m = mask.to(torch.int64)
     idx = torch.arange(1, m.shape[1] + 1, device=m.device).expand_as(m)
@@ -226,7 +231,7 @@ def _prefix_groups(ids, ends, common) -> list[tuple[list[int], int]]:
     return groups
 
 
-def _shared_plan(ids, mask) -> tuple[list[list[tuple[list[int], int]]], list[int]] | None:
+def shared_plan(ids, mask) -> tuple[list[list[tuple[list[int], int]]], list[int]] | None:
     """(chunks of [(rows, prefix length)], rows alone) of rows that begin with the same >=
     MIN_SHARED tokens (and the same padding), when running each group's prefix once saves at
     least a fifth of the trunk's positions (each pass counted at PASS_COST more); else None.
@@ -236,7 +241,7 @@ def _shared_plan(ids, mask) -> tuple[list[list[tuple[list[int], int]]], list[int
         return None
     same = (ids[:, None, :] == ids[None, :, :]) & (mask[:, None, :] == mask[None, :, :])
     common = same.to(torch.int32).cumprod(dim=-1).sum(dim=-1).tolist()  # n x n common prefix lengths
-    ends = _ends(mask)
+    ends = row_ends(mask)
     groups = _prefix_groups(ids, ends, common)
     taken = {r for rows, _ in groups for r in rows}
     if not groups:
@@ -263,7 +268,7 @@ def _shared_plan(ids, mask) -> tuple[list[list[tuple[list[int], int]]], list[int
     return (chunks, alone) if total <= 0.8 * (n * max(ends) + PASS_COST) else None
 
 
-def _right_padded(mask) -> bool:
+def right_padded(mask) -> bool:
     """Every row is ones then zeros (real tokens first)."""
     m = mask.to(torch.int64)
     return bool((m[:, 1:] <= m[:, :-1]).all())
