@@ -145,11 +145,11 @@ def test_shared_plan_splits_groups_by_prefix_length():
     width = max(map(len, groups))
     ids = torch.tensor([g + [pad] * (width - len(g)) for g in groups])
     mask = torch.tensor([[1] * len(g) + [0] * (width - len(g)) for g in groups])
-    chunks, alone = trunk_mod._shared_plan(ids, mask)
+    chunks, alone = trunk_mod.shared_plan(ids, mask)
     assert [[p for _, p in c] for c in chunks] == [[20, 24], [200, 210]] and alone == [8]
     assert [sorted(r for rows_, _ in c for r in rows_) for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     # nothing shared: no plan
-    assert trunk_mod._shared_plan(ids[[0, 2, 4, 8]], mask[[0, 2, 4, 8]]) is None
+    assert trunk_mod.shared_plan(ids[[0, 2, 4, 8]], mask[[0, 2, 4, 8]]) is None
 
 
 def test_generation_pauses_the_frozen_trunk(tokenizer):
@@ -183,11 +183,12 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(training, "cpu_flags", lambda: frozenset({"avx2"}))
     assert resolve_precision("auto") == "fp32"
     assert resolve_precision("bf16") == "bf16"
-    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True))
+    args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
+                                     shared_prefix=True, frozen_cast=True))
     assert args == {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
-def one_step(tokenizer, tmp_path, precision: str, frozen: bool):
+def one_step(tokenizer, tmp_path, precision: str, frozen: bool, steps: int = 1):
     """One Trainer step (lr 1e-2, AdamW) on a fixed batch; (loss, {lora_B name: update}, facts)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -197,12 +198,14 @@ def one_step(tokenizer, tmp_path, precision: str, frozen: bool):
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
                             "labels": ids.masked_fill(mask == 0, -100).tolist()})
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    args = TrainingArguments(output_dir=str(tmp_path / precision), max_steps=1, per_device_train_batch_size=4,
+    machine = TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True,
+                            shared_prefix=True, frozen_cast=True)
+    args = TrainingArguments(output_dir=str(tmp_path / precision), max_steps=steps, per_device_train_batch_size=4,
                              learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
                              seed=0, disable_tqdm=True, lr_scheduler_type="constant",
-                             **device_args(TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True)))
+                             **device_args(machine))
     trainer = Trainer(model=model, args=args, train_dataset=ds)
-    facts = fit(trainer, TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True))
+    facts = fit(trainer, machine)
     loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     return loss, {n: p.detach() - before[n] for n, p in model.named_parameters() if "lora_B" in n}, facts
 
@@ -214,6 +217,8 @@ def test_one_bf16_step_agrees_with_fp32(tokenizer, tmp_path):
     loss32, upd32, facts32 = one_step(tokenizer, tmp_path, "fp32", frozen=False)
     loss16, upd16, facts16 = one_step(tokenizer, tmp_path, "bf16", frozen=True)
     assert facts32["precision"] == "fp32" and facts16["precision"] == "bf16"
+    # bf16: the frozen layers' matmuls ran on weights cast once (posttrain.core.frozen_cast)
+    assert facts16["frozen_cast_calls"] > 0 and facts32["frozen_cast_calls"] == 0
     assert loss16 == pytest.approx(loss32, rel=0.02)
     assert loss16 != loss32  # autocast really ran: bf16 rounding moves the loss a little
     assert upd32.keys() == upd16.keys() and upd32
@@ -230,3 +235,10 @@ def test_fit_reports_trained_tokens_and_the_trunk(tokenizer, tmp_path):
     assert facts["frozen_trunk_layers"] == 2 and facts["frozen_trunk_computed"] == 4
     _, _, off = one_step(tokenizer, tmp_path, "fp32", frozen=False)
     assert off["frozen_trunk_layers"] == 0 and off["trained_tokens"] == facts["trained_tokens"]
+    assert facts["steady_tokens_per_s"] is None  # one step: nothing after its end to time
+
+
+def test_fit_times_the_steps_after_the_first(tokenizer, tmp_path):
+    _, _, facts = one_step(tokenizer, tmp_path, "fp32", frozen=True, steps=3)
+    assert facts["trained_tokens"] == 3 * (24 + 20 + 16 + 12)
+    assert facts["steady_tokens_per_s"] > 0 and facts["trained_tokens_per_s"] > 0

@@ -244,7 +244,8 @@ def test_training_lowers_the_regression_loss(tmp_path, tiny_model_dir):
     history, trained, run = train(model, tok, recs, max_steps=30, batch_size=4, lr=3e-3, max_length=48, seed=0,
                                   warmup_ratio=0.0, weight_decay=0.0, padding="longest", chat_template=False,
                                   live_dir=tmp_path / "dvclive",
-                                  machine=TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True))
+                                  machine=TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
+                                                                shared_prefix=True, frozen_cast=True))
     assert trained is model  # one process: trained in place
     assert [h["step"] for h in history] == list(range(1, 31))
     after = mse()

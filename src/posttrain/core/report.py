@@ -282,17 +282,20 @@ def bench_train(root: Path) -> list[str]:
                   "after: of bf16 peak"],
                  ["---"] + ["---:"] * 10, rows)
     if d["steps"] == "default":
-        timing = (f"After: each stage's whole default schedule (params.yaml's max_steps), so sequences drawn "
-                  f"again skip the cached trunk as in the stage; before (nothing cached, the same cost every "
-                  f"step): the first {d['before_steps']} steps of that schedule. ")
+        steady = any(r["before"].get("steady_tokens_per_s") for r in d["results"].values())
+        timing = (f"After: each stage's whole default schedule (params.yaml's max_steps), setup and first step "
+                  f"included, so sequences drawn again skip the cached trunk as in the stage; before (nothing "
+                  f"cached, the same cost every step): the first {d['before_steps']} steps of that schedule"
+                  + (", timed from the end of the first (steady state, without setup and warm-up)" if steady else "")
+                  + ". ")
     else:
         timing = f"{d['steps']} optimizer steps each (a slice: it understates what the cache gives a full run). "
     m = d["machine"]
     return out + ["", f"Before: fp32, the full forward every step, trl's LM head over every position, rollouts "
                       f"prefilling every row in fp32, rec's LoRA on all 30 layers, pref_rm's random batches. After: "
                       f"precision {d['auto_precision']} (auto, rollouts included), the frozen trunk (shared prefixes run "
-                      f"once), the labelled-positions head (and the RM's and verifier's top layer at the pooled token), "
-                      f"each rollout prompt prefilled once, length-grouped RM batches (pairs truncated together), "
+                      f"once, in the trainable layers too), the labelled-positions head (and the RM's and verifier's top "
+                      f"layer at the pooled token), frozen weights cast to bf16 once, each rollout prompt prefilled once, length-grouped RM batches (pairs truncated together), "
                       f"params.yaml's placements. "
                       f"Trunk reused: the share of trunk sequences served from its cache ('-': GRPO's left-padded "
                       f"batches run the trunk directly, once per forward). GFLOP / token and the peak fractions "

@@ -9,6 +9,11 @@
 - **Labelled head** (`train.labelled_head`): the output is computed only where the loss reads
   it: trl's LM head at the positions that carry a label (`posttrain.core.logprob_head`), and a
   one-output head's top layer at the pooled token (`posttrain.core.pooled_top`).
+- **Shared prefix** (`train.shared_prefix`): rows that share a prefix (a pair's prompt) run it
+  once in the trainable layers too, `posttrain.core.shared_prefix`.
+- **Frozen weights cast once** (`train.frozen_cast`): under bf16 autocast a frozen Linear
+  multiplies by a bf16 copy made once, where autocast would cast its fp32 weight at every
+  call, `posttrain.core.frozen_cast`.
 - **Rollouts** (GRPO): in the training precision, and with `train.shared_prefill` each distinct
   prompt prefilled once for all its generations, `posttrain.core.rollouts`.
 """
@@ -30,7 +35,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 @dataclass(frozen=True)
 class TrainSettings:
     """How every trainer uses the machine (params train.precision, train.frozen_trunk,
-    train.labelled_head, train.shared_prefill)."""
+    train.labelled_head, train.shared_prefill, train.shared_prefix, train.frozen_cast)."""
 
     precision: str = param("auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere), "
                            "bf16 or fp32; master weights stay fp32", choices=PRECISIONS)
@@ -41,6 +46,10 @@ class TrainSettings:
                                 "at the pooled token only (both exact up to rounding)", flag=False)
     shared_prefill: bool = param("rollouts (GRPO) prefill each distinct prompt once and copy its KV cache to "
                                  "all its generations (same distribution)", flag=False)
+    shared_prefix: bool = param("rows that begin with the same tokens (a pair's prompt) run that prefix once in the "
+                                "layers that train too, not only in the frozen trunk (exact up to rounding)", flag=False)
+    frozen_cast: bool = param("under bf16 autocast, frozen Linear weights are cast to bf16 once per run, not at "
+                              "every call (exact; costs half the frozen weights' memory)", flag=False)
 
 
 @lru_cache(maxsize=1)
@@ -92,15 +101,20 @@ def fit(trainer, t: TrainSettings) -> dict:
     """`trainer.train()` with the frozen trunk computed once (when `t.frozen_trunk` and the
     model has one), trl's head on labelled positions and rollouts as `t` says; returns the
     run's facts: precision, trained tokens (non-pad tokens of the forwards that build a graph,
-    i.e. the trainable passes, not reference or generation passes), their rate, and the trunk
-    cache's counts."""
+    i.e. the trainable passes, not reference or generation passes), their rate over the whole
+    of `train()` and from the end of its first optimizer step on (`steady_tokens_per_s`: without
+    the setup and first-step warm-up, which a short run would otherwise charge in full), and
+    the trunk cache's counts."""
     import time
 
     import torch
+    from transformers import TrainerCallback
 
+    from posttrain.core.frozen_cast import frozen_cast
     from posttrain.core.logprob_head import labelled_head
     from posttrain.core.pooled_top import pooled_top
     from posttrain.core.rollouts import rollouts
+    from posttrain.core.shared_prefix import shared_prefix
     from posttrain.core.trunk import decoder_of, frozen_trunk
 
     seen = {"tokens": 0, "sequences": 0}
@@ -117,30 +131,48 @@ def fit(trainer, t: TrainSettings) -> dict:
                 seen["sequences"] += int(ids.shape[0])
         return None
 
+    steps: list[tuple[float, int]] = []  # (time, trained tokens) at each optimizer step's end
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append((time.perf_counter(), seen["tokens"]))
+
     dec = decoder_of(trainer.model)
     hook = dec.register_forward_pre_hook(count, with_kwargs=True) if dec is not None else None
+    clock = StepClock()
+    trainer.add_callback(clock)
     t0 = time.perf_counter()
     try:
         # trl's fused head is compact only where Triton runs; on the CPU ours scores labelled positions only
         on_cpu = next(trainer.model.parameters()).device.type == "cpu"
-        with frozen_trunk(trainer.model, t.frozen_trunk) as cached, \
+        # frozen_cast first: the trunk takes its layers out of the module tree
+        with frozen_cast(trainer.model, getattr(trainer, "ref_model", None),
+                         enabled=t.frozen_cast and bool(trainer.args.bf16)) as cast, \
+                frozen_trunk(trainer.model, t.frozen_trunk) as cached, \
                 labelled_head(trainer, t.labelled_head and on_cpu) as heads, \
                 pooled_top(trainer.model, t.labelled_head) as pooled, \
+                shared_prefix(trainer.model, t.shared_prefix) as shared, \
                 rollouts(trainer, shared_prefill=t.shared_prefill, bf16=bool(trainer.args.bf16), trunk=cached) as gen:
             trainer.train()
     finally:
+        trainer.remove_callback(clock)
         if hook is not None:
             hook.remove()
     wall = time.perf_counter() - t0
+    (t1, k1), (tn, kn) = (steps[0], steps[-1]) if len(steps) > 1 else ((0.0, 0), (0.0, 0))
     return {"precision": "bf16" if trainer.args.bf16 else "fp32",
             "trained_tokens": seen["tokens"], "trained_sequences": seen["sequences"],
             "trained_tokens_per_s": round(seen["tokens"] / wall, 1) if wall > 0 else None,
+            "steady_tokens_per_s": round((kn - k1) / (tn - t1), 1) if tn > t1 else None,
             "frozen_trunk_layers": cached.depth if cached is not None else 0,
             "frozen_trunk_computed": cached.computed if cached is not None else 0,
             "frozen_trunk_reused": cached.reused if cached is not None else 0,
             "frozen_trunk_shared_prefix_tokens": cached.shared_tokens if cached is not None else 0,
             "labelled_positions_head": bool(heads),
             "pooled_top_layer": pooled is not None and pooled.calls > 0,
+            "shared_prefix_layer_calls": shared.layers_run if shared is not None else 0,
+            "shared_prefix_tokens_spared": shared.tokens_spared if shared is not None else 0,
+            "frozen_cast_calls": cast[0] if cast is not None else 0,
             **({"rollout_rows": gen["rows"], "rollout_prompts_prefilled": gen["prefilled"]}
                if gen is not None and gen["rows"] else {})}
 
