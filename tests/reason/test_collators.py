@@ -37,6 +37,31 @@ def test_verification_text_and_float_labels(tokenizer):
     assert batch["labels"].tolist() == [1.0, 0.0]
 
 
+def test_a_text_drawn_again_is_not_tokenized_again(tokenizer, monkeypatch):
+    import posttrain.reason.collators as mod
+
+    c = VerificationCollator(tokenizer, max_length=12)  # truncation applies after the cache
+    calls = []
+    real = type(tokenizer).__call__
+
+    def counting(self, text, **kw):
+        calls.append(text)
+        return real(self, text, **kw)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting)
+    first = c(EXAMPLES)
+    assert len(calls) == 2
+    again = c(list(reversed(EXAMPLES)))
+    assert len(calls) == 2  # both from the cache
+    assert torch.equal(again["input_ids"], first["input_ids"].flip(0))
+    assert first["input_ids"].shape[1] == 12
+    # past the cap, new texts are tokenized every time (and still right)
+    monkeypatch.setattr(mod, "CACHE_TOKENS", 0)
+    fresh = VerificationCollator(tokenizer, max_length=12)
+    assert torch.equal(fresh(EXAMPLES)["input_ids"], first["input_ids"]) and len(calls) == 4
+    assert torch.equal(fresh(EXAMPLES)["input_ids"], first["input_ids"]) and len(calls) == 6
+
+
 def test_meta_verification_text_and_labels(tokenizer):
     c = MetaVerificationCollator(tokenizer)
     assert c.texts(EXAMPLES)[1] == (
