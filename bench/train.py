@@ -197,6 +197,7 @@ def main(trainers, steps, before_steps, save):
                                      "flops_per_token": fpt, "steps": n, "trunk_reused": facts.get("frozen_trunk_reused", 0),
                                      "trunk_computed": facts.get("frozen_trunk_computed", 0),
                                      "trunk_shared_tokens": facts.get("frozen_trunk_shared_prefix_tokens", 0),
+                                     "trainable_shared_tokens": facts.get("shared_prefix_tokens_spared", 0),
                                      "wall_s": round(time.perf_counter() - t0, 1)}
                 r = rows[name][label]
                 rate = r["tokens_per_s"] * fpt / 1e9
