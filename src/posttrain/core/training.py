@@ -30,6 +30,8 @@ from posttrain.core.settings import param
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# fit()'s facts that are wall-time rates: they differ run to run, so byte-identical outputs leave them out
+WALL_TIME_FACTS = ("trained_tokens_per_s", "steady_tokens_per_s")
 
 
 @dataclass(frozen=True)

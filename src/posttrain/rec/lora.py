@@ -21,7 +21,7 @@ from posttrain.core.adapters import lora_config, save_adapter
 from posttrain.core.io import atomic_path
 from posttrain.core.live import callback
 from posttrain.core.settings import param
-from posttrain.core.training import TrainSettings, device_args, fit
+from posttrain.core.training import WALL_TIME_FACTS, TrainSettings, device_args, fit
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def train(model_dir, tokenized_dir, adapter_dir, s: LoraSettings, t: TrainSettin
                    "lora_r": s.lora_r, "lora_alpha": s.lora_alpha, "lora_layers": s.lora_layers,
                    # the rate is wall time: it goes to the log and the caller, so the metrics file
                    # stays byte-identical across runs
-                   **{k: v for k, v in run.items() if k != "trained_tokens_per_s"}}
+                   **{k: v for k, v in run.items() if k not in WALL_TIME_FACTS}}
         log.info("rec_finetune: %s trained tokens/s (%s)", run["trained_tokens_per_s"], run["precision"])
         if eval_ds is not None and len(eval_ds):
             ev = trainer.evaluate()  # every rank: under DDP the eval set is sharded and gathered
