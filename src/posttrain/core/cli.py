@@ -141,6 +141,16 @@ def setup_logging() -> None:
                         stream=sys.stderr)
 
 
+def end_distributed() -> None:
+    """Tear down this process's torch.distributed group, if any. Under `accelerate launch` the
+    ranks other than 0 finish before rank 0 (it evaluates and saves alone); left to interpreter
+    exit, gloo's threads can abort such a rank ("terminate called without an active
+    exception", exit -6), which fails the launch."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a data stage
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(command: click.Command, argv=None, prog: str | None = None) -> None:
     """Run a stage's Click command; bad input -> one line on stderr and a non-zero exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -153,6 +163,7 @@ def run(command: click.Command, argv=None, prog: str | None = None) -> None:
             command.main(args=argv, prog_name=prog, standalone_mode=False)
         except SettingsError as e:
             raise click.BadParameter(str(e), param_hint=e.option) from e
+        end_distributed()
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
