@@ -1,13 +1,13 @@
 """Training throughput of every trainer at the default params: before (fp32, the full forward
 at every step, trl's LM head over every position, rollouts prefilling every row, the old
-placements, pref_rm's random batches) and after
+placements, pref_rm's random batches, glibc's malloc as it comes) and after
 (`train.precision: auto`, the frozen trunk, the labelled-positions head, the defaults in
 params.yaml), side by side in one run on one machine.
 
     python bench/train.py [--trainers rec,rm,dpo,grpo,verifier] [--steps N] [--before-steps 24] [--no-save]
 
 Each trainer runs through its own library function (the stage's code path) on the stage's
-real inputs. "After" runs the stage's whole default schedule (params.yaml's `max_steps`):
+real inputs, each run in a process of its own (as each stage is). "After" runs the stage's whole default schedule (params.yaml's `max_steps`):
 what the cache saves depends on it, since a sequence drawn again (a later epoch, a repeated
 weighted draw) skips the frozen layers; its rate is over the whole `trainer.train()`, setup
 and first-step warm-up included. "Before" caches nothing, so its cost per step is the same
@@ -146,6 +146,16 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
     raise click.BadParameter(f"unknown trainer {name!r}; one of {', '.join(TRAINERS)}")
 
 
+def run_isolated(*args):
+    """`run_trainer` in a fresh process: `train.reuse_freed_memory` tunes the C allocator for the
+    whole process and for good (`posttrain.core.heap`), and no run should inherit the heap an
+    earlier one left."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_trainer, args)
+
+
 @click.command()
 @click.option("--trainers", default=",".join(TRAINERS), show_default=True)
 @click.option("--steps", type=int, default=None, help="optimizer steps of both runs (default: after = the "
@@ -173,7 +183,8 @@ def main(trainers, steps, before_steps, save):
         raise click.BadParameter("grpo is rewarded by the reward model: list rm before it", param_hint="--trainers")
     p = params()
     variants = {"before": TrainSettings(precision="fp32", frozen_trunk=False, labelled_head=False, shared_prefill=False,
-                                         shared_prefix=False, frozen_cast=False),
+                                         shared_prefix=False, frozen_cast=False,
+                                         reuse_freed_memory=False),
                 "after": build(TrainSettings, p["train"])}
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     rows = {}
@@ -185,7 +196,7 @@ def main(trainers, steps, before_steps, save):
                 t0 = time.perf_counter()
                 full = int(group_of(name, p)["max_steps"])
                 n = steps or (min(before_steps, full) if label == "before" else full)
-                facts, fpt = run_trainer(name, p, machine, n, label == "before", work / label, rm_dir)
+                facts, fpt = run_isolated(name, p, machine, n, label == "before", work / label, rm_dir)
                 # before: steady state (from the end of its first step); after: its whole run
                 rate = (facts.get("steady_tokens_per_s") or facts["trained_tokens_per_s"]) if label == "before" \
                     else facts["trained_tokens_per_s"]

@@ -48,4 +48,5 @@ def param_args(group: str, only=None, **overrides) -> list[str]:
 # The trainers' machine params (train.*): fp32 keeps the tests' figures the same on CPUs with
 # and without bf16; the frozen trunk on, as in params.yaml.
 MACHINE_ARGS = ["--train-precision", "fp32", "--train-frozen-trunk", "true", "--train-labelled-head", "true",
-                "--train-shared-prefill", "true", "--train-shared-prefix", "true", "--train-frozen-cast", "true"]
+                "--train-shared-prefill", "true", "--train-shared-prefix", "true", "--train-frozen-cast", "true",
+                "--train-reuse-freed-memory", "true"]

@@ -536,7 +536,8 @@ def pref_rm(pairs=None, weights=None, ids=None, heldout="0.25", quantile="0.25")
                 "--lora-r", 0, "--lora-alpha", 16, "--num-layers", 0, "--trainable-layers", 0, "--train-seed", 0,
                 "--train-precision", "fp32", "--train-frozen-trunk", "true", "--train-labelled-head", "true",
                 "--train-shared-prefill", "true",
-                "--train-shared-prefix", "true", "--train-frozen-cast", "true"]
+                "--train-shared-prefix", "true", "--train-frozen-cast", "true",
+                "--train-reuse-freed-memory", "true"]
     return build
 
 

@@ -184,7 +184,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert resolve_precision("auto") == "fp32"
     assert resolve_precision("bf16") == "bf16"
     args = device_args(TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
-                                     shared_prefix=True, frozen_cast=True))
+                                     shared_prefix=True, frozen_cast=True, reuse_freed_memory=True))
     assert args == {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
@@ -199,7 +199,7 @@ def one_step(tokenizer, tmp_path, precision: str, frozen: bool, steps: int = 1):
                             "labels": ids.masked_fill(mask == 0, -100).tolist()})
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     machine = TrainSettings(precision=precision, frozen_trunk=frozen, labelled_head=True, shared_prefill=True,
-                            shared_prefix=True, frozen_cast=True)
+                            shared_prefix=True, frozen_cast=True, reuse_freed_memory=True)
     args = TrainingArguments(output_dir=str(tmp_path / precision), max_steps=steps, per_device_train_batch_size=4,
                              learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
                              seed=0, disable_tqdm=True, lr_scheduler_type="constant",

@@ -165,7 +165,7 @@ GRPO = dict(eval_prompts=16, max_prompts=64, max_steps=8, batch_size=8, num_gene
 # fp32 keeps these tests' figures the same on CPUs with and without bf16; the frozen trunk is on
 # as in the default params (tests/core/test_training.py holds the bf16 and trunk equivalences).
 MACHINE = TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
-                        shared_prefix=True, frozen_cast=True)
+                        shared_prefix=True, frozen_cast=True, reuse_freed_memory=True)
 
 
 def rm_train(pairs, ids, weights, backbone, out, *, live_dir, **kw):

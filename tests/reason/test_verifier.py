@@ -245,7 +245,7 @@ def test_training_lowers_the_regression_loss(tmp_path, tiny_model_dir):
                                   warmup_ratio=0.0, weight_decay=0.0, padding="longest", chat_template=False,
                                   live_dir=tmp_path / "dvclive",
                                   machine=TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
-                                                                shared_prefix=True, frozen_cast=True))
+                                                                shared_prefix=True, frozen_cast=True, reuse_freed_memory=True))
     assert trained is model  # one process: trained in place
     assert [h["step"] for h in history] == list(range(1, 31))
     after = mse()

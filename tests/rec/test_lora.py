@@ -31,7 +31,7 @@ def test_lora_sft_overfits_and_moves_b(tmp_path, tiny_model_dir, tokenizer):
                      max_train_examples=0, max_eval_examples=0, seed=0, quantization="none", lora_layers=0)
     res = train(tiny_model_dir, tmp_path / "tok", tmp_path / "adapter", s,
                 TrainSettings(precision="fp32", frozen_trunk=True, labelled_head=True, shared_prefill=True,
-                              shared_prefix=True, frozen_cast=True), live_dir=tmp_path / "dvclive")
+                              shared_prefix=True, frozen_cast=True, reuse_freed_memory=True), live_dir=tmp_path / "dvclive")
     before = _answer_loss(load_for_eval(tiny_model_dir), cols)
     after = _answer_loss(load_for_eval(tiny_model_dir, tmp_path / "adapter"), cols)
     # A tiny random model's LM head has small weights, so its logits cannot get sharp (the

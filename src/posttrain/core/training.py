@@ -14,6 +14,8 @@
 - **Frozen weights cast once** (`train.frozen_cast`): under bf16 autocast a frozen Linear
   multiplies by a bf16 copy made once, where autocast would cast its fp32 weight at every
   call, `posttrain.core.frozen_cast`.
+- **Freed memory reused** (`train.reuse_freed_memory`): glibc's malloc keeps what a step frees
+  for the next one, where it would map and zero it again, `posttrain.core.heap`.
 - **Rollouts** (GRPO): in the training precision, and with `train.shared_prefill` each distinct
   prompt prefilled once for all its generations, `posttrain.core.rollouts`.
 """
@@ -37,7 +39,8 @@ WALL_TIME_FACTS = ("trained_tokens_per_s", "steady_tokens_per_s")
 @dataclass(frozen=True)
 class TrainSettings:
     """How every trainer uses the machine (params train.precision, train.frozen_trunk,
-    train.labelled_head, train.shared_prefill, train.shared_prefix, train.frozen_cast)."""
+    train.labelled_head, train.shared_prefill, train.shared_prefix, train.frozen_cast,
+    train.reuse_freed_memory)."""
 
     precision: str = param("auto (bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, fp32 elsewhere), "
                            "bf16 or fp32; master weights stay fp32", choices=PRECISIONS)
@@ -52,6 +55,9 @@ class TrainSettings:
                                 "layers that train too, not only in the frozen trunk (exact up to rounding)", flag=False)
     frozen_cast: bool = param("under bf16 autocast, frozen Linear weights are cast to bf16 once per run, not at "
                               "every call (exact; costs half the frozen weights' memory)", flag=False)
+    reuse_freed_memory: bool = param("glibc's malloc keeps freed memory for the next step instead of returning it "
+                                     "to the OS (no page faults re-zeroing it; the process keeps its peak heap)",
+                                     flag=False)
 
 
 @lru_cache(maxsize=1)
@@ -113,6 +119,7 @@ def fit(trainer, t: TrainSettings) -> dict:
     from transformers import TrainerCallback
 
     from posttrain.core.frozen_cast import frozen_cast
+    from posttrain.core.heap import keep_freed_memory
     from posttrain.core.logprob_head import labelled_head
     from posttrain.core.pooled_top import pooled_top
     from posttrain.core.rollouts import rollouts
@@ -139,6 +146,7 @@ def fit(trainer, t: TrainSettings) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             steps.append((time.perf_counter(), seen["tokens"]))
 
+    heap_kept = keep_freed_memory() if t.reuse_freed_memory else False
     dec = decoder_of(trainer.model)
     hook = dec.register_forward_pre_hook(count, with_kwargs=True) if dec is not None else None
     clock = StepClock()
@@ -175,6 +183,7 @@ def fit(trainer, t: TrainSettings) -> dict:
             "shared_prefix_layer_calls": shared.layers_run if shared is not None else 0,
             "shared_prefix_tokens_spared": shared.tokens_spared if shared is not None else 0,
             "frozen_cast_calls": cast[0] if cast is not None else 0,
+            "freed_memory_reused": heap_kept,
             **({"rollout_rows": gen["rows"], "rollout_prompts_prefilled": gen["prefilled"]}
                if gen is not None and gen["rows"] else {})}
 
