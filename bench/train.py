@@ -5,6 +5,7 @@ placements, pref_rm's random batches, glibc's malloc as it comes) and after
 params.yaml), side by side in one run on one machine.
 
     python bench/train.py [--trainers rec,rm,dpo,grpo,verifier] [--steps N] [--before-steps 24] [--no-save]
+    python bench/train.py --trainers verifier --pairs 5     # the ratio's spread: bench/results/train_pairs.json
 
 Each trainer runs through its own library function (the stage's code path) on the stage's
 real inputs, each run in a process of its own (as each stage is). "After" runs the stage's whole default schedule (params.yaml's `max_steps`):
@@ -29,6 +30,12 @@ label, count as computed (the model-FLOPs convention), so "of bf16 peak" is a mo
 utilization against the matmul rate measured here (an n x n matmul, best of 5, at the
 machine's threads): work the cache and the labelled head skip can lift it past what the
 matmuls themselves reach.
+
+One before/after pair is one measurement, and on a shared 2-core box a run's rate moves 10-15%
+from run to run. `--pairs N` runs N before/after pairs back to back and gives each trainer's
+ratio as the geometric mean of the pairs' ratios with a 95% t-interval over their logs
+(`ratio_interval`), saved to `bench/results/train_pairs.json` (the README's table keeps the
+one-pair `train.json`).
 
 Held-out evaluation is cut to a few items (it is not timed) so the bench stays short.
 """
@@ -146,6 +153,22 @@ def run_trainer(name: str, p: dict, machine, steps: int, before: bool, work: Pat
     raise click.BadParameter(f"unknown trainer {name!r}; one of {', '.join(TRAINERS)}")
 
 
+def ratio_interval(ratios: list[float]) -> dict:
+    """Geometric mean of paired after/before ratios and its 95% t-interval over their logs
+    (independent repeats; a rate's noise is multiplicative)."""
+    import math
+    import statistics
+
+    from scipy.stats import t as student_t
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = (student_t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+            if len(logs) > 1 else math.nan)
+    return {"ratio": round(math.exp(mean), 3), "ratio_ci_low": round(math.exp(mean - half), 3),
+            "ratio_ci_high": round(math.exp(mean + half), 3), "n": len(logs)}
+
+
 def run_isolated(*args):
     """`run_trainer` in a fresh process: `train.reuse_freed_memory` tunes the C allocator for the
     whole process and for good (`posttrain.core.heap`), and no run should inherit the heap an
@@ -161,8 +184,10 @@ def run_isolated(*args):
 @click.option("--steps", type=int, default=None, help="optimizer steps of both runs (default: after = the "
               "stage's max_steps, before = --before-steps)")
 @click.option("--before-steps", default=24, show_default=True, help="steps of the uncached fp32 run")
-@click.option("--save/--no-save", default=True, help="write bench/results/train.json")
-def main(trainers, steps, before_steps, save):
+@click.option("--pairs", default=1, show_default=True, help="before/after pairs per trainer, back to back "
+              "(>1: the ratio's geometric mean and 95% CI, saved to train_pairs.json)")
+@click.option("--save/--no-save", default=True, help="write bench/results/train.json (train_pairs.json with --pairs)")
+def main(trainers, steps, before_steps, pairs, save):
     import os
 
     import torch
@@ -187,11 +212,12 @@ def main(trainers, steps, before_steps, save):
                                          reuse_freed_memory=False),
                 "after": build(TrainSettings, p["train"])}
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    rows = {}
+    rows, repeats = {}, {}
     rm_dir = None
     try:
-        for name in names:
-            rows[name] = {}
+        for name, pair in ((n, k) for n in names for k in range(pairs)):
+            rows.setdefault(name, {})
+            repeats.setdefault(name, []).append({})
             for label, machine in variants.items():
                 t0 = time.perf_counter()
                 full = int(group_of(name, p)["max_steps"])
@@ -200,6 +226,10 @@ def main(trainers, steps, before_steps, save):
                 # before: steady state (from the end of its first step); after: its whole run
                 rate = (facts.get("steady_tokens_per_s") or facts["trained_tokens_per_s"]) if label == "before" \
                     else facts["trained_tokens_per_s"]
+                repeats[name][-1][label] = rate
+                if pair:
+                    click.echo(f"{name:9s} {label:6s} {rate:8.1f} tok/s (pair {pair + 1})", err=True)
+                    continue
                 rows[name][label] = {"tokens_per_s": rate, "whole_run_tokens_per_s": facts["trained_tokens_per_s"],
                                      "steady_tokens_per_s": facts.get("steady_tokens_per_s"),
                                      "examples_per_s": round(facts["trained_sequences"] * rate
@@ -228,6 +258,18 @@ def main(trainers, steps, before_steps, save):
         click.echo(f"| {name} | {b['tokens_per_s']:.0f} | {a['tokens_per_s']:.0f} | "
                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x | {a['flops_per_token'] / 1e9:.2f} | "
                    f"{a['of_fp32_peak']:.2f} | {a['of_bf16_peak']:.2f} |")
+    if pairs > 1:
+        summary = {name: {**ratio_interval([r["after"] / r["before"] for r in runs]), "pairs": runs}
+                   for name, runs in repeats.items()}
+        for name, r in summary.items():
+            click.echo(f"{name}: after / before {r['ratio']:.2f}x [{r['ratio_ci_low']:.2f}, {r['ratio_ci_high']:.2f}] "
+                       f"over {r['n']} pairs (" + ", ".join(f"{x['after'] / x['before']:.2f}" for x in r["pairs"]) + ")")
+        if save:
+            from posttrain.core.report import save_bench
+
+            save_bench("train_pairs", {"steps": steps or "default", "before_steps": before_steps, "threads": threads,
+                                       "flags": flags, "results": summary})
+        return
     if save:
         from posttrain.core.report import save_bench
 
