@@ -308,6 +308,22 @@ def bench_train(root: Path) -> list[str]:
                       f"{' '.join(d['flags']) or 'none'}). " + _provenance(d, "train")]
 
 
+def bench_train_pairs(root: Path) -> list[str]:
+    """bench/results/train_pairs.json (`bench/train.py --pairs N`): the ratio over repeated pairs."""
+    d = _json(root, f"{RESULTS_DIR}/train_pairs.json")
+    rows = [[name, r["n"], f"**{r['ratio']:.2f}x** [{r['ratio_ci_low']:.2f}, {r['ratio_ci_high']:.2f}]",
+             ", ".join(f"{x['after'] / x['before']:.2f}" for x in r["pairs"]),
+             f"{min(x['before'] for x in r['pairs']):,.0f}-{max(x['before'] for x in r['pairs']):,.0f}",
+             f"{min(x['after'] for x in r['pairs']):,.0f}-{max(x['after'] for x in r['pairs']):,.0f}"]
+            for name, r in d["results"].items()]
+    return _table(["trainer", "pairs", "after / before, geometric mean [95% CI]", "each pair's ratio",
+                   "before tok/s", "after tok/s"], ["---", "---:", "---", "---", "---:", "---:"], rows) + [
+        "", f"Pairs back to back, each run in a process of its own, as in the table above (before: "
+            f"{d['before_steps']} steps, steady state; after: the whole default schedule); the CI is a t-interval "
+            f"over the pairs' log ratios. {d['threads']} threads (flags: {' '.join(d['flags']) or 'none'}). "
+        + _provenance(d, "train_pairs")]
+
+
 def learning_curves(root: Path) -> list[str]:
     """bench/results/curves/<trainer>[-<label>].json (bench/learning_curve.py): one row per point."""
     labels = {"rec": ("rec_finetune", "rows (one epoch)", "LLM AUC, eval split"),
@@ -351,6 +367,7 @@ BLOCKS = {"results": results, "repro-times": repro_times,
           "bench-density": bench_density, "bench-generate": bench_generate, "bench-gen-cache": bench_gen_cache,
           "bench-launch": bench_launch, "bench-bootstrap": bench_bootstrap,
           "bench-density-weights": bench_density_weights, "bench-train": bench_train,
+          "bench-train-pairs": bench_train_pairs,
           "learning-curves": learning_curves, "density-sweep": density_sweep}
 
 
